@@ -1,0 +1,145 @@
+"""What a study logs about a spiking network besides accuracy.
+
+* Gradient norms per layer, the first conv above all, and a histogram of the first
+  layer's gradients: the quantity of the paper's Fig. 2 and of Eq. 8-9, which claim that
+  shallow-layer gradients vanish without shortcut branches.
+* Firing rates per stage and synaptic operations (SOPs) per image, for an energy
+  estimate: in an SNN a layer whose input is binary spikes does one accumulate per
+  input spike and outgoing connection, so SOPs = MACs × input firing rate.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from snn.neurons import LIF
+
+__all__ = ["ActivityMonitor", "first_conv", "grad_histogram", "grad_norms", "stage_of"]
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The network's first convolution (the stem conv, W1 of Eq. 8-9)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError("model has no Conv2d layer")
+
+
+def stage_of(name: str) -> str | None:
+    """Map a parameter or module name to its stage: ``stem``, ``stage<i>``, ``head``, or None for branches."""
+    name = name.removeprefix("net.")
+    if name.startswith("shortcuts"):
+        return None
+    if name.startswith("layer"):
+        return "stage" + name.split(".")[0].removeprefix("layer")
+    if name.startswith("head"):
+        return "head"
+    return "stem"
+
+
+def grad_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norm of the gradient of every conv and linear weight, by parameter name.
+
+    Call after ``backward()``. Layers with no gradient are left out.
+    """
+    out: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None:
+            out[f"{name}.weight"] = float(m.weight.grad.detach().norm())
+    return out
+
+
+def grad_histogram(grads: Tensor | np.ndarray, bins: int = 50,
+                   value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of gradient values (Fig. 2 of the paper plots it for the first layer).
+
+    Returns:
+        ``(counts, edges)`` as from :func:`numpy.histogram`.
+    """
+    values = grads.detach().float().cpu().numpy().ravel() if isinstance(grads, Tensor) else np.ravel(grads)
+    return np.histogram(values, bins=bins, range=value_range)
+
+
+class ActivityMonitor:
+    """Forward hooks that count spikes per stage and synaptic operations per image.
+
+    Shortcut branches are left out: they do not exist at inference. The stem conv
+    reads the analog image, so it is counted as MACs (``stem_macs``), not SOPs.
+
+    Example:
+        >>> with ActivityMonitor(model) as mon:
+        ...     model(x)
+        >>> mon.firing_rates(), mon.synops_per_image()
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._handles: list = []
+        self.reset()
+
+    def reset(self) -> None:
+        self._spikes: dict[str, float] = defaultdict(float)
+        self._neurons: dict[str, float] = defaultdict(float)
+        self._sops = 0.0
+        self._stem_macs = 0.0
+        self._images = 0
+
+    def __enter__(self) -> "ActivityMonitor":
+        stem = first_conv(self.model)
+        self._handles.append(self.model.register_forward_pre_hook(self._count_images))
+        for name, m in self.model.named_modules():
+            stage = stage_of(name)
+            if stage is None:
+                continue
+            if isinstance(m, LIF):
+                self._handles.append(m.register_forward_hook(self._lif_hook(stage)))
+            elif isinstance(m, nn.Conv2d):
+                self._handles.append(m.register_forward_hook(self._conv_hook(m is stem)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _count_images(self, module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        self._images += int(x.shape[0] if x.dim() == 4 else x.shape[1])
+
+    def _lif_hook(self, stage: str):
+        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
+            self._spikes[stage] += float(out.detach().sum())
+            self._neurons[stage] += out.numel()
+        return hook
+
+    def _conv_hook(self, is_stem: bool):
+        def hook(module: nn.Conv2d, args: tuple, out: Tensor) -> None:
+            x = args[0]
+            kh, kw = module.kernel_size
+            macs = out.numel() * (module.in_channels // module.groups) * kh * kw
+            if is_stem:
+                self._stem_macs += macs
+            else:
+                self._sops += macs * float((x.detach() != 0).float().mean())
+        return hook
+
+    def firing_rates(self) -> dict[str, float]:
+        """Mean spikes per neuron and time step, for each stage (``stem``, ``stage1``, ...)."""
+        return {k: self._spikes[k] / self._neurons[k] for k in self._neurons if self._neurons[k]}
+
+    def mean_firing_rate(self) -> float:
+        """Mean spikes per neuron and time step over the whole network."""
+        n = sum(self._neurons.values())
+        return sum(self._spikes.values()) / n if n else 0.0
+
+    def synops_per_image(self) -> float:
+        """Synaptic operations per image, summed over the T time steps."""
+        return self._sops / self._images if self._images else 0.0
+
+    def stem_macs_per_image(self) -> float:
+        """Multiply-accumulates of the stem conv per image (it reads the analog input)."""
+        return self._stem_macs / self._images if self._images else 0.0

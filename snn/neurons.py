@@ -1,0 +1,138 @@
+"""The leaky integrate-and-fire neuron of Eq. 1-2 (Guo et al., NeurIPS 2024), multi-step.
+
+The whole time loop of one LIF layer is a single autograd node: the forward pass runs
+the recursion over T and saves only the pre-spike membrane potential; the backward pass
+runs the back-propagation-through-time recursion by hand. :func:`lif_reference` is the
+plain per-step loop that autograd differentiates, kept as the independent reference the
+tests compare against.
+
+Time is the first dimension: inputs are [T, B, ...].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from snn import surrogates as _surrogates
+from snn.surrogates import Surrogate
+
+__all__ = ["LIF", "lif_reference"]
+
+
+def _check_params(tau: float, v_threshold: float) -> None:
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau: must lie in (0, 1], got {tau!r}")
+    if not v_threshold > 0.0:
+        raise ValueError(f"v_threshold: must be > 0, got {v_threshold!r}")
+
+
+class _LIFFunction(torch.autograd.Function):
+    """All T steps of Eq. 1-2 in one node, with the BPTT recursion in backward.
+
+    Forward, for t = 0..T-1 with u(-1) = 0:
+        u_pre(t) = tau * u(t-1) + c(t)                       (Eq. 1)
+        o(t)     = 1[u_pre(t) > V_th]                        (Eq. 2)
+        u(t)     = u_pre(t) * (1 - o(t))                     (Eq. 2, hard reset)
+
+    Backward, with s(t) = g'(u_pre(t) - V_th) the surrogate derivative and
+    gu(t) = dL/du(t) = tau * dL/du_pre(t+1) (zero at t = T-1):
+        dL/du_pre(t) = dL/do(t) * s(t) + gu(t) * (1 - o(t) - u_pre(t) * s(t))
+    where the term ``- u_pre(t) * s(t)`` is the gradient through the reset, dropped
+    when ``detach_reset`` is set. dL/dc(t) = dL/du_pre(t).
+    """
+
+    @staticmethod
+    def forward(ctx, current: Tensor, tau: float, v_threshold: float, surrogate: Surrogate,
+                detach_reset: bool) -> Tensor:  # type: ignore[override]
+        u_pre = torch.empty_like(current)  # [T, B, ...]
+        u = torch.zeros_like(current[0])
+        for t in range(current.shape[0]):
+            torch.add(current[t], u, alpha=tau, out=u_pre[t])
+            u = u_pre[t].masked_fill(u_pre[t] > v_threshold, 0.0)
+        ctx.save_for_backward(u_pre)
+        ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
+        return (u_pre > v_threshold).to(current.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor):  # type: ignore[override]
+        (u_pre,) = ctx.saved_tensors
+        tau, vth = ctx.tau, ctx.v_threshold
+        grad_current = torch.empty_like(u_pre)
+        grad_u = torch.zeros_like(u_pre[0])
+        for t in range(u_pre.shape[0] - 1, -1, -1):
+            x = u_pre[t] - vth
+            sg = ctx.surrogate.grad(x)
+            keep = (x <= 0).to(u_pre.dtype)  # 1 - o(t)
+            if ctx.detach_reset:
+                g = grad_spikes[t] * sg + grad_u * keep
+            else:
+                g = grad_spikes[t] * sg + grad_u * (keep - u_pre[t] * sg)
+            grad_current[t] = g
+            grad_u = tau * g
+        return grad_current, None, None, None, None
+
+
+def lif_reference(current: Tensor, *, tau: float = 0.5, v_threshold: float = 1.0,
+                  surrogate: Surrogate | None = None, detach_reset: bool = False) -> Tensor:
+    """Eq. 1-2 as a plain loop over T that autograd differentiates step by step.
+
+    Slow but obviously correct; :class:`LIF` must agree with it in value and gradient.
+
+    Args:
+        current: Input current c, shape [T, B, ...].
+        tau: Membrane leak factor τ in (0, 1].
+        v_threshold: Firing threshold V_th.
+        surrogate: Surrogate used in backward (default: triangle, γ = 1).
+        detach_reset: Treat o(t) in the reset u = u_pre·(1 - o) as a constant.
+
+    Returns:
+        Spikes o, shape [T, B, ...], with values in {0, 1}.
+    """
+    surrogate = surrogate or _surrogates.get("triangle")
+    u = torch.zeros_like(current[0])
+    out = []
+    for t in range(current.shape[0]):
+        u_pre = tau * u + current[t]
+        o = surrogate(u_pre - v_threshold)
+        u = u_pre * (1.0 - (o.detach() if detach_reset else o))
+        out.append(o)
+    return torch.stack(out)
+
+
+class LIF(nn.Module):
+    """Multi-step LIF neuron layer (Eq. 1-2), with hard reset and a surrogate backward (Eq. 4).
+
+    ``u_pre(t) = τ·u(t-1) + c(t)``, ``u(0) = 0``; ``o(t) = 1`` if ``u_pre(t) > V_th``
+    (strictly: a potential exactly at the threshold does not fire);
+    ``u(t) = u_pre(t)·(1 - o(t))``. The layer keeps no state between calls: the
+    membrane starts at zero in every forward pass.
+
+    Args:
+        tau: Leak factor τ in (0, 1]; 0.5 in the paper, 1 gives an IF neuron.
+        v_threshold: Threshold V_th > 0; 1.0 in the paper.
+        surrogate: A name from :data:`snn.surrogates.NAMES`.
+        surrogate_param: Its parameter; ``None`` for the default.
+        detach_reset: Stop the gradient through the reset term.
+
+    Shape:
+        input [T, B, ...] of currents, output [T, B, ...] of spikes in {0, 1}.
+    """
+
+    def __init__(self, tau: float = 0.5, v_threshold: float = 1.0, surrogate: str = "triangle",
+                 surrogate_param: float | None = None, *, detach_reset: bool = False) -> None:
+        super().__init__()
+        _check_params(tau, v_threshold)
+        self.tau = float(tau)
+        self.v_threshold = float(v_threshold)
+        self.surrogate = _surrogates.get(surrogate, surrogate_param)
+        self.detach_reset = bool(detach_reset)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"LIF: input must be [T, B, ...], got shape {tuple(x.shape)}")
+        return _LIFFunction.apply(x, self.tau, self.v_threshold, self.surrogate, self.detach_reset)
+
+    def extra_repr(self) -> str:
+        return (f"tau={self.tau}, v_threshold={self.v_threshold}, surrogate={self.surrogate.name}"
+                f"({self.surrogate.param}), detach_reset={self.detach_reset}")

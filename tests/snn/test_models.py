@@ -1,0 +1,89 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snn import models
+from snn.diagnostics import first_conv
+
+
+def small(arch):
+    # keep the big nets cheap: few classes, tiny inputs
+    return {"resnet18-imagenet": 32, "resnet34-imagenet": 32}.get(arch, 8)
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_every_arch_builds_and_runs(arch):
+    torch.manual_seed(0)
+    m = models.build(arch, 5, 2)
+    n = models.num_stages(arch)
+    out = m(torch.randn(2, 3, small(arch), small(arch)))
+    assert out.main.shape == (2, 5)
+    assert len(out.branches) == n - 1 and out.branch_stages == tuple(range(1, n))
+    assert all(b.shape == (2, 5) for b in out.branches)
+
+
+def test_stage_counts():
+    assert [models.num_stages(a) for a in ("resnet18", "resnet34", "resnet19", "resnet20")] == [4, 4, 3, 3]
+    assert models.num_stages("resnet-tiny", blocks=[1, 1, 1, 1, 1]) == 5
+    assert [len(getattr(models.build("resnet34", 10, 1), f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+
+
+def test_branch_placement():
+    assert models.build("resnet18", 10, 1, branches="none").branch_stages == ()
+    assert models.build("resnet18", 10, 1, branches=[3, 1]).branch_stages == (1, 3)
+    with pytest.raises(ValueError, match=r"branches: stage\(s\) \[4\] not available.*1\.\.3"):
+        models.build("resnet18", 10, 1, branches=[4])
+    with pytest.raises(ValueError, match="branches"):
+        models.build("resnet18", 10, 1, branches=[0])
+
+
+def test_unknown_arch_and_bad_inputs():
+    with pytest.raises(ValueError, match="arch: unknown name 'resnet50'; choose one of resnet18"):
+        models.build("resnet50", 10, 2)
+    m = models.build("resnet-tiny", 10, 2, in_channels=1)
+    with pytest.raises(ValueError, match="expected 1 channels"):
+        m(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\].*\[T, B, C, H, W\]"):
+        m(torch.randn(8, 8))
+
+
+def test_static_input_equals_repeated_frames():
+    torch.manual_seed(0)
+    m = models.build("resnet-tiny", 10, 3, in_channels=2).eval()
+    x = torch.randn(4, 2, 8, 8)
+    frames = x.unsqueeze(0).expand(3, *x.shape)  # [T, B, C, H, W]
+    a, b = m(x), m(frames)
+    torch.testing.assert_close(a.main, b.main)
+
+
+def test_strip_shortcuts_bit_exact_and_vanilla_param_count():
+    torch.manual_seed(0)
+    full = models.build("resnet18", 10, 2, branches="all").eval()
+    torch.manual_seed(0)
+    vanilla = models.build("resnet18", 10, 2, branches="none")
+    stripped = models.strip_shortcuts(full)
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.equal(stripped(x), full(x).main)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(stripped) == count(vanilla) < count(full)
+    assert not any("shortcuts." in n for n, _ in stripped.named_parameters())
+    assert len(full.shortcuts) == 3  # the original is untouched
+
+
+def test_eq9_shortcut_heads_alone_reach_first_conv():
+    # With the main logits detached, only the shortcut heads (Eq. 9) can deliver a gradient to W1.
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    grads = {}
+    for branches in ("all", "none"):
+        torch.manual_seed(0)
+        m = models.build("resnet18", 10, 2, branches=branches, surrogate="sigmoid")
+        out = m(x)
+        logits = out.main.detach() + 0.25 * sum(out.branches) if out.branches else out.main.detach()
+        loss = F.cross_entropy(logits, y)
+        if loss.requires_grad:
+            loss.backward()
+        g = first_conv(m).weight.grad
+        grads[branches] = 0.0 if g is None else float(g.norm())
+    assert grads["all"] > 0
+    assert grads["none"] == 0.0

@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from snn import registry
 from snn.models import ModelOutput
 
 __all__ = ["MODES", "shortcut_loss"]
 
-MODES: tuple[str, ...] = ("logit_sum", "deep_supervision")
+MODES: tuple[str, ...] = registry.LOSS_MODES
 """Valid loss modes."""
 
 

@@ -20,14 +20,16 @@ Registry in the style of timm: :data:`ARCHS` lists the names, :func:`build` make
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from snn import registry
 from snn.neurons import LIF
+from snn.registry import num_stages, resolve_branches
 
 __all__ = ["ARCHS", "ModelOutput", "SpikingResNet", "build", "num_stages", "resolve_branches",
            "strip_shortcuts"]
@@ -245,77 +247,10 @@ def strip_shortcuts(model: nn.Module) -> nn.Module:
     return _Stripped(net)
 
 
-def resolve_branches(branches: str | Sequence[int] | None, stages: int) -> list[int]:
-    """Turn a branch placement into a sorted list of 1-based stage indices.
-
-    Args:
-        branches: ``"all"`` (every stage before the last, the paper's setting),
-            ``"none"``/``None`` (vanilla training), or a list of stage indices in 1..n-1.
-        stages: n, the number of stages of the architecture.
-
-    Raises:
-        ValueError: For an unknown word or an index outside 1..n-1.
-    """
-    if branches is None or branches == "none":
-        return []
-    if branches == "all":
-        return list(range(1, stages))
-    if isinstance(branches, str):
-        raise ValueError(f"branches: unknown value {branches!r}; use 'all', 'none' or a list of stages "
-                         f"from 1 to {stages - 1}")
-    out = sorted({int(b) for b in branches})
-    bad = [b for b in out if not 1 <= b < stages]
-    if bad:
-        raise ValueError(f"branches: stage(s) {bad} not available; this architecture has stages 1..{stages}, "
-                         f"and shortcut branches go after stages 1..{stages - 1}")
-    return out
 
 
-@dataclass(frozen=True)
-class _Arch:
-    blocks: tuple[int, ...]
-    widths: tuple[int, ...]
-    kwargs: dict = field(default_factory=dict)
-
-
-# name -> layout. Stage counts: resnet18/34 have 4 stages, resnet19/20 3, resnet-tiny len(blocks).
-_ARCHS: dict[str, _Arch] = {
-    # CIFAR forms (3x3 stem, no max-pool), as in the paper's CIFAR tables.
-    "resnet18": _Arch((2, 2, 2, 2), (64, 128, 256, 512)),
-    "resnet34": _Arch((3, 4, 6, 3), (64, 128, 256, 512)),
-    # ImageNet forms (7x7 stride-2 stem + max-pool), Table 3.
-    "resnet18-imagenet": _Arch((2, 2, 2, 2), (64, 128, 256, 512), {"stem": "imagenet"}),
-    "resnet34-imagenet": _Arch((3, 4, 6, 3), (64, 128, 256, 512), {"stem": "imagenet"}),
-    # ResNet-19 of tdBN/TET: 128-channel stem, stages of 3, 3, 2 blocks, 256-unit hidden classifier.
-    "resnet19": _Arch((3, 3, 2), (128, 256, 512), {"head_hidden": 256}),
-    # ResNet-20 as in Dspike's CIFAR experiments: He et al.'s CIFAR ResNet-20 (3 x 3 blocks, 16-32-64).
-    "resnet20": _Arch((3, 3, 3), (16, 32, 64)),
-    # Small network for CPU-only machines; `width` and `blocks` are settable.
-    "resnet-tiny": _Arch((1, 1, 1), (16, 32, 64)),
-}
-
-ARCHS: tuple[str, ...] = tuple(_ARCHS)
+ARCHS: tuple[str, ...] = registry.ARCHS
 """Valid architecture names."""
-
-
-def _tiny_layout(width: int = 16, blocks: Sequence[int] | int = (1, 1, 1)) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    blocks = (int(blocks),) * 3 if isinstance(blocks, int) else tuple(int(b) for b in blocks)
-    if width < 1 or not blocks or min(blocks) < 1:
-        raise ValueError(f"resnet-tiny: width and blocks must be >= 1, got width={width}, blocks={blocks}")
-    return blocks, tuple(width * 2 ** i for i in range(len(blocks)))
-
-
-def num_stages(arch: str, **arch_kwargs) -> int:
-    """Number of stages n of an architecture (shortcut branches go after stages 1..n-1)."""
-    _check_arch(arch)
-    if arch == "resnet-tiny":
-        return len(_tiny_layout(**{k: v for k, v in arch_kwargs.items() if k in ("width", "blocks")})[0])
-    return len(_ARCHS[arch].blocks)
-
-
-def _check_arch(arch: str) -> None:
-    if arch not in _ARCHS:
-        raise ValueError(f"arch: unknown name {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
 def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, surrogate: str = "triangle",
@@ -340,17 +275,14 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
     Raises:
         ValueError: Unknown arch, surrogate or branch stage, or bad sizes.
     """
-    _check_arch(arch)
     kw = dict(arch_kwargs)
     neuron = NeuronConfig(tau=kw.pop("tau", 0.5), v_threshold=kw.pop("v_threshold", 1.0),
                           surrogate=surrogate, surrogate_param=surrogate_param,
                           detach_reset=kw.pop("detach_reset", False))
-    spec = _ARCHS[arch]
-    if arch == "resnet-tiny":
-        blocks, widths = _tiny_layout(kw.pop("width", 16), kw.pop("blocks", (1, 1, 1)))
-    else:
-        blocks, widths = spec.blocks, spec.widths
-    options = {**spec.kwargs, **kw}
+    tiny = {k: kw.pop(k) for k in registry.TINY_OPTIONS if k in kw and arch == "resnet-tiny"}
+    spec = registry.layout(arch, **tiny)
+    blocks, widths = spec.blocks, spec.widths
+    options = {**spec.options, **kw}
     unknown = set(options) - {"stem", "stem_width", "head_hidden"}
     if unknown:
         raise ValueError(f"arch_kwargs: unknown option(s) {sorted(unknown)} for {arch!r}; allowed: tau, "

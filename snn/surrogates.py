@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from snn import registry
+
 __all__ = ["NAMES", "DEFAULTS", "Surrogate", "get"]
 
 
@@ -87,11 +89,12 @@ _FORMULAS: dict[str, tuple[Callable[[Tensor, float], Tensor], Callable[[Tensor, 
     "triangle": (_triangle_grad, _triangle_primitive, 1.0),
 }
 
-NAMES: tuple[str, ...] = tuple(sorted(_FORMULAS))
+NAMES: tuple[str, ...] = registry.SURROGATES
 """Valid surrogate names, the one list that specs, search spaces and docs read."""
 
-DEFAULTS: dict[str, float] = {name: f[2] for name, f in _FORMULAS.items()}
-"""Default parameter of each surrogate (gamma, a, k, alpha, alpha)."""
+DEFAULTS: dict[str, float] = registry.SURROGATE_DEFAULTS
+"""Default parameter of each surrogate (α, a, α, k, γ)."""
+assert set(NAMES) == set(_FORMULAS) and all(DEFAULTS[n] == _FORMULAS[n][2] for n in NAMES)
 
 
 class _Spike(torch.autograd.Function):

@@ -1,0 +1,22 @@
+"""Optuna define-by-run search spaces and presets over λ₀, the λ schedule, the branch
+placement and the surrogate gradient (Guo et al., NeurIPS 2024, Eq. 4 and 10)."""
+
+from search_spaces._spaces import (
+    METHODS,
+    OPTIONAL,
+    PRESETS,
+    SEARCHED,
+    SURROGATE_RANGES,
+    all_branches,
+    branch_choices,
+    build_space,
+    dims_of,
+    first_points,
+    method_setting,
+    paper_setting,
+)
+
+__all__ = [
+    "METHODS", "OPTIONAL", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
+    "build_space", "dims_of", "first_points", "method_setting", "paper_setting",
+]

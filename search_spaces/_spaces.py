@@ -1,0 +1,189 @@
+"""Define-by-run Optuna search spaces for shortcut back-propagation studies.
+
+The four dimensions the project searches are named as everywhere else in the project
+(spec key, Tune config key, MLflow param):
+
+* ``lambda0``: λ₀ of Eq. 10, a float in [0, 1];
+* ``schedule``: the shape of λ(i) (:data:`snn.registry.SHAPES`; ``linear`` is Eq. 10);
+* ``branches``: the stages carrying a shortcut head, as a comma-separated string such as
+  ``"1,2,3"``, or ``"none"`` (vanilla training: reachable by the search);
+* ``surrogate``: a name from :data:`snn.registry.SURROGATES`, with ``surrogate_param`` as a
+  conditional dimension whose range depends on the surrogate.
+
+Optional dimensions a spec may switch on: ``timesteps``, ``lr``, ``weight_decay``,
+``loss_mode``.
+
+As in Ray's Optuna example, the define-by-run function only calls ``trial.suggest_*``
+and returns a dict of constants; no computation happens there.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+from snn import registry
+
+if TYPE_CHECKING:  # optuna is only needed by whoever calls the space; keep spec validation light
+    import optuna
+
+# Ranges of each surrogate's parameter, searched on a log scale around its default.
+SURROGATE_RANGES: dict[str, tuple[float, float]] = {
+    "atan": (0.5, 8.0),
+    "rectangle": (0.25, 4.0),
+    "sigmoid": (1.0, 16.0),
+    "tanh": (0.5, 8.0),
+    "triangle": (0.25, 4.0),
+}
+assert set(SURROGATE_RANGES) == set(registry.SURROGATES)
+
+SEARCHED: tuple[str, ...] = ("lambda0", "schedule", "branches", "surrogate")
+"""The four dimensions of a full search (``surrogate_param`` goes with ``surrogate``)."""
+
+OPTIONAL: tuple[str, ...] = ("timesteps", "lr", "weight_decay", "loss_mode")
+"""Dimensions a spec may switch on in addition to a preset's."""
+
+METHODS: tuple[str, ...] = ("evolutionary", "shortcut", "vanilla")
+"""The settings of the paper's ablation (Table 1), the paper's own first."""
+
+PRESETS: tuple[str, ...] = ("paper", "ablation", "full", "quick")
+"""Named search presets a spec refers to."""
+
+PAPER_SURROGATE = "triangle"
+
+# Choices of the quick preset: a small space a laptop explores in a few trials.
+_QUICK = {"schedule": ("constant", "linear", "cosine"), "surrogate": ("atan", "sigmoid", "triangle")}
+_TIMESTEPS = (1, 2, 4, 6)
+
+
+def branch_choices(stages: int) -> list[str]:
+    """Every placement of shortcut heads on stages 1..n-1, as strings; ``"none"`` first."""
+    idx = range(1, stages)
+    subsets = [c for r in range(1, stages) for c in itertools.combinations(idx, r)]
+    return ["none"] + [",".join(map(str, c)) for c in subsets]
+
+
+def all_branches(stages: int) -> str:
+    """The paper's placement (a head after every stage but the last) in the search's spelling."""
+    return ",".join(str(i) for i in range(1, stages)) or "none"
+
+
+def method_setting(method: str, stages: int) -> dict[str, Any]:
+    """The hyperparameters of one row of the paper's ablation (Table 1)."""
+    if method == "vanilla":
+        return {"lambda0": 0.0, "schedule": "constant", "branches": "none"}
+    if method == "shortcut":  # Eq. 6: every head added to the output with weight 1
+        return {"lambda0": 1.0, "schedule": "constant", "branches": all_branches(stages)}
+    if method == "evolutionary":  # Eq. 10 with λ = 0.25
+        return paper_setting(stages, dims=("lambda0", "schedule", "branches"))
+    raise ValueError(f"method: unknown name {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def paper_setting(stages: int, dims: Sequence[str] = SEARCHED + ("surrogate_param",)) -> dict[str, Any]:
+    """The paper's published point (λ₀ = 0.25, linear, all stages, triangle surrogate), in ``dims``."""
+    point = {"lambda0": 0.25, "schedule": "linear", "branches": all_branches(stages),
+             "surrogate": PAPER_SURROGATE, "surrogate_param": registry.SURROGATE_DEFAULTS[PAPER_SURROGATE]}
+    return {k: v for k, v in point.items() if k in dims}
+
+
+def dims_of(preset: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The Optuna parameter names a preset searches (plus ``extra`` optional dimensions)."""
+    base = {"paper": (), "ablation": (), "full": SEARCHED, "quick": SEARCHED}[_check_preset(preset)]
+    out = list(base)
+    if "surrogate" in out:
+        out.append("surrogate_param")
+    return tuple(out) + tuple(d for d in extra if d not in out)
+
+
+def _check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"search.preset: unknown name {preset!r}; choose one of {', '.join(PRESETS)}")
+    return preset
+
+
+def build_space(preset: str, *, stages: int, extra: Sequence[str] = (),
+                fixed: Mapping[str, Any] | None = None, constants: Mapping[str, Any] | None = None,
+                seed: int = 0) -> Callable[["optuna.Trial"], dict[str, Any]]:
+    """Return the define-by-run function of a preset.
+
+    Args:
+        preset: One of :data:`PRESETS`: ``paper`` (the published setting, repeated with
+            new seeds), ``ablation`` (Table 1: evolutionary, shortcut, vanilla in turn,
+            a new seed each round), ``full`` (the four dimensions), ``quick`` (the four
+            dimensions with fewer choices).
+        stages: Number of stages of the architecture, which bounds ``branches``.
+        extra: Optional dimensions to search as well (from :data:`OPTIONAL`).
+        fixed: Values that replace a dimension: a fixed key is not searched.
+        constants: The rest of the trial's configuration, returned unchanged.
+        seed: The study's seed; the replicate presets add the trial number to it.
+
+    Returns:
+        ``f(trial) -> dict`` of constants for OptunaSearch; the suggested values are
+        added to each trial's config by OptunaSearch itself.
+    """
+    _check_preset(preset)
+    bad = [d for d in extra if d not in OPTIONAL]
+    if bad:
+        raise ValueError(f"search.dims: unknown dimension(s) {bad}; choose from {', '.join(OPTIONAL)}")
+    fixed = dict(fixed or {})
+    constants = dict(constants or {})
+    dims = [d for d in dims_of(preset, extra) if d not in fixed]
+    quick = preset == "quick"
+    branch_opts = branch_choices(stages)
+
+    def space(trial: "optuna.Trial") -> dict[str, Any]:
+        """Suggest one trial's hyperparameters (no computation here)."""
+        out = dict(constants)
+        if preset == "paper":
+            out.update(paper_setting(stages))
+            out["seed"] = seed + trial.number
+        elif preset == "ablation":
+            method = METHODS[trial.number % len(METHODS)]
+            out.update(paper_setting(stages))
+            out.update(method_setting(method, stages))
+            out["seed"] = seed + trial.number // len(METHODS)
+        if "lambda0" in dims:
+            trial.suggest_float("lambda0", 0.0, 1.0)
+        if "schedule" in dims:
+            trial.suggest_categorical("schedule", list(_QUICK["schedule"] if quick else registry.SHAPES))
+        if "branches" in dims:
+            trial.suggest_categorical("branches", branch_opts)
+        if "surrogate" in dims:
+            name = trial.suggest_categorical("surrogate", list(_QUICK["surrogate"] if quick else registry.SURROGATES))
+        else:
+            name = fixed.get("surrogate", out.get("surrogate", PAPER_SURROGATE))
+        if "surrogate_param" in dims:
+            lo, hi = SURROGATE_RANGES[name]
+            trial.suggest_float("surrogate_param", lo, hi, log=True)
+        if "timesteps" in dims:
+            trial.suggest_categorical("timesteps", list(_TIMESTEPS))
+        if "lr" in dims:
+            trial.suggest_float("lr", 1e-3, 3e-2, log=True)
+        if "weight_decay" in dims:
+            trial.suggest_float("weight_decay", 1e-3, 1e-1, log=True)
+        if "loss_mode" in dims:
+            trial.suggest_categorical("loss_mode", list(registry.LOSS_MODES))
+        out.update(fixed)
+        for k in dims:  # suggested values win over constants of the same name
+            out.pop(k, None)
+        return out
+
+    return space
+
+
+def first_points(preset: str, *, stages: int, extra: Sequence[str] = (),
+                 fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The points to enqueue before the search: the paper's setting, in the searched dimensions.
+
+    Empty when the preset searches nothing (``paper`` and ``ablation`` start from the
+    paper's setting by construction).
+    """
+    fixed = dict(fixed or {})
+    dims = [d for d in dims_of(preset, extra) if d not in fixed]
+    point = paper_setting(stages, dims)
+    if "surrogate_param" in point and "surrogate" not in dims:
+        point.pop("surrogate_param")
+    return [point] if point else []

@@ -1,0 +1,351 @@
+"""The one training loop of Algorithm 1 (Guo et al., NeurIPS 2024).
+
+Every iteration: forward to get b_n(x) and the shortcut logits b_l(x); update λ(i)
+(Eq. 10, :func:`snn.schedules.balance`); compute the loss of Eq. 10
+(:func:`snn.losses.shortcut_loss`); back-propagate (Eq. 9) and step AdamW. The
+learning rate decays from ``lr`` to 0 with a cosine over all iterations. After each
+epoch the main branch alone is evaluated on the test set (what inference sees), with
+each shortcut head's accuracy, firing rates and synaptic operations.
+
+The loop knows nothing about Ray, Optuna or MLflow: it reports each epoch through the
+``report(metrics, trainer)`` callable it is given, and :meth:`Trainer.state_dict` holds
+everything an exact resume needs (model, optimizer, LR schedule, iteration counter and
+RNG states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from snn import data as snn_data
+from snn import diagnostics, losses, models, schedules
+
+__all__ = [
+    "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
+    "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged",
+    "branch_acc_metric", "fit",
+]
+
+log = logging.getLogger(__name__)
+
+# Metric names: defined once here, imported by the trainable, the tracking and the reports.
+EPOCH = "epoch"
+TEST_ACC = "test_acc"  # main branch only: what the stripped inference model sees
+TEST_LOSS = "test_loss"
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"  # main branch accuracy on the training batches
+LAMBDA = "lambda"  # λ(i) at the last iteration of the epoch
+GRAD_NORM_FIRST = "grad_norm_first"  # mean over the epoch's iterations of ||dL/dW1||
+FIRING_RATE = "firing_rate"  # mean spikes per neuron per time step, test set
+SYNOPS = "synops"  # synaptic operations per test image
+EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
+IMAGES_PER_S = "images_per_s"  # training throughput
+
+
+def branch_acc_metric(stage: int) -> str:
+    """Metric name of the test accuracy of the shortcut head after ``stage``."""
+    return f"branch{stage}_acc"
+
+
+def firing_rate_metric(stage: str) -> str:
+    """Metric name of the firing rate of a stage (``stem``, ``stage1``, ...)."""
+    return f"firing_rate_{stage}"
+
+
+def grad_norm_metric(stage: str) -> str:
+    """Metric name of the mean weight-gradient norm of the layers of a stage."""
+    return f"grad_norm_{stage}"
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one trial needs. Defaults follow the paper's CIFAR recipe (section 5.2).
+
+    The field names are the hyperparameter names used everywhere: spec keys, search
+    space names, Tune config keys and MLflow params.
+    """
+
+    dataset: str = "digits"
+    data_root: str = "data"
+    download: bool = False
+    arch: str = "resnet-tiny"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. width/blocks of resnet-tiny
+    timesteps: int = 2
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.01  # AdamW, cosine decay to 0 (ImageNet: 4e-3)
+    weight_decay: float = 0.02
+    lambda0: float = 0.25  # λ of Eq. 10; the paper uses 0.25
+    schedule: str = "linear"  # Eq. 10: evolutionary training
+    branches: str | list[int] = "all"  # stages with a shortcut head
+    surrogate: str = "triangle"
+    surrogate_param: float | None = None  # None: the surrogate's default
+    loss_mode: str = "logit_sum"  # Eq. 10 as printed; or "deep_supervision"
+    tau: float = 0.5
+    v_threshold: float = 1.0
+    seed: int = 0
+    workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # mixed precision, used on CUDA only
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    max_batches: int | None = None  # cap on training batches per epoch (smoke tests)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "TrainConfig":
+        """Build from a flat dict such as Tune's ``config``; unknown keys are a ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"config: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
+        cfg = cls(**config)
+        if isinstance(cfg.branches, (tuple, list)):
+            cfg.branches = [int(b) for b in cfg.branches]
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def method(self) -> str:
+        """The paper's name for this setting: vanilla, shortcut (constant λ) or evolutionary (linear)."""
+        if self.branches == "none" or self.branches == [] or self.lambda0 == 0:
+            return "vanilla"
+        return {"constant": "shortcut", "linear": "evolutionary"}.get(self.schedule, "searched")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Model, data, optimizer and counters of one trial; one call of :meth:`run_epoch` per epoch.
+
+    Args:
+        cfg: The trial's configuration.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.device = _device(cfg.device)
+        _seed_everything(cfg.seed)
+        info = snn_data.info(cfg.dataset)
+        self.train_loader, self.test_loader = snn_data.loaders(
+            cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, cfg.workers,
+            download=cfg.download, seed=cfg.seed)
+        self.model = models.build(
+            cfg.arch, info.num_classes, cfg.timesteps, in_channels=info.in_channels,
+            surrogate=cfg.surrogate, surrogate_param=cfg.surrogate_param, branches=cfg.branches,
+            tau=cfg.tau, v_threshold=cfg.v_threshold, **cfg.arch_kwargs).to(self.device)
+        if cfg.loss_mode not in losses.MODES:
+            raise ValueError(f"loss_mode: unknown mode {cfg.loss_mode!r}; choose one of {', '.join(losses.MODES)}")
+        self.steps_per_epoch = len(self.train_loader) if cfg.max_batches is None else min(
+            len(self.train_loader), cfg.max_batches)
+        self.total_steps = max(1, cfg.epochs * self.steps_per_epoch)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps,
+                                                                      eta_min=0.0)
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.step = 0  # iterations done, i of Eq. 10
+        self.epoch = 0  # epochs done
+        self.first_grad: Tensor | None = None  # dL/dW1 at the last iteration of the last epoch (Fig. 2)
+        self.layer_grad_norms: dict[str, float] = {}  # mean over the last epoch, per layer
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def _lambda(self) -> float:
+        return schedules.balance(self.cfg.schedule, self.cfg.lambda0, min(self.step, self.total_steps),
+                                 self.total_steps)
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.transpose(0, 1) if x.dim() == 5 else x  # frames: [B, T, C, H, W] -> [T, B, C, H, W]
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train one epoch (Algorithm 1, lines 1-9) and return its training metrics."""
+        self.model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        norm_sums: dict[str, float] = {}
+        stem = diagnostics.first_conv(self.model)
+        lam = self._lambda()
+        for b, (x, y) in enumerate(self.train_loader):
+            if b >= self.steps_per_epoch:
+                break
+            x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+            lam = self._lambda()  # Algorithm 1, line 4
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                out = self.model(x)
+                loss = losses.shortcut_loss(out, y, lam, self.cfg.loss_mode)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"training loss became {float(loss)} at iteration {self.step} "
+                                       f"(epoch {self.epoch + 1}); lower lr (now {self.cfg.lr})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            for k, v in diagnostics.grad_norms(self.model).items():
+                norm_sums[k] = norm_sums.get(k, 0.0) + v
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.lr_schedule.step()
+            self.step += 1
+            n = y.shape[0]
+            loss_sum += float(loss) * n
+            correct += int((out.main.argmax(1) == y).sum())
+            seen += n
+        if stem.weight.grad is not None:
+            self.first_grad = stem.weight.grad.detach().float().cpu().clone()
+        steps = max(1, min(self.steps_per_epoch, len(self.train_loader)))
+        self.layer_grad_norms = {k: v / steps for k, v in norm_sums.items()}
+        metrics = {TRAIN_LOSS: loss_sum / max(seen, 1), TRAIN_ACC: correct / max(seen, 1), LAMBDA: lam}
+        stem_name = next(n for n, m in self.model.named_modules() if m is stem) + ".weight"
+        metrics[GRAD_NORM_FIRST] = self.layer_grad_norms.get(stem_name, 0.0)
+        by_stage: dict[str, list[float]] = {}
+        for k, v in self.layer_grad_norms.items():
+            stage = diagnostics.stage_of(k)
+            if stage is not None:
+                by_stage.setdefault(stage, []).append(v)
+        metrics.update({grad_norm_metric(s): float(np.mean(v)) for s, v in by_stage.items()})
+        metrics["_images"] = seen
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Test accuracy of the main branch (Algorithm 1, inference) and of each shortcut head."""
+        self.model.eval()
+        loss_sum, correct, seen = 0.0, 0, 0
+        branch_correct = [0] * len(self.model.branch_stages)
+        with diagnostics.ActivityMonitor(self.model) as mon:
+            for x, y in self.test_loader:
+                x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    out = self.model(x)
+                loss_sum += float(nn.functional.cross_entropy(out.main.float(), y, reduction="sum"))
+                correct += int((out.main.argmax(1) == y).sum())
+                for i, b in enumerate(out.branches):
+                    branch_correct[i] += int((b.argmax(1) == y).sum())
+                seen += y.shape[0]
+        metrics = {TEST_ACC: correct / max(seen, 1), TEST_LOSS: loss_sum / max(seen, 1),
+                   FIRING_RATE: mon.mean_firing_rate(), SYNOPS: mon.synops_per_image()}
+        metrics.update({firing_rate_metric(k): v for k, v in mon.firing_rates().items()})
+        for stage, c in zip(self.model.branch_stages, branch_correct):
+            metrics[branch_acc_metric(stage)] = c / max(seen, 1)
+        return metrics
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate, and return all of the epoch's metrics."""
+        t0 = time.perf_counter()
+        train = self.train_epoch()
+        t_train = time.perf_counter() - t0
+        metrics = {**train, **self.evaluate()}
+        images = metrics.pop("_images")
+        self.epoch += 1
+        metrics[EPOCH] = self.epoch
+        metrics[EPOCH_TIME] = time.perf_counter() - t0
+        metrics[IMAGES_PER_S] = images / t_train if t_train > 0 else 0.0
+        return metrics
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs; tensors and plain Python values only."""
+        gen = self.train_loader.generator
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": _numpy_state(),
+                "python": _python_state(),
+                "loader": gen.get_state() if gen is not None else None,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the next epoch runs as if training had not stopped."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_numpy_state(rng["numpy"])
+        _set_python_state(rng["python"])
+        if rng["loader"] is not None and self.train_loader.generator is not None:
+            self.train_loader.generator.set_state(rng["loader"])
+
+
+# RNG states as tensors and lists, so checkpoints load with torch.load(weights_only=True).
+def _numpy_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_state(s: dict[str, Any]) -> None:
+    np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
+
+
+def _python_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_python_state(s: list) -> None:
+    random.setstate((s[0], tuple(s[1]), s[2]))
+
+
+def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | None = None, *,
+        state: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train for ``cfg.epochs`` epochs, calling ``report`` after each one.
+
+    Args:
+        cfg: The trial's configuration.
+        report: Called as ``report(metrics, trainer)`` after every epoch; the trainer's
+            :meth:`Trainer.state_dict` is what a checkpoint should hold.
+        state: A state dict to resume from; training continues after its epoch.
+
+    Returns:
+        The last epoch's metrics (empty if there was nothing left to train).
+
+    Raises:
+        TrainingDiverged: The loss became NaN or infinite.
+    """
+    trainer = Trainer(cfg)
+    if state is not None:
+        trainer.load_state_dict(state)
+        log.info("resumed at epoch %d (iteration %d)", trainer.epoch, trainer.step)
+    metrics: dict[str, float] = {}
+    while trainer.epoch < cfg.epochs:
+        metrics = trainer.run_epoch()
+        if report is not None:
+            report(metrics, trainer)
+    return metrics

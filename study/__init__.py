@@ -1,0 +1,1 @@
+"""The study service: YAML specs, the Ray Tune + Optuna study, MLflow records, reports and the CLI."""

@@ -1,0 +1,257 @@
+"""``snn-study``: a thin command line over :mod:`study` (and :mod:`snn.training` for ``train``).
+
+Each command checks its options, then calls one library function that a Python user
+could call too. Failures end with one line on stderr and a non-zero exit: 2 for a bad
+spec or bad options (before anything starts or is written), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["main"]
+
+log = logging.getLogger("snn-study")
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"snn-study: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _overrides(sets: tuple[str, ...]) -> dict[str, Any]:
+    from study.spec import SpecError, parse_override
+
+    try:
+        return dict(parse_override(s) for s in sets)
+    except SpecError as e:
+        _fail(str(e), 2)
+    return {}
+
+
+def _load(spec_path: str | None, sets: tuple[str, ...]):
+    from study.spec import SpecError, load_spec, quickstart_spec
+
+    try:
+        return load_spec(spec_path, _overrides(sets)) if spec_path else quickstart_spec(_overrides(sets))
+    except SpecError as e:
+        _fail(str(e), 2)
+
+
+_ADDRESS = click.option("--address", envvar="RAY_ADDRESS", default=None,
+                        help="Ray cluster to join, e.g. 'auto' or ray://head:10001 (env RAY_ADDRESS). "
+                             "Default: start a local Ray.")
+_SET = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                    help="Override a spec key, e.g. --set train.epochs=2 --set trials=3 (repeatable).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More output (-vv for debug logs).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Hyperparameter studies of shortcut back-propagation for spiking neural networks
+    (Guo et al., NeurIPS 2024) on Ray Tune, Optuna and MLflow."""
+    ctx.obj = {"verbose": verbose}
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@_SET
+@_ADDRESS
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None,
+              help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (env MLFLOW_TRACKING_URI). "
+                   "Default: the spec's (sqlite:///mlflow.db in the working directory).")
+@click.pass_context
+def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: str | None,
+        tracking_uri: str | None) -> None:
+    """Run the study in SPEC (a YAML file); without SPEC, the built-in quick-start study."""
+    s = _load(spec, sets)
+    from study.tuner import StudyError, run_study
+
+    try:
+        result = run_study(s, address=address, tracking_uri=tracking_uri, verbose=1 + ctx.obj["verbose"])
+    except StudyError as e:
+        _fail(str(e))
+    _summary(result)
+
+
+def _summary(result) -> None:
+    click.echo(f"\nstudy {result.name}: {result.trials} trial(s), {result.errored} errored; folder {result.path}")
+    if result.best:
+        acc = result.best["metrics"].get("test_acc")
+        keys = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
+        cfg = ", ".join(f"{k}={result.best['config'].get(k)}" for k in keys)
+        click.echo(f"best trial {result.best['trial_id']}: test_acc={acc:.4f} ({cfg})")
+    click.echo(f"MLflow: experiment '{result.experiment}' at {result.tracking_uri} "
+               f"(snn-study ui {result.path}); report: snn-study report {result.path}")
+
+
+@cli.command()
+@click.argument("study")
+@_ADDRESS
+@click.pass_context
+def resume(ctx: click.Context, study: str, address: str | None) -> None:
+    """Resume the interrupted study in folder STUDY (or named STUDY under ./studies)."""
+    from study.tuner import StudyError, resume_study
+
+    try:
+        result = resume_study(study, address=address, verbose=1 + ctx.obj["verbose"])
+    except StudyError as e:
+        _fail(str(e))
+    _summary(result)
+
+
+@cli.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="A trial's config.yaml (from its MLflow artifacts) to train exactly that trial.")
+@_SET
+def train(spec: str | None, config_file: str | None, sets: tuple[str, ...]) -> None:
+    """Train one trial without Ray, through the same training loop as the study.
+
+    The hyperparameters are the spec's recipe with the paper's setting for the searched
+    dimensions, the --config file's, or both, with --set KEY=VALUE applied last (keys
+    are trial config names: lambda0, schedule, branches, surrogate, surrogate_param,
+    epochs, lr, seed, ...). Prints one line per epoch.
+    """
+    import yaml
+
+    from study.spec import SpecError
+
+    if spec and config_file:
+        raise click.UsageError("give a SPEC or --config, not both")
+    overrides = _overrides(sets)
+    if config_file:
+        config = yaml.safe_load(Path(config_file).read_text())
+    else:
+        from search_spaces import paper_setting
+
+        s = _load(spec, ())
+        config = {**s.train_constants(), **paper_setting(s.stages), **s.search.fixed}
+    config.update(overrides)
+    from snn.training import TrainConfig, TrainingDiverged, fit
+
+    try:
+        cfg = TrainConfig.from_dict(config)
+    except (TypeError, ValueError, SpecError) as e:
+        _fail(str(e), 2)
+
+    def report(metrics: dict[str, float], trainer) -> None:
+        click.echo(f"epoch {int(metrics['epoch'])}/{cfg.epochs}  train_loss={metrics['train_loss']:.4f}  "
+                   f"train_acc={metrics['train_acc']:.4f}  test_acc={metrics['test_acc']:.4f}  "
+                   f"lambda={metrics['lambda']:.4f}  firing_rate={metrics['firing_rate']:.4f}  "
+                   f"{metrics['images_per_s']:.0f} img/s")
+
+    try:
+        fit(cfg, report)
+    except TrainingDiverged as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(str(e), 2)
+    except FileNotFoundError as e:
+        _fail(str(e))
+
+
+@cli.command()
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default="sqlite:///mlflow.db", show_default=True,
+              help="MLflow tracking URI (env MLFLOW_TRACKING_URI).")
+@click.option("--experiment", default="paper-baselines", show_default=True)
+def baselines(tracking_uri: str, experiment: str) -> None:
+    """Log every row of the paper's Tables 1-4 to an MLflow experiment (idempotent)."""
+    from study.tracking import check_tracking_uri, log_baselines
+
+    try:
+        check_tracking_uri(tracking_uri)
+    except ConnectionError as e:
+        _fail(str(e))
+    n = log_baselines(tracking_uri, experiment, None)
+    click.echo(f"logged {n} new baseline run(s) to experiment '{experiment}' at {tracking_uri}")
+
+
+@cli.command()
+@click.argument("study", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default: STUDY/report).")
+def report(study: str, out: str | None) -> None:
+    """Write a table of trials and baselines, the best config and plots for STUDY."""
+    from study.report import write_report
+
+    try:
+        r = write_report(study, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    click.echo(f"{len(r.trials)} trial(s); report written to {r.path / 'report.md'}")
+    if not r.baselines:
+        click.echo("the paper has no results on this dataset: no baselines to compare with")
+
+
+@cli.command()
+@click.argument("study", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--tracking-uri", default=None, help="Tracking store to show (default: the study's).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but 127.0.0.1 exposes the UI to the network.")
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> None:
+    """Start the MLflow UI for a study's tracking store (on 127.0.0.1 unless asked otherwise)."""
+    import json
+    import subprocess
+
+    if tracking_uri is None and study:
+        tracking_uri = json.loads((Path(study) / "study.json").read_text())["tracking_uri"]
+    tracking_uri = tracking_uri or "sqlite:///mlflow.db"
+    if tracking_uri.startswith(("http://", "https://")):
+        click.echo(f"the store is a server already: open {tracking_uri}")
+        return
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
+           "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    sys.exit(subprocess.call(cmd))
+
+
+@cli.command()
+@click.option("--arch", default="resnet34", show_default=True)
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--timesteps", default=2, show_default=True, type=int)
+@click.option("--max-batches", default=None, type=int, help="Cap on batches per epoch.")
+def gradients(arch: str, dataset: str, epochs: int, timesteps: int, max_batches: int | None) -> None:
+    """Train with and without shortcut branches and print per-stage gradient norms per epoch.
+
+    Measures the claim of the paper's Fig. 2 (shallow-layer gradients vanish without
+    shortcuts) during real training rather than assuming it.
+    """
+    from snn.training import TrainConfig, fit
+
+    for branches in ("none", "all"):
+        cfg = TrainConfig(dataset=dataset, arch=arch, timesteps=timesteps, epochs=epochs, batch_size=64,
+                          branches=branches, lambda0=0.0 if branches == "none" else 0.25, schedule="linear",
+                          max_batches=max_batches)
+        click.echo(f"== {arch} on {dataset}, branches={branches}")
+
+        def report(metrics: dict[str, float], trainer) -> None:
+            norms = "  ".join(f"{k.removeprefix('grad_norm_')}={v:.3e}" for k, v in sorted(metrics.items())
+                              if k.startswith("grad_norm_"))
+            click.echo(f"epoch {int(metrics['epoch'])}: test_acc={metrics['test_acc']:.4f}  {norms}")
+
+        fit(cfg, report)
+
+
+def main() -> None:
+    """Entry point of the ``snn-study`` console script."""
+    cli(prog_name="snn-study")
+
+
+if __name__ == "__main__":
+    main()

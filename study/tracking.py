@@ -1,0 +1,231 @@
+"""MLflow records of a study: a parent run, one nested run per trial, and the paper's baselines.
+
+Logging happens on the driver only, through Ray's :class:`MLflowLoggerCallback` (one
+writer, so concurrent trials never race on the store). This module adds what the
+project needs on top of it:
+
+* per-trial tags (study, trial id, dataset, architecture, timesteps, method, the Ray node
+  that ran it) and the ``mlflow.parentRunId`` tag that nests trial runs under the study's
+  parent run in the MLflow UI;
+* metrics stepped by epoch, in one batch per report;
+* artifacts at the end of a trial: the resolved config, the stripped inference model and
+  the first layer's gradient histogram (the paper's Fig. 2);
+* re-attaching to a trial's existing run after a driver restart, so a resumed study keeps
+  one continuous history per trial;
+* the paper's Tables 1-4 as runs tagged ``kind=baseline`` with the same ``test_acc``
+  metric (a fraction), logged idempotently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from snn.training import EPOCH, TEST_ACC, TrainConfig
+from study import baselines as _baselines
+
+__all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent_run", "log_baselines",
+           "start_parent_run"]
+
+log = logging.getLogger(__name__)
+
+KIND = "kind"  # tag: study | trial | baseline
+_NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {"config", "trial_id", "node_ip", "hostname", "pid"}
+
+
+def client(tracking_uri: str):
+    """An :class:`mlflow.MlflowClient` for ``tracking_uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any trial starts, when the tracking server cannot be reached.
+
+    Raises:
+        ConnectionError: One line naming the URI and how to fix it.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    try:
+        client(tracking_uri).search_experiments(max_results=1)
+    except Exception as e:  # any failure to talk to the server means: do not start the study
+        raise ConnectionError(f"mlflow.tracking_uri: cannot reach the MLflow server at {tracking_uri} "
+                              f"({type(e).__name__}); start it or pass another --tracking-uri") from None
+
+
+def _experiment_id(c, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else c.create_experiment(name)
+
+
+def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[str, Any],
+                     run_id: str | None = None) -> str:
+    """Create (or, with ``run_id``, reopen) the study's parent run; return its id."""
+    c = client(tracking_uri)
+    if run_id is not None:
+        c.update_run(run_id, status="RUNNING")
+        return run_id
+    exp_id = _experiment_id(c, experiment)
+    run = c.create_run(exp_id, run_name=study, tags={KIND: "study", "study": study})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "spec.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        c.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id
+
+
+def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
+    """Record the best trial's config and metrics on the parent run and close it."""
+    from mlflow.entities import Metric, Param
+
+    c = client(tracking_uri)
+    if best:
+        params = [Param(f"best.{k}", str(v)[:6000]) for k, v in best["config"].items()]
+        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        existing = set(c.get_run(run_id).data.params)
+        c.log_batch(run_id, metrics=metrics, params=[p for p in params if p.key not in existing])
+        c.set_tag(run_id, "best_trial_id", best["trial_id"])
+    c.set_terminated(run_id, status)
+
+
+def log_baselines(tracking_uri: str, experiment: str, dataset: str | None) -> int:
+    """Log the paper's rows for ``dataset`` (all rows for None) as ``kind=baseline`` runs.
+
+    Idempotent: a row already in the experiment is not logged again.
+
+    Returns:
+        The number of runs created.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    c = client(tracking_uri)
+    exp_id = _experiment_id(c, experiment)
+    existing = {r.data.tags.get("baseline") for r in c.search_runs([exp_id], filter_string=f"tags.{KIND} = 'baseline'",
+                                                                    max_results=5000)}
+    created = 0
+    for row in _baselines.rows(dataset):
+        name = row.run_name()
+        if name in existing:
+            continue
+        run = c.create_run(exp_id, run_name=name, tags={
+            KIND: "baseline", "baseline": name, "table": str(row.table), "dataset": row.dataset,
+            "method": row.method_tag, "paper_method": row.method, "citation": row.citation,
+            "arch": row.architecture, "timesteps": str(row.timesteps)})
+        metrics = [Metric(TEST_ACC, row.accuracy, 0, 0)]
+        if row.std is not None:
+            metrics.append(Metric(f"{TEST_ACC}_std", row.std, 0, 0))
+        c.log_batch(run.info.run_id, metrics=metrics,
+                    params=[Param("arch", row.architecture), Param("timesteps", str(row.timesteps)),
+                            Param("dataset", row.dataset)],
+                    tags=[RunTag("mlflow.note.content", f"Table {row.table} of Guo et al., NeurIPS 2024")])
+        c.set_terminated(run.info.run_id, "FINISHED")
+        created += 1
+    return created
+
+
+class StudyMLflowCallback(MLflowLoggerCallback):
+    """Ray's MLflow logger, with nested trial runs, project tags and trial artifacts.
+
+    Args:
+        tracking_uri: The MLflow tracking URI.
+        experiment_name: The study's experiment.
+        study: The study's name (a tag on every run).
+        parent_run_id: The study's parent run; trial runs are nested under it.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, study: str, parent_run_id: str) -> None:
+        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
+                         tags={"mlflow.parentRunId": parent_run_id, "study": study, KIND: "trial"})
+        self.study = study
+        self._node_tagged: set[str] = set()
+
+    def log_trial_start(self, trial) -> None:
+        if trial not in self._trial_runs:
+            existing = self._find_run(trial.trial_id)
+            if existing is not None:  # the driver restarted: continue the trial's run
+                self._trial_runs[trial] = existing
+                self.mlflow_util._get_client().update_run(existing, status="RUNNING")
+            else:
+                cfg = trial.config
+                tags = {**self.tags, "trial_id": trial.trial_id, "trial_name": str(trial),
+                        "dataset": str(cfg.get("dataset")), "arch": str(cfg.get("arch")),
+                        "timesteps": str(cfg.get("timesteps")), "method": _method(cfg)}
+                run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
+                self._trial_runs[trial] = run.info.run_id
+                self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=cfg)
+
+    def _find_run(self, trial_id: str) -> str | None:
+        c = self.mlflow_util._get_client()
+        runs = c.search_runs([self.mlflow_util.experiment_id],
+                             filter_string=f"tags.trial_id = '{trial_id}' and tags.study = '{self.study}'",
+                             max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._trial_runs[trial]
+        step = int(result.get(EPOCH) or result.get("training_iteration") or iteration)
+        ts = int(result.get("timestamp", 0) * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
+                   if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        c = self.mlflow_util._get_client()
+        c.log_batch(run_id, metrics=metrics)
+        if run_id not in self._node_tagged and result.get("node_ip"):
+            c.set_tag(run_id, "ray_node", str(result["node_ip"]))
+            c.set_tag(run_id, "ray_hostname", str(result.get("hostname", "")))
+            self._node_tagged.add(run_id)
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        run_id = self._trial_runs[trial]
+        c = self.mlflow_util._get_client()
+        try:
+            _log_trial_artifacts(c, run_id, trial)
+        except Exception:  # artifacts are a bonus: never lose the run's status over them
+            log.exception("could not log artifacts of trial %s", trial.trial_id)
+        if failed and trial.error_file and os.path.exists(trial.error_file):
+            c.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:].strip().splitlines()[-1])
+        self.mlflow_util.end_run(run_id=run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _method(cfg: dict[str, Any]) -> str:
+    try:
+        return TrainConfig.from_dict(cfg).method()
+    except (TypeError, ValueError):
+        return "searched"
+
+
+def _log_trial_artifacts(c, run_id: str, trial) -> None:
+    from study.report import plot_grad_histogram
+    from trainables import FIRST_GRAD_FILE, STRIPPED_MODEL_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(dict(trial.config), sort_keys=True))
+        c.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
+    checkpoint = trial.checkpoint
+    if checkpoint is None:
+        return
+    import torch
+
+    with checkpoint.as_directory() as d:
+        model = Path(d) / STRIPPED_MODEL_FILE
+        if model.exists():
+            c.log_artifact(run_id, str(model))
+        grad = Path(d) / FIRST_GRAD_FILE
+        if grad.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / "first_layer_grad_hist.png"
+                plot_grad_histogram(torch.load(grad, weights_only=True), png, title=str(trial))
+                c.log_artifact(run_id, str(png))

@@ -1,0 +1,244 @@
+"""Build and run the Ray Tune study for a spec: Tuner + OptunaSearch + ASHA + MLflow.
+
+Everything of the wiring is in :func:`build_tuner`, in the order Ray's own examples use:
+the trainable with its resources, the searcher (Optuna TPE, seeded, backed by an RDB
+storage in the study folder so ``optuna-dashboard`` can open it, with the paper's setting
+enqueued first), the scheduler, the ``TuneConfig`` and the ``RunConfig`` (storage,
+failure retries, checkpoints, the MLflow callback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.spec import StudySpec, parse_spec
+
+__all__ = ["StudyError", "StudyResult", "build_tuner", "resume_study", "run_study", "study_paths"]
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "study.yaml"  # the resolved spec, written before the study starts
+STATE_FILE = "study.json"  # MLflow parent run id and tracking URI of the study
+OPTUNA_FILE = "optuna.db"
+
+
+class StudyError(RuntimeError):
+    """A study cannot start or resume; the message is one line saying why and what to do."""
+
+
+@dataclass
+class StudyResult:
+    """What a finished study returns: where it lives and its best trial."""
+
+    name: str
+    path: Path
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    trials: int
+    errored: int
+    best: dict[str, Any] | None
+
+
+def study_paths(spec: StudySpec) -> dict[str, Path]:
+    d = spec.study_dir()
+    return {"dir": d, "spec": d / SPEC_FILE, "state": d / STATE_FILE, "optuna": d / OPTUNA_FILE}
+
+
+def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
+    from snn.training import FIRING_RATE, TEST_ACC
+
+    if spec.objective == "test_acc":
+        return TEST_ACC, "max"
+    return [TEST_ACC, FIRING_RATE], ["max", "min"]
+
+
+def _searcher(spec: StudySpec, paths: dict[str, Path]):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search_spaces import build_space, first_points
+
+    metric, mode = _objective(spec)
+    constants = spec.train_constants()
+    space = build_space(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=spec.search.fixed,
+                        constants=constants, seed=spec.seed)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{paths['optuna']}")
+    sampler = optuna.samplers.TPESampler(seed=spec.seed)
+    points = first_points(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=spec.search.fixed)
+    return OptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
+                        sampler=sampler, study_name=spec.name, storage=storage, seed=spec.seed)
+
+
+def _trainable(spec: StudySpec):
+    from ray import tune
+
+    from trainables import train_snn
+
+    return tune.with_resources(train_snn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(spec: StudySpec, *, parent_run_id: str, tracking_uri: str, verbose: int = 1):
+    """The :class:`ray.tune.Tuner` of a study (Ray must already be initialised)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from study.tracking import StudyMLflowCallback
+
+    paths = study_paths(spec)
+    metric, mode = _objective(spec)
+    single = isinstance(metric, str)
+    if spec.scheduler == "asha":
+        # Early stopping on test_acc; with two objectives ASHA still ranks by test_acc alone.
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs, grace_period=1,
+                                  reduction_factor=2, **({} if single else {"metric": metric[0], "mode": mode[0]}))
+    else:
+        scheduler = FIFOScheduler()
+    tune_config = tune.TuneConfig(
+        search_alg=_searcher(spec, paths), scheduler=scheduler, num_samples=spec.trials,
+        max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
+        trial_name_creator=_trial_dirname, **({"metric": metric, "mode": mode} if single else {}))
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=spec.storage_uri(),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[StudyMLflowCallback(tracking_uri, spec.experiment, spec.name, parent_run_id)],
+        verbose=verbose)
+    return tune.Tuner(_trainable(spec), tune_config=tune_config, run_config=run_config)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), dashboard_host="127.0.0.1",
+             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": _project_root()}}
+             if address else None)
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parents[1])
+
+
+def _preflight_data(spec: StudySpec) -> None:
+    """Open the dataset once on the driver, so missing files fail before Ray starts."""
+    from snn import data
+
+    try:
+        data.build(spec.dataset, spec.train_constants()["data_root"], train=False,
+                   timesteps=spec.timesteps, download=spec.download)
+    except data.DatasetNotFoundError as e:
+        raise StudyError(str(e)) from None
+
+
+def _best(results, metric: str) -> dict[str, Any] | None:
+    try:
+        r = results.get_best_result(metric=metric, mode="max", scope="last", filter_nan_and_inf=True)
+    except RuntimeError:
+        return None
+    if r is None or r.metrics is None:
+        return None
+    return {"trial_id": r.metrics.get("trial_id", ""), "config": dict(r.config), "path": r.path,
+            "metrics": {k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
+
+def _finish(spec: StudySpec, results, state: dict[str, Any]) -> StudyResult:
+    from snn.training import TEST_ACC
+    from study.tracking import finish_parent_run
+
+    best = _best(results, TEST_ACC)
+    errored = sum(1 for r in results if r.error is not None)
+    finish_parent_run(state["tracking_uri"], state["parent_run_id"], best)
+    return StudyResult(spec.name, study_paths(spec)["dir"], spec.experiment, state["tracking_uri"],
+                       state["parent_run_id"], len(results), errored, best)
+
+
+def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,
+              verbose: int = 1) -> StudyResult:
+    """Run a new study to the end.
+
+    Args:
+        spec: A validated study spec.
+        address: Ray cluster address (``auto`` joins a running cluster; None starts a
+            local Ray unless ``RAY_ADDRESS`` is set).
+        tracking_uri: Overrides the spec's MLflow tracking URI.
+        verbose: Tune's progress verbosity (0 silent, 1 status tables, 2 every result).
+
+    Raises:
+        StudyError: The study exists already, the tracking server or the data is missing.
+    """
+    from study.tracking import check_tracking_uri, log_baselines, start_parent_run
+
+    uri = tracking_uri or spec.mlflow.tracking_uri
+    paths = study_paths(spec)
+    if paths["state"].exists():
+        raise StudyError(f"study {spec.name!r} already exists in {paths['dir']}; resume it with "
+                         f"'snn-study resume {paths['dir']}' or choose another name")
+    try:
+        check_tracking_uri(uri)
+    except ConnectionError as e:
+        raise StudyError(str(e)) from None
+    _preflight_data(spec)
+    paths["dir"].mkdir(parents=True, exist_ok=True)
+    resolved = spec.model_dump(mode="json")
+    resolved["mlflow"]["tracking_uri"] = uri
+    paths["spec"].write_text(yaml.safe_dump(resolved, sort_keys=False))
+    n = log_baselines(uri, spec.experiment, spec.dataset)
+    log.info("logged %d baseline rows of the paper for %s", n, spec.dataset)
+    parent = start_parent_run(uri, spec.experiment, spec.name, resolved)
+    state = {"parent_run_id": parent, "tracking_uri": uri}
+    tmp = paths["state"].with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(paths["state"])
+    _init_ray(address)
+    tuner = build_tuner(spec, parent_run_id=parent, tracking_uri=uri, verbose=verbose)
+    results = tuner.fit()
+    return _finish(spec, results, state)
+
+
+def resume_study(study: str | os.PathLike, *, address: str | None = None, verbose: int = 1) -> StudyResult:
+    """Resume an interrupted study from its folder (or its name under ./studies).
+
+    Finished trials are kept as they are; trials that were running continue from their
+    last checkpoint; errored trials are retried.
+
+    Raises:
+        StudyError: No study there.
+    """
+    from ray import tune
+
+    from study.tracking import StudyMLflowCallback, start_parent_run
+
+    d = Path(study)
+    if not (d / SPEC_FILE).exists() and (Path("studies") / str(study) / SPEC_FILE).exists():
+        d = Path("studies") / str(study)
+    if not (d / SPEC_FILE).exists() or not (d / STATE_FILE).exists():
+        raise StudyError(f"{study}: no study found there (expected {SPEC_FILE} and {STATE_FILE} in the folder)")
+    spec = parse_spec(yaml.safe_load((d / SPEC_FILE).read_text()), str(d / SPEC_FILE))
+    state = json.loads((d / STATE_FILE).read_text())
+    start_parent_run(state["tracking_uri"], spec.experiment, spec.name, {}, run_id=state["parent_run_id"])
+    _init_ray(address)
+    tune_dir = spec.storage_uri().rstrip("/") + "/" + spec.name
+    if not tune.Tuner.can_restore(tune_dir):
+        raise StudyError(f"{study}: Tune has not saved any state of this study yet; start it again with "
+                         f"'snn-study run' after removing {d}")
+    tuner = tune.Tuner.restore(
+        tune_dir, trainable=_trainable(spec), resume_errored=True, restart_errored=False,
+        param_space=None)
+    # Callbacks hold live MLflow clients: give the restored run a fresh one.
+    tuner._local_tuner._run_config.callbacks = [
+        StudyMLflowCallback(state["tracking_uri"], spec.experiment, spec.name, state["parent_run_id"])]
+    results = tuner.fit()
+    return _finish(spec, results, state)

@@ -1,0 +1,75 @@
+"""The Ray Tune function trainable: one trial of Algorithm 1.
+
+It follows Ray's function-trainable pattern: turn Tune's ``config`` dict into a
+:class:`snn.training.TrainConfig` once, resume from ``tune.get_checkpoint()`` if there is
+one, and after every epoch make one ``tune.report(metrics, checkpoint=...)`` call. The
+checkpoint holds everything :meth:`snn.training.Trainer.state_dict` returns, so a trial
+restarted from epoch k continues exactly as if it had not stopped. The trainable knows
+nothing of MLflow: the driver's callback records what it reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from snn import models
+from snn.training import Trainer, TrainConfig, fit
+
+__all__ = ["FIRST_GRAD_FILE", "STATE_FILE", "STRIPPED_MODEL_FILE", "load_state", "train_snn"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"  # Trainer.state_dict(), loaded with weights_only=True
+FIRST_GRAD_FILE = "first_grad.pt"  # dL/dW1 at the epoch's last iteration (Fig. 2)
+STRIPPED_MODEL_FILE = "model_stripped.pt"  # final checkpoint only: inference weights, no branches
+
+
+def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load a trial's training state from a checkpoint directory (safe: ``weights_only=True``)."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _threads() -> None:
+    # Give torch as many threads as the trial was given CPUs, so concurrent trials don't oversubscribe.
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # not inside a Ray worker (e.g. a direct call in tests)
+        cpus = None
+    if cpus:
+        torch.set_num_threads(max(1, int(cpus)))
+
+
+def _report(trainer: Trainer, metrics: dict[str, float]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(trainer.state_dict(), Path(tmp) / STATE_FILE)
+        if trainer.first_grad is not None:
+            torch.save(trainer.first_grad, Path(tmp) / FIRST_GRAD_FILE)
+        if trainer.epoch >= trainer.cfg.epochs:
+            stripped = models.strip_shortcuts(trainer.model)
+            torch.save(stripped.state_dict(), Path(tmp) / STRIPPED_MODEL_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def train_snn(config: dict[str, Any]) -> None:
+    """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
+
+    Args:
+        config: The trial's hyperparameters: the fields of :class:`snn.training.TrainConfig`.
+    """
+    _threads()
+    cfg = TrainConfig.from_dict(config)
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(d)
+    fit(cfg, lambda metrics, trainer: _report(trainer, metrics), state=state)

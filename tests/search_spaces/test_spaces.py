@@ -1,0 +1,109 @@
+import optuna
+import pytest
+
+from search_spaces import (
+    METHODS, OPTIONAL, PRESETS, SURROGATE_RANGES, branch_choices, build_space, first_points, method_setting,
+    paper_setting,
+)
+from snn import registry
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def full_point(**kw):
+    p = {"lambda0": 0.4, "schedule": "cosine", "branches": "2", "surrogate": "sigmoid", "surrogate_param": 5.0}
+    p.update(kw)
+    return p
+
+
+def test_branch_choices_are_all_subsets_of_valid_stages():
+    ch = branch_choices(4)
+    assert ch[0] == "none" and len(ch) == 8  # 2^(4-1) subsets of {1, 2, 3}
+    for c in ch[1:]:
+        assert registry.resolve_branches(c, 4)  # every choice is valid for the architecture
+    assert "1,2,3" in ch and all("4" not in c for c in ch)
+
+
+def test_full_space_returns_constants_and_searches_four_dims():
+    space = build_space("full", stages=4, constants={"dataset": "digits", "epochs": 3})
+    trial = optuna.trial.FixedTrial(full_point())
+    assert space(trial) == {"dataset": "digits", "epochs": 3}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        t = study.ask()
+        space(t)
+        study.tell(t, 0.5)
+    params = [t.params for t in study.trials]
+    assert all(set(p) == {"lambda0", "schedule", "branches", "surrogate", "surrogate_param"} for p in params)
+    assert all(0.0 <= p["lambda0"] <= 1.0 for p in params)
+    for p in params:  # the parameter's range is conditional on the surrogate
+        lo, hi = SURROGATE_RANGES[p["surrogate"]]
+        assert lo <= p["surrogate_param"] <= hi
+        assert p["branches"] in branch_choices(4)
+    assert {p["schedule"] for p in params} <= set(registry.SHAPES)
+
+
+def test_vanilla_is_reachable():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    space = build_space("quick", stages=3)
+    for _ in range(40):
+        t = study.ask()
+        space(t)
+        study.tell(t, 0.0)
+    assert any(t.params["branches"] == "none" for t in study.trials)
+    space(optuna.trial.FixedTrial(full_point(lambda0=0.0, branches="none")))  # 0 is inside the range
+
+
+def test_fixed_values_are_not_searched():
+    space = build_space("full", stages=4, fixed={"surrogate": "atan", "schedule": "linear"})
+    out = space(optuna.trial.FixedTrial({"lambda0": 0.3, "branches": "1", "surrogate_param": 1.0}))
+    assert out == {"surrogate": "atan", "schedule": "linear"}
+
+
+def test_optional_dims():
+    space = build_space("quick", stages=3, extra=["timesteps", "lr", "loss_mode"])
+    study = optuna.create_study()
+    t = study.ask()
+    space(t)
+    assert {"timesteps", "lr", "loss_mode"} <= set(t.params)
+    assert t.params["loss_mode"] in registry.LOSS_MODES
+    with pytest.raises(ValueError, match="search.dims: unknown dimension"):
+        build_space("quick", stages=3, extra=["epochs"])
+    assert set(OPTIONAL) == {"timesteps", "lr", "weight_decay", "loss_mode"}
+
+
+def test_paper_point_is_enqueued_first_and_is_the_papers_setting():
+    assert paper_setting(4) == {"lambda0": 0.25, "schedule": "linear", "branches": "1,2,3",
+                                "surrogate": "triangle", "surrogate_param": 1.0}
+    pts = first_points("full", stages=4)
+    study = optuna.create_study()
+    for p in pts:
+        study.enqueue_trial(p)
+    t = study.ask()
+    build_space("full", stages=4)(t)
+    assert t.params == paper_setting(4)
+    assert first_points("paper", stages=4) == [] and first_points("ablation", stages=4) == []
+
+
+def test_ablation_cycles_table_1_methods_with_new_seeds():
+    space = build_space("ablation", stages=4, seed=7)
+    outs = [space(optuna.trial.FixedTrial({}, number=i)) for i in range(6)]
+    assert [o["branches"] for o in outs[:3]] == ["1,2,3", "1,2,3", "none"]
+    assert [(o["lambda0"], o["schedule"]) for o in outs[:3]] == [(0.25, "linear"), (1.0, "constant"), (0.0, "constant")]
+    assert [o["seed"] for o in outs] == [7, 7, 7, 8, 8, 8]
+    assert METHODS[0] == "evolutionary"
+    with pytest.raises(ValueError, match="method"):
+        method_setting("foo", 4)
+
+
+def test_paper_preset_replicates_with_seeds():
+    space = build_space("paper", stages=3, seed=3)
+    outs = [space(optuna.trial.FixedTrial({}, number=i)) for i in range(3)]
+    assert [o["seed"] for o in outs] == [3, 4, 5]
+    assert all(o["lambda0"] == 0.25 and o["schedule"] == "linear" and o["branches"] == "1,2" for o in outs)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="search.preset: unknown name 'fast'; choose one of paper, ablation, full, quick"):
+        build_space("fast", stages=3)
+    assert PRESETS == ("paper", "ablation", "full", "quick")

@@ -1,0 +1,117 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from study.spec import QUICKSTART, SpecError, load_spec, parse_spec, quickstart_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec(**kw):
+    return {"name": "s", **kw}
+
+
+@pytest.mark.parametrize("data,expected", [
+    (spec(dataset="mnist"), "dataset: unknown value 'mnist'; choose one of cifar10, cifar100, imagenet, cifar10-dvs, digits, digits-dvs"),
+    (spec(arch="resnet50"), "arch: unknown value 'resnet50'; choose one of resnet18"),
+    (spec(search={"fixed": {"surrogate": "tanhh"}}), "search.fixed.surrogate: unknown value 'tanhh'; choose one of atan, rectangle, sigmoid, tanh, triangle"),
+    (spec(search={"fixed": {"schedule": "lin"}}), "search.fixed.schedule: unknown value 'lin'; choose one of constant, linear"),
+    (spec(search={"fixed": {"lambda0": 1.5}}), "search.fixed.lambda0: must be a number in [0, 1], got 1.5"),
+    (spec(search={"fixed": {"lambda0": -0.1}}), "search.fixed.lambda0: must be a number in [0, 1]"),
+    (spec(arch="resnet19", search={"fixed": {"branches": [3]}}), "search.fixed.branches: stage(s) [3] not available; this architecture has stages 1..3"),
+    (spec(timesteps=0), "timesteps: Input should be greater than or equal to 1, got 0"),
+    (spec(train={"batch_size": 0}), "train.batch_size: Input should be greater than or equal to 1, got 0"),
+    (spec(train={"epoch": 3}), "train.epoch: unknown key (a typo?)"),
+    (spec(trails=3), "trails: unknown key (a typo?)"),
+    (spec(scheduler="hyperband"), "scheduler: Input should be 'fifo' or 'asha'"),
+    (spec(search={"preset": "fast"}), "search.preset: unknown value 'fast'; choose one of paper, ablation, full, quick"),
+    (spec(search={"dims": ["epochs"]}), "search.dims: unknown value 'epochs'; choose one of timesteps, lr, weight_decay, loss_mode"),
+    (spec(resources={"gpu": -1}), "resources.gpu: Input should be greater than or equal to 0"),
+    (spec(arch="resnet18", arch_kwargs={"width": 8}), "arch_kwargs: unknown option(s) ['width'] for resnet18"),
+    ({"dataset": "digits"}, "name: Field required"),
+    (spec(name="a b"), "name: String should match pattern"),
+])
+def test_bad_specs_name_the_field(data, expected):
+    with pytest.raises(SpecError) as e:
+        parse_spec(data, "spec.yaml")
+    msg = str(e.value)
+    assert msg.startswith("spec.yaml: ") and expected in msg, msg
+    assert "\n" not in msg
+
+
+def test_quickstart_is_valid_and_small():
+    s = quickstart_spec()
+    assert (s.dataset, s.arch, s.search.preset, s.trials) == ("digits", "resnet-tiny", "quick", 8)
+    assert quickstart_spec({"trials": 3, "train.epochs": 2}).train.epochs == 2
+    assert s.train_constants()["lr"] == 0.01
+    assert parse_spec(spec(dataset="imagenet")).train_constants()["lr"] == 4e-3  # the paper's ImageNet lr
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ntrain: {epochs: 3\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: YAML syntax error at line \d+"):
+        load_spec(p)
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+    p.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(p)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(SpecError, match="YAML syntax error"):
+        load_spec(p)
+
+
+def test_cli_bad_spec_exits_2_fast_and_writes_nothing(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "dataset": "digits", "arch": "resnet-tiny",
+                                 "search": {"fixed": {"surrogate": "tanhh"}}, "storage": str(tmp_path / "st")}))
+    before = set(tmp_path.iterdir())
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "study.cli", "run", str(p)], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    elapsed = time.perf_counter() - t
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"snn-study: error: {p}: search.fixed.surrogate: unknown value 'tanhh'; choose one of atan, rectangle, "
+        "sigmoid, tanh, triangle"]
+    assert set(tmp_path.iterdir()) == before  # nothing written: no storage folder, no mlflow.db
+    print(f"bad spec rejected in {elapsed:.2f}s")
+
+
+# -- fuzzing: whatever the YAML holds, the loader either returns a spec or raises one SpecError line --
+_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 400) | st.floats(allow_nan=True)
+                       | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                       max_leaves=6)
+_keys = st.sampled_from(list(QUICKSTART) + ["train", "search", "resources", "mlflow", "arch_kwargs", "seed", "bogus"])
+FUZZ = {"tried": 0}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(st.dictionaries(_keys, _values, max_size=6))
+def _fuzz(data):
+    FUZZ["tried"] += 1
+    data = {**QUICKSTART, **data}
+    try:
+        s = parse_spec(data)
+    except SpecError as e:
+        assert "\n" not in str(e) and str(e).startswith("spec: ")
+    else:
+        assert s.timesteps >= 1 and s.trials >= 1 and s.train.batch_size >= 1
+
+
+def test_fuzz_spec_loader():
+    FUZZ["tried"] = 0
+    _fuzz()
+    print(f"spec loader fuzzed with {FUZZ['tried']} specs")  # shown with pytest -s; see README
+    assert FUZZ["tried"] >= 300

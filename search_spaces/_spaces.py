@@ -20,7 +20,8 @@ and returns a dict of constants; no computation happens there.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from typing import TYPE_CHECKING
@@ -106,7 +107,7 @@ def _check_preset(preset: str) -> str:
 
 def build_space(preset: str, *, stages: int, extra: Sequence[str] = (),
                 fixed: Mapping[str, Any] | None = None, constants: Mapping[str, Any] | None = None,
-                seed: int = 0) -> Callable[["optuna.Trial"], dict[str, Any]]:
+                seed: int = 0) -> "SearchSpace":
     """Return the define-by-run function of a preset.
 
     Args:
@@ -129,28 +130,39 @@ def build_space(preset: str, *, stages: int, extra: Sequence[str] = (),
     if bad:
         raise ValueError(f"search.dims: unknown dimension(s) {bad}; choose from {', '.join(OPTIONAL)}")
     fixed = dict(fixed or {})
-    constants = dict(constants or {})
-    dims = [d for d in dims_of(preset, extra) if d not in fixed]
-    quick = preset == "quick"
-    branch_opts = branch_choices(stages)
+    dims = tuple(d for d in dims_of(preset, extra) if d not in fixed)
+    return SearchSpace(preset, stages, dims, fixed, dict(constants or {}), seed)
 
-    def space(trial: "optuna.Trial") -> dict[str, Any]:
-        """Suggest one trial's hyperparameters (no computation here)."""
-        out = dict(constants)
-        if preset == "paper":
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A define-by-run search space; a picklable callable, so Tune can checkpoint the searcher."""
+
+    preset: str
+    stages: int
+    dims: tuple[str, ...]
+    fixed: dict[str, Any]
+    constants: dict[str, Any]
+    seed: int = 0
+
+    def __call__(self, trial: "optuna.Trial") -> dict[str, Any]:
+        """Suggest one trial's hyperparameters (no computation here); return the constants."""
+        dims, fixed, stages, quick = self.dims, self.fixed, self.stages, self.preset == "quick"
+        out = dict(self.constants)
+        if self.preset == "paper":
             out.update(paper_setting(stages))
-            out["seed"] = seed + trial.number
-        elif preset == "ablation":
+            out["seed"] = self.seed + trial.number
+        elif self.preset == "ablation":
             method = METHODS[trial.number % len(METHODS)]
             out.update(paper_setting(stages))
             out.update(method_setting(method, stages))
-            out["seed"] = seed + trial.number // len(METHODS)
+            out["seed"] = self.seed + trial.number // len(METHODS)
         if "lambda0" in dims:
             trial.suggest_float("lambda0", 0.0, 1.0)
         if "schedule" in dims:
             trial.suggest_categorical("schedule", list(_QUICK["schedule"] if quick else registry.SHAPES))
         if "branches" in dims:
-            trial.suggest_categorical("branches", branch_opts)
+            trial.suggest_categorical("branches", branch_choices(stages))
         if "surrogate" in dims:
             name = trial.suggest_categorical("surrogate", list(_QUICK["surrogate"] if quick else registry.SURROGATES))
         else:
@@ -170,8 +182,6 @@ def build_space(preset: str, *, stages: int, extra: Sequence[str] = (),
         for k in dims:  # suggested values win over constants of the same name
             out.pop(k, None)
         return out
-
-    return space
 
 
 def first_points(preset: str, *, stages: int, extra: Sequence[str] = (),

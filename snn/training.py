@@ -198,7 +198,7 @@ class Trainer:
                 out = self.model(x)
                 loss = losses.shortcut_loss(out, y, lam, self.cfg.loss_mode)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training loss became {float(loss)} at iteration {self.step} "
+                raise TrainingDiverged(f"training loss became {loss.item()} at iteration {self.step} "
                                        f"(epoch {self.epoch + 1}); lower lr (now {self.cfg.lr})")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -210,7 +210,7 @@ class Trainer:
             self.lr_schedule.step()
             self.step += 1
             n = y.shape[0]
-            loss_sum += float(loss) * n
+            loss_sum += loss.item() * n
             correct += int((out.main.argmax(1) == y).sum())
             seen += n
         if stem.weight.grad is not None:

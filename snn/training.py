@@ -120,10 +120,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def method(self) -> str:
-        """The paper's name for this setting: vanilla, shortcut (constant λ) or evolutionary (linear)."""
-        if self.branches == "none" or self.branches == [] or self.lambda0 == 0:
+        """The paper's name for this setting, else ``searched``.
+
+        ``vanilla``: no branches or λ₀ = 0; ``shortcut``: constant λ = 1 (Eq. 6);
+        ``evolutionary``: λ(i) = 0.25·(1 - i/I) (Eq. 10 with the paper's λ).
+        """
+        if self.branches in ("none", "", []) or self.lambda0 == 0:
             return "vanilla"
-        return {"constant": "shortcut", "linear": "evolutionary"}.get(self.schedule, "searched")
+        if self.schedule == "constant" and self.lambda0 == 1.0:
+            return "shortcut"
+        if self.schedule == "linear" and self.lambda0 == 0.25:
+            return "evolutionary"
+        return "searched"
 
 
 def _device(name: str) -> torch.device:

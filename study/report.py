@@ -84,8 +84,13 @@ def _trial_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, str):
+        try:
+            v = float(v) if "." in v else v
+        except ValueError:
+            pass
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e3 else f"{v:.4f}".rstrip("0").rstrip(".")
     return "" if v is None else str(v)
 
 
@@ -173,7 +178,7 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     lines += ["", "## Best trial", ""]
     if best:
         lines += [f"Trial `{best['trial_id']}` reached test_acc {best['final']:.4f} (main branch, as at inference).",
-                  "", "```yaml", yaml.safe_dump(best["params"], sort_keys=True).rstrip(), "```"]
+                  "", "```yaml", yaml.safe_dump({k: yaml.safe_load(v) for k, v in best["params"].items()}, sort_keys=True).rstrip(), "```"]
     else:
         lines.append("No trial has reported a test accuracy yet.")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]

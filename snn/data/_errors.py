@@ -1,0 +1,38 @@
+"""The one error every loader raises when a dataset's files are missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["DatasetNotFoundError", "cleanup_on_failure", "not_found"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's files are missing (and were not, or could not be, downloaded)."""
+
+
+def not_found(name: str, where: str | os.PathLike, what: str, cause: BaseException | None = None) -> DatasetNotFoundError:
+    """A one-line error naming the dataset, the directory searched and what to place there."""
+    why = f" (download failed: {type(cause).__name__}: {cause})" if cause is not None else ""
+    return DatasetNotFoundError(
+        f"dataset {name!r}: files not found in {Path(where).resolve()}{why}; place {what} there, or pass "
+        f"download=True (spec: download: true) where a network is available")
+
+
+@contextmanager
+def cleanup_on_failure(root: str | os.PathLike):
+    """Remove whatever a failed download created under ``root``, so nothing half-written stays."""
+    root = Path(root)
+    before = set(root.iterdir()) if root.exists() else None
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for p in set(root.iterdir()) - before:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise

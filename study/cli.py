@@ -119,7 +119,9 @@ def resume(ctx: click.Context, study: str, address: str | None) -> None:
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="A trial's config.yaml (from its MLflow artifacts) to train exactly that trial.")
 @_SET
-def train(spec: str | None, config_file: str | None, sets: tuple[str, ...]) -> None:
+@click.option("--threads", type=int, default=None,
+              help="Torch CPU threads; set it to the trial's CPUs to reproduce a trial bit for bit.")
+def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], threads: int | None) -> None:
     """Train one trial without Ray, through the same training loop as the study.
 
     The hyperparameters are the spec's recipe with the paper's setting for the searched
@@ -142,8 +144,12 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...]) -> N
         s = _load(spec, ())
         config = {**s.train_constants(), **paper_setting(s.stages), **s.search.fixed}
     config.update(overrides)
+    import torch
+
     from snn.training import TrainConfig, TrainingDiverged, fit
 
+    if threads:
+        torch.set_num_threads(threads)
     try:
         cfg = TrainConfig.from_dict(config)
     except (TypeError, ValueError, SpecError) as e:

@@ -40,3 +40,11 @@ def accept_fake_cifar(monkeypatch) -> None:
 
     monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
     monkeypatch.setattr(cifar.CIFAR10, "_check_integrity", lambda self: True)
+
+
+def accept_fake_cifar_in_worker() -> None:
+    """The same as :func:`accept_fake_cifar`, for Ray worker processes (no monkeypatch there)."""
+    import torchvision.datasets.cifar as cifar
+
+    cifar.check_integrity = lambda *a, **k: True
+    cifar.CIFAR10._check_integrity = lambda self: True

@@ -1,0 +1,71 @@
+import io
+
+import pytest
+import torch
+
+from snn.training import TEST_ACC, TRAIN_LOSS, Trainer, TrainConfig, fit
+
+
+def cfg(**kw):
+    base = dict(dataset="digits", arch="resnet-tiny", arch_kwargs={"width": 8}, epochs=3, batch_size=64,
+                max_batches=6, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def roundtrip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)  # checkpoints must load safely
+
+
+def test_resume_is_exact():
+    straight = []
+    fit(cfg(), lambda m, t: straight.append(m))
+    first = Trainer(cfg())
+    m1 = first.run_epoch()
+    state = roundtrip(first.state_dict())
+    resumed = []
+    fit(cfg(), lambda m, t: resumed.append((m, {k: v.clone() for k, v in t.model.state_dict().items()})), state=state)
+    assert [m["epoch"] for m, _ in resumed] == [2, 3]
+    assert m1[TRAIN_LOSS] == straight[0][TRAIN_LOSS]
+    for a, (b, _) in zip(straight[1:], resumed):
+        assert a[TRAIN_LOSS] == b[TRAIN_LOSS] and a[TEST_ACC] == b[TEST_ACC] and a["lambda"] == b["lambda"]
+
+
+def test_lambda_follows_the_schedule_per_iteration():
+    seen = []
+    fit(cfg(epochs=2, lambda0=0.5, schedule="linear"), lambda m, t: seen.append((m["lambda"], t.step, t.total_steps)))
+    # λ reported is the one used at the epoch's last iteration: λ0 (1 - (step-1)/I)
+    for lam, step, total in seen:
+        assert lam == pytest.approx(0.5 * (1 - (step - 1) / total))
+    assert seen[-1][1] == seen[-1][2] == 12
+
+
+def test_metrics_and_learning():
+    out = fit(cfg(epochs=2, max_batches=None, arch_kwargs={}))
+    assert out[TEST_ACC] > 0.5  # digits are learnable in two epochs: well above chance (0.1)
+    for k in ("train_acc", "branch1_acc", "branch2_acc", "grad_norm_first", "firing_rate", "firing_rate_stage1",
+              "synops", "epoch_time", "images_per_s"):
+        assert k in out
+    assert 0 < out["firing_rate"] < 1 and out["synops"] > 0 and out["grad_norm_first"] > 0
+
+
+def test_vanilla_has_no_branch_metrics_and_method_names():
+    out = fit(cfg(epochs=1, branches="none"))
+    assert not any(k.startswith("branch") for k in out)
+    assert cfg(branches="none").method() == "vanilla"
+    assert cfg(lambda0=0.25, schedule="linear").method() == "evolutionary"
+    assert cfg(lambda0=1.0, schedule="constant").method() == "shortcut"
+    assert cfg(lambda0=0.3, schedule="cosine").method() == "searched"
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"config: unknown key\(s\) \['lamda0'\]"):
+        TrainConfig.from_dict({"lamda0": 0.1})
+
+
+def test_event_data_trains(tmp_path):
+    out = fit(cfg(dataset="digits-dvs", data_root=str(tmp_path), epochs=1, timesteps=3, max_batches=2))
+    assert 0 <= out[TEST_ACC] <= 1

@@ -1,0 +1,118 @@
+"""End to end on CPU: spec -> Ray Tune + Optuna -> trials -> MLflow -> report (issue: the study service)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from search_spaces import paper_setting
+from study.report import write_report
+from study.spec import quickstart_spec
+from study.tuner import run_study, study_paths
+
+pytestmark = pytest.mark.slow
+
+
+def _client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@pytest.fixture(scope="module")
+def quick(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quick")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    spec = quickstart_spec({"trials": 3, "train.epochs": 2, "scheduler": "fifo", "storage": str(tmp / "studies"),
+                            "mlflow.tracking_uri": uri, "data_root": str(tmp / "data")})
+    result = run_study(spec, verbose=0)
+    return spec, result, uri
+
+
+def test_mlflow_holds_parent_and_nested_trials(quick):
+    spec, result, uri = quick
+    c = _client(uri)
+    exp = c.get_experiment_by_name("quickstart")
+    parent = c.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["kind"] == "study"
+    assert 0 < parent.data.metrics["best_test_acc"] <= 1
+    trials = c.search_runs([exp.experiment_id], filter_string="tags.kind = 'trial'")
+    assert len(trials) == 3 and result.trials == 3 and result.errored == 0
+    for r in trials:
+        assert r.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        assert r.info.status == "FINISHED"
+        assert {"lambda0", "schedule", "branches", "surrogate", "surrogate_param"} <= set(r.data.params)
+        for k in ("study", "trial_id", "dataset", "arch", "timesteps", "method", "ray_node"):
+            assert k in r.data.tags
+        history = c.get_metric_history(r.info.run_id, "test_acc")
+        assert sorted(m.step for m in history) == [1, 2]
+        assert {a.path for a in c.list_artifacts(r.info.run_id)} >= {"config.yaml", "model_stripped.pt",
+                                                                     "first_layer_grad_hist.png"}
+    # digits is not in the paper: no baseline runs
+    assert c.search_runs([exp.experiment_id], filter_string="tags.kind = 'baseline'") == []
+
+
+def test_optuna_storage_starts_from_the_papers_setting(quick):
+    import optuna
+
+    spec, result, _ = quick
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{study_paths(spec)['optuna']}")
+    assert len(study.trials) == 3
+    assert study.trials[0].params == paper_setting(spec.stages)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def test_report_writes_table_and_plots(quick):
+    spec, result, _ = quick
+    rep = write_report(result.path)
+    text = (rep.path / "report.md").read_text()
+    assert len(rep.trials) == 3 and "| trial | method |" in text
+    assert "The paper reports no results on `digits`" in text
+    for png in ("acc_vs_lambda0.png", "acc_curves.png"):
+        assert (rep.path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_reproduces_a_trials_first_epoch(quick, tmp_path):
+    from snn.training import Trainer, TrainConfig
+
+    spec, result, uri = quick
+    c = _client(uri)
+    run = c.search_runs([c.get_experiment_by_name("quickstart").experiment_id],
+                        filter_string="tags.kind = 'trial'", max_results=1)[0]
+    config = yaml.safe_load(open(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))))
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the trial ran (1 CPU): float sums depend on the thread count
+    try:
+        metrics = Trainer(TrainConfig.from_dict(config)).run_epoch()
+    finally:
+        torch.set_num_threads(threads)
+    logged = {k: [m for m in c.get_metric_history(run.info.run_id, k) if m.step == 1][0].value
+              for k in ("train_loss", "test_acc")}
+    assert metrics["train_loss"] == pytest.approx(logged["train_loss"], rel=1e-6)
+    assert metrics["test_acc"] == logged["test_acc"]
+
+
+def test_cifar10_study_logs_the_papers_rows(ray_session, tmp_path, monkeypatch):
+    from fakes import accept_fake_cifar, make_fake_cifar
+    from study.baselines import rows
+
+    accept_fake_cifar(monkeypatch)
+    make_fake_cifar(tmp_path / "data", "cifar10")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = quickstart_spec({"name": "c10", "dataset": "cifar10", "data_root": str(tmp_path / "data"), "trials": 1,
+                            "train.epochs": 1, "train.batch_size": 16, "train.max_batches": 2,
+                            "arch_kwargs": {"width": 4}, "search.preset": "paper", "scheduler": "fifo",
+                            "storage": str(tmp_path / "studies"), "mlflow.tracking_uri": uri})
+    result = run_study(spec, verbose=0)
+    assert result.errored == 0
+    c = _client(uri)
+    exp = c.get_experiment_by_name("c10").experiment_id
+    base = c.search_runs([exp], filter_string="tags.kind = 'baseline'", max_results=1000)
+    assert len(base) == len(rows("cifar10")) == 24
+    accs = sorted(r.data.metrics["test_acc"] for r in base)
+    assert accs == sorted(b.accuracy for b in rows("cifar10"))
+    rep = write_report(result.path)
+    assert len(rep.baselines) == 24 and "| 2 | Evolutionary Training | resnet19 | 2 | 0.9536 | 0.0010 |" in \
+        (rep.path / "report.md").read_text()

@@ -32,7 +32,7 @@ from snn import data as snn_data
 from snn import diagnostics, losses, models, schedules
 
 __all__ = [
-    "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
+    "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
     "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged",
     "branch_acc_metric", "fit",
 ]
@@ -51,6 +51,7 @@ FIRING_RATE = "firing_rate"  # mean spikes per neuron per time step, test set
 SYNOPS = "synops"  # synaptic operations per test image
 EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
 IMAGES_PER_S = "images_per_s"  # training throughput
+DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf
 
 
 def branch_acc_metric(stage: int) -> str:
@@ -69,7 +70,16 @@ def grad_norm_metric(stage: str) -> str:
 
 
 class TrainingDiverged(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite.
+
+    Attributes:
+        epoch: The epoch (1-based) in which it happened.
+        step: The iteration i at which it happened.
+    """
+
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 @dataclass
@@ -207,7 +217,8 @@ class Trainer:
                 loss = losses.shortcut_loss(out, y, lam, self.cfg.loss_mode)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"training loss became {loss.item()} at iteration {self.step} "
-                                       f"(epoch {self.epoch + 1}); lower lr (now {self.cfg.lr})")
+                                       f"(epoch {self.epoch + 1}); lower lr (now {self.cfg.lr})",
+                                       epoch=self.epoch + 1, step=self.step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)

@@ -28,7 +28,7 @@ import yaml
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from snn.training import EPOCH, TEST_ACC, TrainConfig
+from snn.training import DIVERGED, EPOCH, TEST_ACC, TrainConfig
 from study import baselines as _baselines
 
 __all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent_run", "log_baselines",
@@ -195,7 +195,12 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             _log_trial_artifacts(c, run_id, trial)
         except Exception:  # artifacts are a bonus: never lose the run's status over them
             log.exception("could not log artifacts of trial %s", trial.trial_id)
-        if failed and trial.error_file and os.path.exists(trial.error_file):
+        last = trial.last_result or {}
+        if last.get(DIVERGED):
+            failed = True
+            c.set_tag(run_id, "error", str(last.get("error", "training diverged")))
+            c.set_tag(run_id, "diverged", "true")
+        elif failed and trial.error_file and os.path.exists(trial.error_file):
             c.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:].strip().splitlines()[-1])
         self.mlflow_util.end_run(run_id=run_id, status="FAILED" if failed else "FINISHED")
 

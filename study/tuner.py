@@ -62,7 +62,8 @@ def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
 
 def _searcher(spec: StudySpec, paths: dict[str, Path]):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from study._search import StudyOptunaSearch
 
     from search_spaces import build_space, first_points
 
@@ -73,7 +74,7 @@ def _searcher(spec: StudySpec, paths: dict[str, Path]):
     storage = optuna.storages.RDBStorage(f"sqlite:///{paths['optuna']}")
     sampler = optuna.samplers.TPESampler(seed=spec.seed)
     points = first_points(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=spec.search.fixed)
-    return OptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
+    return StudyOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
                         sampler=sampler, study_name=spec.name, storage=storage, seed=spec.seed)
 
 
@@ -219,7 +220,7 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     """
     from ray import tune
 
-    from study.tracking import StudyMLflowCallback, start_parent_run
+    from study.tracking import start_parent_run
 
     d = Path(study)
     if not (d / SPEC_FILE).exists() and (Path("studies") / str(study) / SPEC_FILE).exists():
@@ -234,11 +235,8 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     if not tune.Tuner.can_restore(tune_dir):
         raise StudyError(f"{study}: Tune has not saved any state of this study yet; start it again with "
                          f"'snn-study run' after removing {d}")
-    tuner = tune.Tuner.restore(
-        tune_dir, trainable=_trainable(spec), resume_errored=True, restart_errored=False,
-        param_space=None)
-    # Callbacks hold live MLflow clients: give the restored run a fresh one.
-    tuner._local_tuner._run_config.callbacks = [
-        StudyMLflowCallback(state["tracking_uri"], spec.experiment, spec.name, state["parent_run_id"])]
+    # The RunConfig (with its MLflow callback) comes back from Tune's own state; the callback
+    # re-attaches each trial to its existing MLflow run (StudyMLflowCallback.log_trial_start).
+    tuner = tune.Tuner.restore(tune_dir, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True)
     results = tuner.fit()
     return _finish(spec, results, state)

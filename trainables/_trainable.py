@@ -20,7 +20,7 @@ import torch
 from ray import tune
 
 from snn import models
-from snn.training import Trainer, TrainConfig, fit
+from snn.training import DIVERGED, EPOCH, TEST_ACC, Trainer, TrainConfig, TrainingDiverged, fit
 
 __all__ = ["FIRST_GRAD_FILE", "STATE_FILE", "STRIPPED_MODEL_FILE", "load_state", "train_snn"]
 
@@ -72,4 +72,10 @@ def train_snn(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_state(d)
-    fit(cfg, lambda metrics, trainer: _report(trainer, metrics), state=state)
+    try:
+        fit(cfg, lambda metrics, trainer: _report(trainer, metrics), state=state)
+    except TrainingDiverged as e:
+        # Retrying would diverge again from the same checkpoint: end the trial now, marked as
+        # diverged; the driver records it as FAILED in MLflow and Optuna.
+        log.warning("trial diverged: %s", e)
+        tune.report({DIVERGED: 1.0, TEST_ACC: float("nan"), EPOCH: e.epoch, "error": str(e)})

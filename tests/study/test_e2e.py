@@ -116,3 +116,23 @@ def test_cifar10_study_logs_the_papers_rows(ray_session, tmp_path, monkeypatch):
     rep = write_report(result.path)
     assert len(rep.baselines) == 24 and "| 2 | Evolutionary Training | resnet19 | 2 | 0.9536 | 0.0010 |" in \
         (rep.path / "report.md").read_text()
+
+
+def test_diverged_trials_fail_at_once_and_the_study_goes_on(ray_session, tmp_path):
+    import optuna
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = quickstart_spec({"name": "nan", "trials": 2, "train.epochs": 2, "scheduler": "fifo",
+                            "search.fixed": {"lr": 1.0e12}, "storage": str(tmp_path / "studies"),
+                            "mlflow.tracking_uri": uri})
+    result = run_study(spec, verbose=0)  # returns: the study is not stopped by a diverged trial
+    assert result.trials == 2 and result.best is None
+    c = _client(uri)
+    runs = c.search_runs([c.get_experiment_by_name("nan").experiment_id], filter_string="tags.kind = 'trial'")
+    assert len(runs) == 2
+    for r in runs:
+        assert r.info.status == "FAILED" and r.data.tags["diverged"] == "true"
+        assert "training loss became nan" in r.data.tags["error"]
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "diverged")] == [1]  # stopped in epoch 1
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{study_paths(spec)['optuna']}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2

@@ -1,7 +1,9 @@
-"""Ray's OptunaSearch, with one addition: a diverged trial is a FAIL in Optuna."""
+"""Ray's OptunaSearch, with two additions: a diverged trial is a FAIL in Optuna, and a
+trial that Optuna already recorded as finished is left alone after a driver restart."""
 
 from __future__ import annotations
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from snn.training import DIVERGED
@@ -14,6 +16,30 @@ class StudyOptunaSearch(OptunaSearch):
     NaN; OptunaSearch would try to tell Optuna a NaN value, which Optuna refuses, leaving
     the trial RUNNING in the storage. It is told as failed instead.
     """
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The trial finished just before the driver died, after Tune's last snapshot of the
+            # experiment; Tune re-runs its last epoch from the previous checkpoint on resume.
+            pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore as OptunaSearch does, then fail the Optuna trials Tune never heard of.
+
+        A driver killed between asking Optuna for a trial and Tune's next snapshot leaves
+        that trial RUNNING in the storage; Tune suggests a new one in its place, so the old
+        one is marked FAIL (with the reason as a user attribute) rather than left hanging.
+        """
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.number not in known:
+                storage = self._ot_study._storage
+                storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                            "the driver stopped before the trial started; re-suggested on resume")
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get(DIVERGED):

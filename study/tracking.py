@@ -150,13 +150,21 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                          tags={"mlflow.parentRunId": parent_run_id, "study": study, KIND: "trial"})
         self.study = study
         self._node_tagged: set[str] = set()
+        self._logged_upto: dict[str, int] = {}  # run id -> last epoch already in MLflow (re-attached runs)
+        self._was_finished: set[str] = set()  # re-attached runs that had already ended FINISHED
 
     def log_trial_start(self, trial) -> None:
         if trial not in self._trial_runs:
             existing = self._find_run(trial.trial_id)
             if existing is not None:  # the driver restarted: continue the trial's run
                 self._trial_runs[trial] = existing
-                self.mlflow_util._get_client().update_run(existing, status="RUNNING")
+                c = self.mlflow_util._get_client()
+                history = c.get_metric_history(existing, EPOCH)
+                self._logged_upto[existing] = int(max((m.step for m in history), default=0))
+                if c.get_run(existing).info.status == "FINISHED":
+                    self._was_finished.add(existing)
+                else:
+                    c.update_run(existing, status="RUNNING")
             else:
                 cfg = trial.config
                 tags = {**self.tags, "trial_id": trial.trial_id, "trial_name": str(trial),
@@ -178,6 +186,10 @@ class StudyMLflowCallback(MLflowLoggerCallback):
 
         run_id = self._trial_runs[trial]
         step = int(result.get(EPOCH) or result.get("training_iteration") or iteration)
+        if step <= self._logged_upto.get(run_id, 0):
+            # An epoch re-run from the previous checkpoint after a driver restart; the loop is
+            # deterministic, so MLflow holds these values already: keep one history.
+            return
         ts = int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
                    if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -191,6 +203,8 @@ class StudyMLflowCallback(MLflowLoggerCallback):
     def log_trial_end(self, trial, failed: bool = False) -> None:
         run_id = self._trial_runs[trial]
         c = self.mlflow_util._get_client()
+        if run_id in self._was_finished and not failed:
+            return  # recorded in full before the driver restarted
         try:
             _log_trial_artifacts(c, run_id, trial)
         except Exception:  # artifacts are a bonus: never lose the run's status over them

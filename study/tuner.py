@@ -122,6 +122,9 @@ def build_tuner(spec: StudySpec, *, parent_run_id: str, tracking_uri: str, verbo
 def _init_ray(address: str | None) -> None:
     import ray
 
+    # Save Tune's experiment state every few seconds, so that a killed driver leaves little
+    # for `snn-study resume` to redo (Tune's "auto" period can grow to minutes).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if ray.is_initialized():
         return
     ray.init(address=address or os.environ.get("RAY_ADDRESS"), dashboard_host="127.0.0.1",

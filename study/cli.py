@@ -84,7 +84,7 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
     try:
         result = run_study(s, address=address, tracking_uri=tracking_uri, verbose=1 + ctx.obj["verbose"])
     except StudyError as e:
-        _fail(str(e))
+        _fail(str(e), e.exit_code)
     _summary(result)
 
 

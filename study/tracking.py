@@ -135,6 +135,25 @@ def log_baselines(tracking_uri: str, experiment: str, dataset: str | None) -> in
     return created
 
 
+def _tolerant(method):
+    """Run a logging hook; if the tracking store fails, warn and let the study go on.
+
+    Training and Tune's own results (``result.json`` in each trial folder) continue; what
+    the store missed is named in the warning.
+    """
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:  # the store is down or refused the write: never stop the study for it
+            trial = next((a for a in args if hasattr(a, "trial_id")), None)
+            log.warning("MLflow: %s for trial %s failed (%s: %s); training goes on, Tune keeps the results in "
+                        "the trial folder", method.__name__, getattr(trial, "trial_id", "?"), type(e).__name__, e)
+    return wrapper
+
+
 class StudyMLflowCallback(MLflowLoggerCallback):
     """Ray's MLflow logger, with nested trial runs, project tags and trial artifacts.
 
@@ -152,7 +171,10 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self._node_tagged: set[str] = set()
         self._logged_upto: dict[str, int] = {}  # run id -> last epoch already in MLflow (re-attached runs)
         self._was_finished: set[str] = set()  # re-attached runs that had already ended FINISHED
+        self._pending: dict[Any, list] = {}  # trial -> metrics the store has not taken yet (it was down)
+        self._unended: dict[Any, bool] = {}  # trial -> failed, for trials whose run could not be ended yet
 
+    @_tolerant
     def log_trial_start(self, trial) -> None:
         if trial not in self._trial_runs:
             existing = self._find_run(trial.trial_id)
@@ -181,27 +203,84 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                              max_results=1)
         return runs[0].info.run_id if runs else None
 
+    @_tolerant
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         from mlflow.entities import Metric
 
-        run_id = self._trial_runs[trial]
         step = int(result.get(EPOCH) or result.get("training_iteration") or iteration)
-        if step <= self._logged_upto.get(run_id, 0):
-            # An epoch re-run from the previous checkpoint after a driver restart; the loop is
-            # deterministic, so MLflow holds these values already: keep one history.
-            return
         ts = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self._pending.setdefault(trial, []).extend(
+            Metric(k, float(v), ts, step) for k, v in result.items()
+            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool))
+        run_id = self._flush(trial)
+        for other, failed in list(self._unended.items()):  # the store is back: end what it missed
+            self.log_trial_end(other, failed)
         c = self.mlflow_util._get_client()
-        c.log_batch(run_id, metrics=metrics)
         if run_id not in self._node_tagged and result.get("node_ip"):
             c.set_tag(run_id, "ray_node", str(result["node_ip"]))
             c.set_tag(run_id, "ray_hostname", str(result.get("hostname", "")))
             self._node_tagged.add(run_id)
 
+    def _flush(self, trial) -> str:
+        """Send the trial's metrics that the store has not taken yet, oldest first.
+
+        Metrics wait here while the store is down and go out with the first report after it
+        is back, so an outage leaves no gap in a run's history as long as the driver lives.
+
+        Returns:
+            The trial's run id.
+
+        Raises:
+            Exception: Whatever the store raised; the metrics stay pending.
+        """
+        run_id = self._trial_runs.get(trial)
+        if run_id is None:  # its start could not be recorded (store down): try again now
+            self.log_trial_start(trial)
+            run_id = self._trial_runs.get(trial)
+            if run_id is None:
+                raise ConnectionError("the trial's MLflow run could not be created")
+        # Epochs re-run from the previous checkpoint after a driver restart are already in
+        # MLflow with the same values (the loop is deterministic): keep one history.
+        pending = [m for m in self._pending.get(trial, []) if m.step > self._logged_upto.get(run_id, 0)]
+        c = self.mlflow_util._get_client()
+        while pending:  # MLflow takes at most 1000 metrics per batch
+            c.log_batch(run_id, metrics=pending[:1000])
+            pending = self._pending[trial] = pending[1000:]
+        self._pending.pop(trial, None)
+        return run_id
+
+    @_tolerant
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        run_id = self._trial_runs[trial]
+        self._unended[trial] = failed
+        self._end(trial, failed)
+        del self._unended[trial]
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Last chance for what the store missed while it was down: pending metrics and run ends.
+
+        Retries for up to ``SNN_STUDY_MLFLOW_WAIT_S`` seconds (default 120) before giving up;
+        what is still not in MLflow then stays in Tune's ``result.json`` of each trial.
+        """
+        import time
+
+        deadline = time.monotonic() + float(os.environ.get("SNN_STUDY_MLFLOW_WAIT_S", "120"))
+        while self._unended:
+            for trial, failed in list(self._unended.items()):
+                self.log_trial_end(trial, failed)
+            if not self._unended or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
+        if self._unended:
+            log.warning("MLflow: gave up on %d trial run(s) that the store missed; their results are in Tune's "
+                        "trial folders", len(self._unended))
+        super().on_experiment_end(trials, **info)
+
+    def _end(self, trial, failed: bool) -> None:
+        if self._pending.get(trial):
+            self._flush(trial)  # raises while the store is down: the trial stays in _unended
+        run_id = self._trial_runs.get(trial)
+        if run_id is None:
+            return
         c = self.mlflow_util._get_client()
         if run_id in self._was_finished and not failed:
             return  # recorded in full before the driver restarted

@@ -30,7 +30,15 @@ OPTUNA_FILE = "optuna.db"
 
 
 class StudyError(RuntimeError):
-    """A study cannot start or resume; the message is one line saying why and what to do."""
+    """A study cannot start or resume; the message is one line saying why and what to do.
+
+    Attributes:
+        exit_code: 2 for a request that can never run as given (like a bad spec), else 1.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -136,6 +144,19 @@ def _project_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
+def _check_resources(spec: StudySpec) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: refuse it."""
+    import ray
+
+    total = ray.cluster_resources()
+    for key, want in (("GPU", spec.resources.gpu), ("CPU", spec.resources.cpu)):
+        have = total.get(key, 0.0)
+        if want > have:
+            raise StudyError(f"resources.{key.lower()}: {want:g} per trial requested, but the Ray cluster has "
+                             f"{have:g} {key}(s) in all; lower it, or join a bigger cluster with --address",
+                             exit_code=2)
+
+
 def _preflight_data(spec: StudySpec) -> None:
     """Open the dataset once on the driver, so missing files fail before Ray starts."""
     from snn import data
@@ -164,7 +185,11 @@ def _finish(spec: StudySpec, results, state: dict[str, Any]) -> StudyResult:
 
     best = _best(results, TEST_ACC)
     errored = sum(1 for r in results if r.error is not None)
-    finish_parent_run(state["tracking_uri"], state["parent_run_id"], best)
+    try:
+        finish_parent_run(state["tracking_uri"], state["parent_run_id"], best)
+    except Exception as e:  # the store is down at the very end: the trials' results are in Tune's folder
+        log.warning("MLflow: could not record the best trial on the parent run %s (%s: %s); 'snn-study report %s' "
+                    "reads Tune's results", state["parent_run_id"], type(e).__name__, e, study_paths(spec)["dir"])
     return StudyResult(spec.name, study_paths(spec)["dir"], spec.experiment, state["tracking_uri"],
                        state["parent_run_id"], len(results), errored, best)
 
@@ -195,6 +220,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     except ConnectionError as e:
         raise StudyError(str(e)) from None
     _preflight_data(spec)
+    _init_ray(address)
+    _check_resources(spec)
     paths["dir"].mkdir(parents=True, exist_ok=True)
     resolved = spec.model_dump(mode="json")
     resolved["mlflow"]["tracking_uri"] = uri
@@ -206,7 +233,6 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     tmp = paths["state"].with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     tmp.replace(paths["state"])
-    _init_ray(address)
     tuner = build_tuner(spec, parent_run_id=parent, tracking_uri=uri, verbose=verbose)
     results = tuner.fit()
     return _finish(spec, results, state)

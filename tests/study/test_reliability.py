@@ -121,3 +121,86 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
     for t in study.trials:  # any other trial was asked for but never started: failed, with the reason
         assert t.state == optuna.trial.TrialState.COMPLETE or (
             t.state == optuna.trial.TrialState.FAIL and "re-suggested" in t.user_attrs["fail_reason"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+                             "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], cwd=tmp, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def up() -> bool:
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+        except OSError:
+            return False
+
+    _wait_for(up, 120, "the MLflow server")
+    return proc
+
+
+def _epochs_in_tune(study_dir: Path) -> dict[str, int]:
+    """Epochs each trial has reported, read from Tune's own result.json files."""
+    return {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
+
+
+def test_tracking_server_down_mid_study_loses_nothing_once_back(ray_session, tmp_path):
+    """The server dies mid-study: trials train and checkpoint on; when it returns, MLflow catches up."""
+    from mlflow import MlflowClient
+
+    address = ray_session.get_runtime_context().gcs_address
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    spec = _spec(tmp_path, "outage", trials=2, epochs=10)
+    proc = _snn_study(["run", str(spec), "--tracking-uri", uri], address, tmp_path)
+    study_dir = tmp_path / "studies" / "outage"
+    try:
+        def logged_epoch_one() -> bool:
+            try:
+                c = MlflowClient(uri)
+                exp = c.get_experiment_by_name("outage")
+                runs = c.search_runs([exp.experiment_id], "tags.kind = 'trial'") if exp else []
+                return any(c.get_metric_history(r.info.run_id, "test_acc") for r in runs)
+            except Exception:
+                return False
+
+        _wait_for(logged_epoch_one, 300, "a trial's first epoch in MLflow")
+        os.killpg(server.pid, signal.SIGKILL)  # the tracking server vanishes mid-study
+        server.wait()
+        at_outage = _epochs_in_tune(study_dir)
+        _wait_for(lambda: sum(_epochs_in_tune(study_dir).values()) >= sum(at_outage.values()) + 3, 300,
+                  "training to go on while the server is down")
+        assert proc.poll() is None  # the study did not stop
+        server = _mlflow_server(tmp_path, port)  # back, with the same store
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out
+        assert "MLflow: " in out and "training goes on" in out  # the outage was reported, not hidden
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    server = _mlflow_server(tmp_path, port)
+    try:
+        c = MlflowClient(uri)
+        exp = c.get_experiment_by_name("outage")
+        runs = c.search_runs([exp.experiment_id], "tags.kind = 'trial'")
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        for r in runs:
+            steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "test_acc"))
+            assert steps == list(range(1, 11)), steps  # the epochs of the outage were sent when it was back
+        assert all(n == 10 for n in _epochs_in_tune(study_dir).values())
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

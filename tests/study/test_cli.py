@@ -1,0 +1,85 @@
+"""The CLI's one-line errors and exit codes, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def snn_study(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def error_line(r: subprocess.CompletedProcess) -> str:
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("snn-study: error:")]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_missing_data_is_one_line_before_anything_starts(tmp_path):
+    r = snn_study("run", "--set", "dataset=cifar10", "--set", f"data_root={tmp_path / 'nodata'}", cwd=tmp_path)
+    assert r.returncode == 1
+    line = error_line(r)
+    assert "dataset 'cifar10': files not found in" in line and "nodata" in line and "download=True" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no studies/, no mlflow.db
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = snn_study("run", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path)
+    assert r.returncode == 1
+    assert f"cannot reach the MLflow server at http://127.0.0.1:{port}" in error_line(r)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_more_gpus_than_the_cluster_has(tmp_path):
+    r = snn_study("run", "--set", "resources.gpu=1", "--set", f"storage={tmp_path / 'st'}",
+                  "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "resources.gpu: 1 per trial requested, but the Ray cluster has 0 GPU(s)" in error_line(r)
+    assert not (tmp_path / "st").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_train_prints_one_line_per_epoch(tmp_path):
+    r = snn_study("train", "--set", "epochs=2", "--set", "max_batches=3", "--set", "lambda0=0.5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith("epoch ")]
+    assert [l.split()[1] for l in lines] == ["1/2", "2/2"] and "test_acc=" in lines[0]
+
+
+def test_train_rejects_unknown_keys(tmp_path):
+    r = snn_study("train", "--set", "lamda0=0.5", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown key(s) ['lamda0']" in error_line(r)
+
+
+def test_nothing_unsafe_in_the_code():
+    """Checkpoints load with weights_only=True, YAML with the safe loader, no user string reaches a shell."""
+    import ast
+
+    code = {p: p.read_text() for d in ("snn", "study", "trainables", "search_spaces") for p in (ROOT / d).rglob("*.py")}
+    loads = 0
+    for path, text in code.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                loads += 1
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert kw.get("weights_only") == "True", (path, node.lineno)
+        assert "yaml.load(" not in text and "shell=True" not in text and "os.system(" not in text, path
+    assert loads >= 1  # the checkpoint loader is there and was checked
+    assert 'default="127.0.0.1"' in code[ROOT / "study" / "cli.py"]  # snn-study ui
+    assert 'dashboard_host="127.0.0.1"' in code[ROOT / "study" / "tuner.py"]  # Ray dashboard

@@ -34,7 +34,7 @@ __all__ = ["NAMES", "DEFAULTS", "Surrogate", "get"]
 
 def _triangle_grad(x: Tensor, gamma: float) -> Tensor:
     # g'(x) = gamma * max(0, 1 - |x|)   (Eq. 4, first form, at V_th = 1)
-    return gamma * (1.0 - x.abs()).clamp_min(0.0)
+    return x.abs().neg_().add_(1.0).clamp_min_(0.0).mul_(gamma)  # in place after one new tensor
 
 
 def _triangle_primitive(x: Tensor, gamma: float) -> Tensor:
@@ -54,8 +54,7 @@ def _rectangle_primitive(x: Tensor, a: float) -> Tensor:
 
 def _tanh_grad(x: Tensor, k: float) -> Tensor:
     # g'(x) = (k/2) * (1 - tanh(k x)^2), the derivative of g(x) = (tanh(k x) + 1) / 2
-    t = torch.tanh(k * x)
-    return 0.5 * k * (1.0 - t * t)
+    return torch.tanh(k * x).square_().neg_().add_(1.0).mul_(0.5 * k)
 
 
 def _tanh_primitive(x: Tensor, k: float) -> Tensor:
@@ -65,7 +64,7 @@ def _tanh_primitive(x: Tensor, k: float) -> Tensor:
 def _sigmoid_grad(x: Tensor, alpha: float) -> Tensor:
     # g'(x) = alpha * sigma(alpha x) * (1 - sigma(alpha x))
     s = torch.sigmoid(alpha * x)
-    return alpha * s * (1.0 - s)
+    return s.neg().add_(1.0).mul_(s).mul_(alpha)
 
 
 def _sigmoid_primitive(x: Tensor, alpha: float) -> Tensor:
@@ -74,7 +73,7 @@ def _sigmoid_primitive(x: Tensor, alpha: float) -> Tensor:
 
 def _atan_grad(x: Tensor, alpha: float) -> Tensor:
     # g'(x) = (alpha/2) / (1 + (pi/2 * alpha * x)^2)
-    return (alpha / 2.0) / (1.0 + (math.pi / 2.0 * alpha * x) ** 2)
+    return x.mul(math.pi / 2.0 * alpha).square_().add_(1.0).reciprocal_().mul_(alpha / 2.0)
 
 
 def _atan_primitive(x: Tensor, alpha: float) -> Tensor:

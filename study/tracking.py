@@ -37,7 +37,8 @@ __all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent
 log = logging.getLogger(__name__)
 
 KIND = "kind"  # tag: study | trial | baseline
-_NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {"config", "trial_id", "node_ip", "hostname", "pid"}
+_NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {"config", "trial_id", "node_ip", "hostname", "pid",
+                                                                     "node_id"}
 
 
 def client(tracking_uri: str):
@@ -219,6 +220,8 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         if run_id not in self._node_tagged and result.get("node_ip"):
             c.set_tag(run_id, "ray_node", str(result["node_ip"]))
             c.set_tag(run_id, "ray_hostname", str(result.get("hostname", "")))
+            if result.get("node_id"):
+                c.set_tag(run_id, "ray_node_id", str(result["node_id"]))
             self._node_tagged.add(run_id)
 
     def _flush(self, trial) -> str:

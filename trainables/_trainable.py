@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"  # Trainer.state_dict(), loaded with weights_only=True
 FIRST_GRAD_FILE = "first_grad.pt"  # dL/dW1 at the epoch's last iteration (Fig. 2)
 STRIPPED_MODEL_FILE = "model_stripped.pt"  # final checkpoint only: inference weights, no branches
+NODE_ID = "node_id"  # result key: the Ray node that trained the epoch
 
 
 def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
@@ -56,7 +58,10 @@ def _report(trainer: Trainer, metrics: dict[str, float]) -> None:
         if trainer.epoch >= trainer.cfg.epochs:
             stripped = models.strip_shortcuts(trainer.model)
             torch.save(stripped.state_dict(), Path(tmp) / STRIPPED_MODEL_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        # The Ray node's id (not only its IP, which several nodes on one host share) lets the
+        # driver tag each MLflow run with where it trained.
+        tune.report({**metrics, NODE_ID: ray.get_runtime_context().get_node_id()},
+                    checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def train_snn(config: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ def test_mlflow_holds_parent_and_nested_trials(quick):
         assert r.data.tags["mlflow.parentRunId"] == result.parent_run_id
         assert r.info.status == "FINISHED"
         assert {"lambda0", "schedule", "branches", "surrogate", "surrogate_param"} <= set(r.data.params)
-        for k in ("study", "trial_id", "dataset", "arch", "timesteps", "method", "ray_node"):
+        for k in ("study", "trial_id", "dataset", "arch", "timesteps", "method", "ray_node", "ray_node_id"):
             assert k in r.data.tags
         history = c.get_metric_history(r.info.run_id, "test_acc")
         assert sorted(m.step for m in history) == [1, 2]

@@ -113,6 +113,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, used on CUDA only
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     max_batches: int | None = None  # cap on training batches per epoch (smoke tests)
+    channels_last: bool = True  # NHWC convolutions: 1.1-1.25x faster training on CPU (benchmarks/)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "TrainConfig":
@@ -175,6 +176,8 @@ class Trainer:
             cfg.arch, info.num_classes, cfg.timesteps, in_channels=info.in_channels,
             surrogate=cfg.surrogate, surrogate_param=cfg.surrogate_param, branches=cfg.branches,
             tau=cfg.tau, v_threshold=cfg.v_threshold, **cfg.arch_kwargs).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.loss_mode not in losses.MODES:
             raise ValueError(f"loss_mode: unknown mode {cfg.loss_mode!r}; choose one of {', '.join(losses.MODES)}")
         self.steps_per_epoch = len(self.train_loader) if cfg.max_batches is None else min(
@@ -198,7 +201,9 @@ class Trainer:
 
     def _inputs(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
-        return x.transpose(0, 1) if x.dim() == 5 else x  # frames: [B, T, C, H, W] -> [T, B, C, H, W]
+        if x.dim() == 5:  # frames: [B, T, C, H, W] -> [T, B, C, H, W]
+            return x.transpose(0, 1)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch (Algorithm 1, lines 1-9) and return its training metrics."""

@@ -135,7 +135,9 @@ def _init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if ray.is_initialized():
         return
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), dashboard_host="127.0.0.1",
+    # No address: a new local Ray, as documented, never a cluster that `ray start` left
+    # behind in /tmp/ray (join one with --address auto).
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", dashboard_host="127.0.0.1",
              configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": _project_root()}}
              if address else None)
 

@@ -23,7 +23,8 @@ def ray_session():
     import ray
 
     pythonpath = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+    # address="local": a new instance, even where a stale /tmp/ray/ray_current_cluster names another
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath},
                           "worker_process_setup_hook": "fakes.accept_fake_cifar_in_worker"})
     yield ray

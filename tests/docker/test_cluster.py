@@ -200,3 +200,6 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)
+        current = Path("/tmp/ray/ray_current_cluster")  # `ray start --head` wrote it; `ray stop` would remove it
+        if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink()

@@ -1,0 +1,5 @@
+"""Benchmarks of the project against spikingjelly, run with ``make bench`` (issue: performance).
+
+Every number in ``RESULTS.md`` is a ratio of two measurements taken side by side in one run,
+interleaved round by round, because the machines are noisy. Nothing here is a test.
+"""

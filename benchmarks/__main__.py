@@ -1,0 +1,257 @@
+"""Run every benchmark and write ``benchmarks/RESULTS.md``.
+
+    python -m benchmarks [--quick] [--out benchmarks/RESULTS.md]
+
+(``make bench`` installs spikingjelly and runs this.) Each comparison interleaves its
+candidates round by round and reports the ratio of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from torch import Tensor
+
+import torch
+
+from benchmarks import _sj
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns so drift hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# -- 4. the LIF layer alone ---------------------------------------------------------------------
+def bench_lif(quick: bool) -> list[dict]:
+    from snn import surrogates
+    from snn.neurons import LIF, lif_reference
+
+    rows = []
+    shape = (16, 64, 16, 16) if quick else (32, 64, 32, 32)
+    atan = surrogates.get("atan", 2.0)
+    for t in (2, 4, 8):
+        torch.manual_seed(t)
+        x = (torch.randn(t, *shape) * 1.5 + 0.5).requires_grad_()
+        g = torch.randn(t, *shape)
+        impls: dict[str, Callable[[Tensor], Tensor]] = {
+            "ours": LIF(surrogate="atan", surrogate_param=2.0),
+            "plain loop": lambda c: lif_reference(c, surrogate=atan),
+        }
+        if _sj.available():
+            impls["spikingjelly"] = _sj.SJLIF()
+        # fairness: same spikes and the same gradient from every implementation
+        outs = {}
+        for k, f in impls.items():
+            x.grad = None
+            y = f(x)
+            y.backward(g)
+            outs[k] = (y.detach(), x.grad.clone())
+        for k, (y, gx) in outs.items():
+            assert torch.equal(y, outs["ours"][0]), f"{k}: spikes differ"
+            assert torch.allclose(gx, outs["ours"][1], atol=1e-5), f"{k}: gradients differ"
+
+        def run(f):
+            def call():
+                x.grad = None
+                f(x).backward(g)
+            return call
+
+        med = _interleaved({k: run(f) for k, f in impls.items()}, rounds=5 if quick else 15)
+        n = x.numel()
+        row = {"T": t, "elements": n, **{f"{k} ns/elem": med[k] / n * 1e9 for k in impls}}
+        row["plain loop / ours"] = med["plain loop"] / med["ours"]
+        if "spikingjelly" in med:
+            row["spikingjelly / ours"] = med["spikingjelly"] / med["ours"]
+        rows.append(row)
+    return rows
+
+
+# -- 1. whole network: training step throughput and peak memory --------------------------------
+def _worker(impl: str, arch: str, t: int, batch: int, steps: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks._worker", impl, arch, str(t), str(batch), str(steps),
+                          str(threads)], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check_network_fairness(arch: str, t: int) -> float:
+    from snn import models
+
+    torch.manual_seed(0)
+    model = models.build(arch, 10, t, surrogate="atan", surrogate_param=2.0, branches="none")
+    x = torch.randn(8, 3, 32, 32)
+    model(x)  # one training-mode pass so BN running statistics are not the initial ones
+    return _sj.check_same_spikes(model, _sj.sj_network(model), x)
+
+
+def bench_network(quick: bool) -> list[dict]:
+    threads = torch.get_num_threads()
+    configs = [("resnet-tiny", 2), ("resnet-tiny", 4)] if quick else [
+        ("resnet-tiny", 2), ("resnet18", 2), ("resnet18", 4)]
+    impls = ["ours", "ours-channels-last"] + (["spikingjelly"] if _sj.available() else [])
+    rows = []
+    for arch, t in configs:
+        diff = check_network_fairness(arch, t) if _sj.available() else None
+        runs: dict[str, list[dict]] = {k: [] for k in impls}
+        for _ in range(2):  # rounds: each implementation once per round, in turn
+            for impl in impls:
+                runs[impl].append(_worker(impl, arch, t, 64, 3, threads))
+        med = {k: {m: statistics.median(r[m] for r in v) for m in ("images_per_s", "peak_rss_mib")}
+               for k, v in runs.items()}
+        row = {"arch": arch, "T": t, "batch": 64, **{f"{k} img/s": med[k]["images_per_s"] for k in impls},
+               **{f"{k} peak MiB": med[k]["peak_rss_mib"] for k in impls},
+               "channels-last / ours (speed)": med["ours-channels-last"]["images_per_s"] / med["ours"]["images_per_s"]}
+        if "spikingjelly" in med:
+            row["ours / spikingjelly (speed)"] = med["ours"]["images_per_s"] / med["spikingjelly"]["images_per_s"]
+            row["ours / spikingjelly (peak memory)"] = med["ours"]["peak_rss_mib"] / med["spikingjelly"]["peak_rss_mib"]
+            row["max logit difference"] = diff
+        rows.append(row)
+    return rows
+
+
+# -- 2. shortcut overhead -----------------------------------------------------------------------
+def bench_shortcuts(quick: bool) -> list[dict]:
+    import torch.nn.functional as F
+
+    from snn import losses, models
+
+    arch = "resnet-tiny" if quick else "resnet18"
+    t, batch = 2, 64
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    nets = {b: models.build(arch, 10, t, surrogate="atan", branches=b) for b in ("all", "none")}
+    opts = {b: torch.optim.AdamW(n.parameters(), lr=1e-3) for b, n in nets.items()}
+
+    def train(b):
+        def step():
+            opts[b].zero_grad(set_to_none=True)
+            out = nets[b](x)
+            loss = losses.shortcut_loss(out, y, 0.25) if b == "all" else F.cross_entropy(out.main, y)
+            loss.backward()
+            opts[b].step()
+        return step
+
+    med = _interleaved({b: train(b) for b in nets}, rounds=5 if quick else 10)
+    stripped = models.strip_shortcuts(nets["all"]).eval()
+    vanilla = nets["none"].eval()
+
+    def infer(m, main: bool):
+        def call():
+            with torch.no_grad():
+                m(x) if not main else m(x).main
+        return call
+
+    inf = _interleaved({"stripped": infer(stripped, False), "vanilla": infer(vanilla, True)},
+                       rounds=10 if quick else 30)
+    return [{"arch": arch, "T": t, "batch": batch, "train step, all branches (s)": med["all"],
+             "train step, vanilla (s)": med["none"], "training overhead": med["all"] / med["none"] - 1,
+             "inference, stripped (s)": inf["stripped"], "inference, vanilla (s)": inf["vanilla"],
+             "stripped / vanilla (inference)": inf["stripped"] / inf["vanilla"]}]
+
+
+# -- 3. study orchestration overhead ------------------------------------------------------------
+def bench_study(quick: bool) -> list[dict]:
+    import logging
+
+    import ray
+
+    from snn.training import TrainConfig, fit
+    from study.spec import parse_spec
+    from study.tuner import run_study
+
+    trials, epochs = (4, 1) if quick else (8, 2)
+    concurrency = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = parse_spec({"name": "bench", "dataset": "digits", "arch": "resnet-tiny", "train": {"epochs": epochs},
+                           "search": {"preset": "quick"}, "trials": trials, "concurrency": concurrency,
+                           "scheduler": "fifo", "storage": f"{tmp}/studies",
+                           "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}}, source="benchmark")
+        ray.init(address="local", num_cpus=concurrency, include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        t0 = time.perf_counter()
+        run_study(spec, verbose=0)
+        wall = time.perf_counter() - t0
+        ray.shutdown()
+        configs = [json.loads(p.read_text()) for p in sorted(Path(tmp, "studies", "bench").glob("trial_*/params.json"))]
+    torch.set_num_threads(1)  # what each trial got: one CPU
+    direct = []
+    for cfg in configs:
+        t0 = time.perf_counter()
+        fit(TrainConfig.from_dict(cfg))
+        direct.append(time.perf_counter() - t0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    ideal = sum(direct) / concurrency
+    return [{"trials": len(configs), "epochs": epochs, "concurrency": concurrency, "study wall (s)": wall,
+             "sum of direct runs (s)": sum(direct), "ideal (s)": ideal, "study / ideal": wall / ideal}]
+
+
+# -- report -------------------------------------------------------------------------------------
+def _table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(rows[0])
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    from importlib.metadata import version
+
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}); Python "
+            f"{platform.python_version()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+            f"spikingjelly {_sj.available() or 'not installed'}; ray {version('ray')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes, resnet-tiny only (a few minutes)")
+    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study"], action="append")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    a = p.parse_args(argv)
+    sections = {"lif": ("4. LIF layer alone: forward + backward", bench_lif),
+                "network": ("1. Training step of the whole network (CPU)", bench_network),
+                "shortcuts": ("2. Shortcut overhead", bench_shortcuts),
+                "study": ("3. Study orchestration overhead", bench_study)}
+    chosen = a.only or list(sections)
+    cmd = "python -m benchmarks" + (" --quick" if a.quick else "") + "".join(f" --only {o}" for o in a.only or [])
+    out = [f"# Benchmark results\n\nCommand: `{cmd}` (or `make bench`), run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+           f"Machine: {_machine()}.\n\nEvery ratio compares candidates measured in the same run, interleaved round "
+           f"by round (medians).\n"]
+    for key in chosen:
+        title, fn = sections[key]
+        print(f"== {title}", flush=True)
+        t0 = time.perf_counter()
+        rows = fn(a.quick)
+        print(_table(rows), flush=True)
+        out.append(f"\n## {title}\n\n{_table(rows)}\n_{time.perf_counter() - t0:.0f} s_\n")
+        Path(a.out).write_text("".join(out))  # after every section: a later failure keeps these
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

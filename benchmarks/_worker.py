@@ -1,0 +1,67 @@
+"""One network measurement in a fresh process, so that its peak memory is its own.
+
+    python -m benchmarks._worker IMPL ARCH T BATCH STEPS THREADS
+
+prints one JSON line: seconds per training step (median), images/s and peak RSS in MiB
+over the process's RSS after set-up.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks import _sj
+    from snn import models
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none")
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    if impl == "spikingjelly":
+        net = _sj.sj_network(model)
+    else:
+        net = model
+        if impl == "ours-channels-last":
+            net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.02)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x).main, y).backward()
+        opt.step()
+
+    step()  # warm-up: allocator, optimizer state
+    base = _rss_mib()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s = statistics.median(times)
+    return {"impl": impl, "arch": arch, "T": timesteps, "batch": batch, "step_s": s, "images_per_s": batch / s,
+            "peak_rss_mib": peak, "steady_rss_mib": base}
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    print(json.dumps(main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]))))

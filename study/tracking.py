@@ -174,14 +174,23 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self._was_finished: set[str] = set()  # re-attached runs that had already ended FINISHED
         self._pending: dict[Any, list] = {}  # trial -> metrics the store has not taken yet (it was down)
         self._unended: dict[Any, bool] = {}  # trial -> failed, for trials whose run could not be ended yet
+        self._mlflow_client = None  # one client for the study (creating one costs a store lookup)
+
+    def _client(self):
+        if self._mlflow_client is None:
+            self._mlflow_client = self.mlflow_util._get_client()
+        return self._mlflow_client
 
     @_tolerant
     def log_trial_start(self, trial) -> None:
+        from mlflow.entities import Param
+        from ray.tune.utils import flatten_dict
+
         if trial not in self._trial_runs:
             existing = self._find_run(trial.trial_id)
             if existing is not None:  # the driver restarted: continue the trial's run
                 self._trial_runs[trial] = existing
-                c = self.mlflow_util._get_client()
+                c = self._client()
                 history = c.get_metric_history(existing, EPOCH)
                 self._logged_upto[existing] = int(max((m.step for m in history), default=0))
                 if c.get_run(existing).info.status == "FINISHED":
@@ -195,10 +204,13 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                         "timesteps": str(cfg.get("timesteps")), "method": _method(cfg)}
                 run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
                 self._trial_runs[trial] = run.info.run_id
-                self.mlflow_util.log_params(run_id=run.info.run_id, params_to_log=cfg)
+                # One batch, not one request per parameter (Ray's log_params): the driver's
+                # loop waits on every call.
+                self._client().log_batch(run.info.run_id, params=[
+                    Param(k, str(v)[:6000]) for k, v in flatten_dict(dict(cfg)).items()])
 
     def _find_run(self, trial_id: str) -> str | None:
-        c = self.mlflow_util._get_client()
+        c = self._client()
         runs = c.search_runs([self.mlflow_util.experiment_id],
                              filter_string=f"tags.trial_id = '{trial_id}' and tags.study = '{self.study}'",
                              max_results=1)
@@ -216,7 +228,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         run_id = self._flush(trial)
         for other, failed in list(self._unended.items()):  # the store is back: end what it missed
             self.log_trial_end(other, failed)
-        c = self.mlflow_util._get_client()
+        c = self._client()
         if run_id not in self._node_tagged and result.get("node_ip"):
             c.set_tag(run_id, "ray_node", str(result["node_ip"]))
             c.set_tag(run_id, "ray_hostname", str(result.get("hostname", "")))
@@ -245,7 +257,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         # Epochs re-run from the previous checkpoint after a driver restart are already in
         # MLflow with the same values (the loop is deterministic): keep one history.
         pending = [m for m in self._pending.get(trial, []) if m.step > self._logged_upto.get(run_id, 0)]
-        c = self.mlflow_util._get_client()
+        c = self._client()
         while pending:  # MLflow takes at most 1000 metrics per batch
             c.log_batch(run_id, metrics=pending[:1000])
             pending = self._pending[trial] = pending[1000:]
@@ -284,7 +296,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         run_id = self._trial_runs.get(trial)
         if run_id is None:
             return
-        c = self.mlflow_util._get_client()
+        c = self._client()
         if run_id in self._was_finished and not failed:
             return  # recorded in full before the driver restarted
         try:
@@ -310,7 +322,7 @@ def _method(cfg: dict[str, Any]) -> str:
 
 def _log_trial_artifacts(c, run_id: str, trial) -> None:
     from study.report import plot_grad_histogram
-    from trainables import FIRST_GRAD_FILE, STRIPPED_MODEL_FILE
+    from trainables import FIRST_GRAD_FILE, FIRST_GRAD_PLOT, STRIPPED_MODEL_FILE
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(dict(trial.config), sort_keys=True))
@@ -324,9 +336,11 @@ def _log_trial_artifacts(c, run_id: str, trial) -> None:
         model = Path(d) / STRIPPED_MODEL_FILE
         if model.exists():
             c.log_artifact(run_id, str(model))
-        grad = Path(d) / FIRST_GRAD_FILE
-        if grad.exists():
+        grad, plot = Path(d) / FIRST_GRAD_FILE, Path(d) / FIRST_GRAD_PLOT
+        if plot.exists():  # drawn by the trial itself at its last epoch
+            c.log_artifact(run_id, str(plot))
+        elif grad.exists():  # stopped early (ASHA): draw it from the last checkpoint's gradient
             with tempfile.TemporaryDirectory() as tmp:
-                png = Path(tmp) / "first_layer_grad_hist.png"
+                png = Path(tmp) / FIRST_GRAD_PLOT
                 plot_grad_histogram(torch.load(grad, weights_only=True), png, title=str(trial))
                 c.log_artifact(run_id, str(png))

@@ -116,7 +116,7 @@ def build_tuner(spec: StudySpec, *, parent_run_id: str, tracking_uri: str, verbo
         scheduler = FIFOScheduler()
     tune_config = tune.TuneConfig(
         search_alg=_searcher(spec, paths), scheduler=scheduler, num_samples=spec.trials,
-        max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
+        max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname, reuse_actors=True,
         trial_name_creator=_trial_dirname, **({"metric": metric, "mode": mode} if single else {}))
     run_config = tune.RunConfig(
         name=spec.name, storage_path=spec.storage_uri(),

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"  # Trainer.state_dict(), loaded with weights_only=True
 FIRST_GRAD_FILE = "first_grad.pt"  # dL/dW1 at the epoch's last iteration (Fig. 2)
 STRIPPED_MODEL_FILE = "model_stripped.pt"  # final checkpoint only: inference weights, no branches
+FIRST_GRAD_PLOT = "first_layer_grad_hist.png"  # final checkpoint only: the histogram of FIRST_GRAD_FILE
 NODE_ID = "node_id"  # result key: the Ray node that trained the epoch
 
 
@@ -58,6 +59,12 @@ def _report(trainer: Trainer, metrics: dict[str, float]) -> None:
         if trainer.epoch >= trainer.cfg.epochs:
             stripped = models.strip_shortcuts(trainer.model)
             torch.save(stripped.state_dict(), Path(tmp) / STRIPPED_MODEL_FILE)
+            if trainer.first_grad is not None:
+                # Plotted here, on the trial's own CPU, not in the driver's event loop.
+                from study.report import plot_grad_histogram
+
+                plot_grad_histogram(trainer.first_grad, Path(tmp) / FIRST_GRAD_PLOT,
+                                    title=tune.get_context().get_trial_name() or "")
         # The Ray node's id (not only its IP, which several nodes on one host share) lets the
         # driver tag each MLflow run with where it trained.
         tune.report({**metrics, NODE_ID: ray.get_runtime_context().get_node_id()},

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: study test test-fast bench bench-quick postgres venv clean
+.PHONY: study test test-fast bench bench-quick test-tools venv clean
 
 venv: $(STAMP)
 
@@ -20,16 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 study: $(STAMP)
 	$(VENV)/bin/snn-study run
 
-test: $(STAMP) postgres
+test: $(STAMP) test-tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The cluster test (tests/docker/test_cluster.py) runs a real PostgreSQL server under MLflow:
-# install Debian's package where it is missing and we may (CI runs as root); else it skips.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+# Tools some tests use, from Debian's packages where they are missing and we may install
+# them (CI runs as root): PostgreSQL under MLflow in the cluster test, docker-compose (v1) to
+# validate docker/compose.yaml. Elsewhere those tests skip and say why.
+test-tools:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 || \
 	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) ; } || \
-	echo "note: PostgreSQL not installed; the cluster test will be skipped"
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql docker-compose \
+	   >/dev/null) ; } || echo "note: PostgreSQL or docker-compose not installed; their tests will be skipped"
 
 # Benchmarks against spikingjelly (benchmark-only; --no-deps: its requirements would pull
 # torchaudio and replace the pinned torch). Writes benchmarks/RESULTS.md.

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _ray_cleanup import kill_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,6 @@ class _Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.procs: list[subprocess.Popen] = []
-        self.markers: list[str] = []  # command-line fragments of processes Ray daemonises
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "w")
@@ -106,15 +106,6 @@ class _Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-        if self.markers:  # Ray's own daemons of this cluster, if any outlived `ray start --block`
-            ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-            for line in ps.splitlines()[1:]:
-                pid, _, args = line.strip().partition(" ")
-                if any(m in args for m in self.markers) and int(pid) != os.getpid():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
 
 
 def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres():
@@ -153,7 +144,6 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
         _wait_for(lambda: _http_ok(f"{uri}/health"), 180, "the MLflow server", [server])
 
         # -- Ray: a head and two worker nodes -----------------------------------------------
-        procs.markers.append(f"127.0.0.1:{gcs}")
         head_cmd = _compose_command("ray-head", env, {"--port=6379": f"--port={gcs}",
                                                       "--dashboard-host=0.0.0.0": "--dashboard-host=127.0.0.1"})
         head = procs.start("ray-head", head_cmd + ray_extra + [
@@ -200,6 +190,4 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
     finally:
         procs.stop()
         shutil.rmtree(work, ignore_errors=True)
-        current = Path("/tmp/ray/ray_current_cluster")  # `ray start --head` wrote it; `ray stop` would remove it
-        if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
-            current.unlink()
+        kill_cluster(gcs)  # anything of this cluster that outlived `ray start --block`

@@ -288,7 +288,24 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         if self._unended:
             log.warning("MLflow: gave up on %d trial run(s) that the store missed; their results are in Tune's "
                         "trial folders", len(self._unended))
+        self._fail_orphans({t.trial_id for t in trials})
         super().on_experiment_end(trials, **info)
+
+    @_tolerant
+    def _fail_orphans(self, known: set[str]) -> None:
+        """Close runs of trials that Tune no longer knows, as FAILED with the reason.
+
+        A driver killed between starting a trial and saving Tune's experiment state leaves
+        such a run RUNNING; on resume Tune never sees that trial again and Optuna marks its
+        point FAIL and suggests another (see ``StudyOptunaSearch``). MLflow says the same.
+        """
+        c = self._client()
+        for r in c.search_runs([self.mlflow_util.experiment_id], max_results=5000, filter_string=(
+                f"tags.study = '{self.study}' and tags.{KIND} = 'trial' and attributes.status = 'RUNNING'")):
+            if r.data.tags.get("trial_id") not in known:
+                c.set_tag(r.info.run_id, "error", "the driver stopped before Tune recorded this trial; "
+                                                  "re-suggested on resume")
+                c.set_terminated(r.info.run_id, "FAILED")
 
     def _end(self, trial, failed: bool) -> None:
         if self._pending.get(trial):

@@ -108,8 +108,13 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
     res = _snn_study(["resume", str(study_dir)], address, tmp_path)
     out, _ = res.communicate(timeout=500)
     assert res.returncode == 0, out
-    c, after = _runs(tmp_path, "killd")
-    assert len(after) == 4 and all(r.info.status == "FINISHED" for r in after)
+    c, runs = _runs(tmp_path, "killd")
+    after = [r for r in runs if r.info.status == "FINISHED"]
+    print(f"killed driver: {len(runs)} trial runs, {len(after)} finished")  # the rest: started, then orphaned
+    assert len(after) == 4
+    for r in runs:  # a trial started just before the kill, which Tune had not yet recorded
+        assert r.info.status == "FINISHED" or (
+            r.info.status == "FAILED" and "re-suggested" in r.data.tags["error"]), (r.info.status, r.data.tags)
     for r in after:
         steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "test_acc"))
         assert steps == list(range(1, 9)), (r.data.tags["trial_id"], steps)
@@ -121,6 +126,8 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
     for t in study.trials:  # any other trial was asked for but never started: failed, with the reason
         assert t.state == optuna.trial.TrialState.COMPLETE or (
             t.state == optuna.trial.TrialState.FAIL and "re-suggested" in t.user_attrs["fail_reason"])
+    # every run MLflow closed as FAILED is one of the points Optuna failed and re-suggested
+    assert len(study.trials) - len(done) >= len(runs) - len(after)
 
 
 def _free_port() -> int:

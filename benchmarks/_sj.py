@@ -21,7 +21,6 @@ from snn.neurons import LIF
 def available() -> str | None:
     """spikingjelly's version, or None when it is not installed."""
     try:
-        import spikingjelly
         from spikingjelly.activation_based import neuron  # noqa: F401
     except ImportError:
         return None

@@ -30,6 +30,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from snn.training import DIVERGED, EPOCH, TEST_ACC, TrainConfig
 from study import baselines as _baselines
+from trainables import NODE_ID
 
 __all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent_run", "log_baselines",
            "start_parent_run"]
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 KIND = "kind"  # tag: study | trial | baseline
 _NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {"config", "trial_id", "node_ip", "hostname", "pid",
-                                                                     "node_id"}
+                                                                     NODE_ID}
 
 
 def client(tracking_uri: str):
@@ -232,8 +233,8 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         if run_id not in self._node_tagged and result.get("node_ip"):
             c.set_tag(run_id, "ray_node", str(result["node_ip"]))
             c.set_tag(run_id, "ray_hostname", str(result.get("hostname", "")))
-            if result.get("node_id"):
-                c.set_tag(run_id, "ray_node_id", str(result["node_id"]))
+            if result.get(NODE_ID):
+                c.set_tag(run_id, "ray_node_id", str(result[NODE_ID]))
             self._node_tagged.add(run_id)
 
     def _flush(self, trial) -> str:

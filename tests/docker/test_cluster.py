@@ -15,28 +15,21 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from _ray_cleanup import kill_cluster
+from procs import free_port, http_ok, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # mlflow, ray and snn-study of this environment
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _compose_command(service: str, env: dict[str, str], replace: dict[str, str]) -> list[str]:
@@ -59,26 +52,6 @@ def _pg_bin() -> Path:
 def _as_postgres(cmd: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root: run it as the postgres user the Debian package creates.
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-def _wait_for(pred, timeout: float, what: str, procs: list[subprocess.Popen] = ()) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        for p in procs:
-            if p.poll() is not None:
-                log = Path(p.log_path).read_text()[-3000:] if hasattr(p, "log_path") else ""
-                raise AssertionError(f"{what}: {p.args[:3]} exited with {p.returncode}:\n{log}")
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        return urllib.request.urlopen(url, timeout=2).status == 200
-    except OSError:
-        return False
 
 
 class _Processes:
@@ -115,7 +88,7 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
     work = Path(tempfile.mkdtemp(prefix="snn-cluster-", dir="/tmp"))
     work.chmod(0o755)  # readable by the postgres user
     procs = _Processes(work)
-    pg, mlflow_port, gcs, dash = (_free_port() for _ in range(4))
+    pg, mlflow_port, gcs, dash = (free_port() for _ in range(4))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env |= {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0", "RAY_HEAD_CPUS": "0", "RAY_WORKER_CPUS": "1"}
@@ -131,8 +104,8 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
         db = procs.start("postgres", _as_postgres([str(pg_bin / "postgres"), "-D", str(data), "-h", "127.0.0.1",
                                                    "-p", str(pg), "-k", str(data)]), env)
         psql = [str(pg_bin / "psql"), "-h", "127.0.0.1", "-p", str(pg), "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
-        _wait_for(lambda: subprocess.run([*psql, "-c", "select 1"], capture_output=True).returncode == 0, 60,
-                  "PostgreSQL", [db])
+        wait_for(lambda: subprocess.run([*psql, "-c", "select 1"], capture_output=True).returncode == 0, 60,
+                 "PostgreSQL", [db], interval=1.0)
         subprocess.run([*psql, "-c", "CREATE ROLE mlflow LOGIN PASSWORD 'mlflow'"], check=True, capture_output=True)
         subprocess.run([*psql, "-c", "CREATE DATABASE mlflow OWNER mlflow"], check=True, capture_output=True)
 
@@ -141,20 +114,20 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
         server = procs.start("mlflow", _compose_command("mlflow", env, {
             "@postgres:5432": f"@127.0.0.1:{pg}", "/mlartifacts": str(work / "artifacts"),
             "--host 0.0.0.0": "--host 127.0.0.1", "--port 5000": f"--port {mlflow_port}"}), env)
-        _wait_for(lambda: _http_ok(f"{uri}/health"), 180, "the MLflow server", [server])
+        wait_for(lambda: http_ok(f"{uri}/health"), 180, "the MLflow server", [server])
 
         # -- Ray: a head and two worker nodes -----------------------------------------------
         head_cmd = _compose_command("ray-head", env, {"--port=6379": f"--port={gcs}",
                                                       "--dashboard-host=0.0.0.0": "--dashboard-host=127.0.0.1"})
         head = procs.start("ray-head", head_cmd + ray_extra + [
-            f"--dashboard-port={dash}", f"--ray-client-server-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}"], env)
-        _wait_for(lambda: subprocess.run([str(BIN / "ray"), "status", f"--address=127.0.0.1:{gcs}"], env=env,
+            f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}"], env)
+        wait_for(lambda: subprocess.run([str(BIN / "ray"), "status", f"--address=127.0.0.1:{gcs}"], env=env,
                                          capture_output=True).returncode == 0, 120, "the Ray head", [head])
         workers = []
         for i in range(2):  # one after the other: two raylets starting at once can time out on 2 cores
             workers.append(procs.start(f"ray-worker-{i}", _compose_command("ray-worker", env, {
-                "ray-head:6379": f"127.0.0.1:{gcs}"}) + ray_extra + [f"--dashboard-agent-listen-port={_free_port()}"],
+                "ray-head:6379": f"127.0.0.1:{gcs}"}) + ray_extra + [f"--dashboard-agent-listen-port={free_port()}"],
                 env))
 
             def joined(n=i + 1) -> bool:  # "Total Usage: x/N.0 CPU": the head has none
@@ -162,7 +135,7 @@ def test_ray_job_submit_runs_a_study_over_several_nodes_into_mlflow_on_postgres(
                                      capture_output=True, text=True).stdout
                 return f"/{n}.0 CPU" in out
 
-            _wait_for(joined, 180, f"worker node {i + 1}", [head, *workers])
+            wait_for(joined, 180, f"worker node {i + 1}", [head, *workers])
 
         # -- the study, sent as a Ray job (compose's `study` service runs the same command) --
         spec = work / "spec.yaml"

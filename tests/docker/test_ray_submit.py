@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from _ray_cleanup import kill_cluster, kill_matching
+from procs import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +39,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -92,7 +87,7 @@ def test_ray_up_and_submit_run_a_study_on_the_local_provider(sshd, tmp_path):
     from mlflow import MlflowClient
 
     user, key, work = sshd
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     cfg = yaml.safe_load((ROOT / "docker" / "cluster-local.yaml").read_text())
     name = f"snn-submit-test-{gcs}"
     mount = tmp_path / "snn-study"
@@ -100,12 +95,12 @@ def test_ray_up_and_submit_run_a_study_on_the_local_provider(sshd, tmp_path):
                provider={"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
                auth={"ssh_user": user, "ssh_private_key": str(key)},
                file_mounts={str(mount): str(ROOT)},
-               setup_commands=[f"python -c 'import study, trainables, snn'"],  # installed already (see above)
+               setup_commands=["python -c 'import study, trainables, snn'"],  # installed already (see above)
                head_start_ray_commands=[
                    c.replace("ray stop", "true").replace("--port=6379", f"--port={gcs}").replace(
                        "--dashboard-host=127.0.0.1",
                        f"--dashboard-host=127.0.0.1 --dashboard-port={dash} --num-cpus=2 "
-                       f"--ray-client-server-port={_free_port()} --dashboard-agent-listen-port={_free_port()}")
+                       f"--ray-client-server-port={free_port()} --dashboard-agent-listen-port={free_port()}")
                    for c in cfg["head_start_ray_commands"]])
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,10 +36,7 @@ def test_missing_data_is_one_line_before_anything_starts(tmp_path):
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()  # nothing listens there
     r = snn_study("run", "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path)
     assert r.returncode == 1
     assert f"cannot reach the MLflow server at http://127.0.0.1:{port}" in error_line(r)

@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from procs import free_port, http_ok, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +37,6 @@ def _snn_study(args: list[str], address: str, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _wait_for(pred, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _runs(tmp: Path, experiment: str):
     from mlflow import MlflowClient
 
@@ -65,7 +56,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_session, tmp_path):
     spec = _spec(tmp_path, "killw", trials=1, epochs=6)
     proc = _snn_study(["run", str(spec)], address, tmp_path)
     trial_dir = tmp_path / "studies" / "killw"
-    _wait_for(lambda: any(trial_dir.glob("trial_*/checkpoint_000001")), 240, "the trial's second checkpoint")
+    wait_for(lambda: any(trial_dir.glob("trial_*/checkpoint_000001")), 240, "the trial's second checkpoint")
     pids = _trial_pids()
     assert pids, "no trial process found"
     for pid in pids:
@@ -94,7 +85,7 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
         except Exception:
             return False
 
-    _wait_for(one_trial_finished, 300, "a finished trial")
+    wait_for(one_trial_finished, 300, "a finished trial")
     os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-study
     proc.wait()
     c, before = _runs(tmp_path, "killd")
@@ -130,29 +121,13 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
     assert len(study.trials) - len(done) >= len(runs) - len(after)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
                              "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"], cwd=tmp, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
-    def up() -> bool:
-        import urllib.request
-
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    _wait_for(up, 120, "the MLflow server")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 120, "the MLflow server", [proc])
     return proc
 
 
@@ -166,7 +141,7 @@ def test_tracking_server_down_mid_study_loses_nothing_once_back(ray_session, tmp
     from mlflow import MlflowClient
 
     address = ray_session.get_runtime_context().gcs_address
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _mlflow_server(tmp_path, port)
     spec = _spec(tmp_path, "outage", trials=2, epochs=10)
@@ -182,11 +157,11 @@ def test_tracking_server_down_mid_study_loses_nothing_once_back(ray_session, tmp
             except Exception:
                 return False
 
-        _wait_for(logged_epoch_one, 300, "a trial's first epoch in MLflow")
+        wait_for(logged_epoch_one, 300, "a trial's first epoch in MLflow")
         os.killpg(server.pid, signal.SIGKILL)  # the tracking server vanishes mid-study
         server.wait()
         at_outage = _epochs_in_tune(study_dir)
-        _wait_for(lambda: sum(_epochs_in_tune(study_dir).values()) >= sum(at_outage.values()) + 3, 300,
+        wait_for(lambda: sum(_epochs_in_tune(study_dir).values()) >= sum(at_outage.values()) + 3, 300,
                   "training to go on while the server is down")
         assert proc.poll() is None  # the study did not stop
         server = _mlflow_server(tmp_path, port)  # back, with the same store

@@ -1,4 +1,5 @@
 import pytest
+from procs import free_port
 
 from study.baselines import BASELINES
 from study.tracking import check_tracking_uri, log_baselines
@@ -22,13 +23,9 @@ def test_baselines_are_logged_once(tmp_path):
 
 
 def test_unreachable_tracking_server_fails_fast():
-    import socket
     import time
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there
     t = time.perf_counter()
     with pytest.raises(ConnectionError, match=f"mlflow.tracking_uri: cannot reach the MLflow server at http://127.0.0.1:{port}"):
         check_tracking_uri(f"http://127.0.0.1:{port}")

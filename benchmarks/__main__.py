@@ -106,10 +106,15 @@ def check_network_fairness(arch: str, t: int) -> float:
 
 
 def bench_network(quick: bool) -> list[dict]:
+    from snn.training import amp_dtype
+
     threads = torch.get_num_threads()
     configs = [("resnet-tiny", 2), ("resnet-tiny", 4)] if quick else [
         ("resnet-tiny", 2), ("resnet18", 2), ("resnet18", 4)]
-    impls = ["ours", "ours-channels-last"] + (["spikingjelly"] if _sj.available() else [])
+    # "ours" is the training defaults in float32; the +options switch one lever off (or AMP on)
+    impls = ["ours", "ours+contiguous", "ours+tensor-lif"] + (["spikingjelly"] if _sj.available() else [])
+    if amp_dtype(torch.device("cpu")) == torch.bfloat16:  # CPUs with native bf16: what amp: true trains with
+        impls += ["ours+amp"] + (["spikingjelly+amp"] if _sj.available() else [])
     rows = []
     for arch, t in configs:
         diff = check_network_fairness(arch, t) if _sj.available() else None
@@ -119,14 +124,19 @@ def bench_network(quick: bool) -> list[dict]:
                 runs[impl].append(_worker(impl, arch, t, 64, 3, threads))
         med = {k: {m: statistics.median(r[m] for r in v) for m in ("images_per_s", "peak_rss_mib")}
                for k, v in runs.items()}
-        row = {"arch": arch, "T": t, "batch": 64, **{f"{k} img/s": med[k]["images_per_s"] for k in impls},
-               **{f"{k} peak MiB": med[k]["peak_rss_mib"] for k in impls},
-               "channels-last / ours (speed)": med["ours-channels-last"]["images_per_s"] / med["ours"]["images_per_s"]}
-        if "spikingjelly" in med:
-            row["ours / spikingjelly (speed)"] = med["ours"]["images_per_s"] / med["spikingjelly"]["images_per_s"]
-            row["ours / spikingjelly (peak memory)"] = med["ours"]["peak_rss_mib"] / med["spikingjelly"]["peak_rss_mib"]
-            row["max logit difference"] = diff
-        rows.append(row)
+
+        for impl in impls:
+            ref = "spikingjelly+amp" if impl.endswith("+amp") else "spikingjelly"
+            row = {"arch": arch, "T": t, "batch": 64, "impl": impl, "img/s": med[impl]["images_per_s"],
+                   "peak MiB": med[impl]["peak_rss_mib"]}
+            # a lever is the default with one change; its ratio says what that change does
+            row["speed / ours"] = med[impl]["images_per_s"] / med["ours"]["images_per_s"]
+            if ref in med and impl.startswith("ours"):
+                row["speed / spikingjelly (same precision)"] = med[impl]["images_per_s"] / med[ref]["images_per_s"]
+                row["peak memory / spikingjelly"] = med[impl]["peak_rss_mib"] / med[ref]["peak_rss_mib"]
+            if impl == "spikingjelly":
+                row["max logit difference"] = diff
+            rows.append(row)
     return rows
 
 
@@ -214,7 +224,7 @@ def bench_study(quick: bool) -> list[dict]:
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)\n"
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every column, in order of first appearance
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]

@@ -2,8 +2,11 @@
 
     python -m benchmarks._worker IMPL ARCH T BATCH STEPS THREADS
 
-prints one JSON line: seconds per training step (median), images/s and peak RSS in MiB
-over the process's RSS after set-up.
+IMPL is ``ours`` (the training defaults: channels-last, fused CPU LIF) or ``spikingjelly``,
+optionally followed by ``+contiguous`` (no channels-last), ``+tensor-lif`` (the LIF's
+tensor-op path instead of the fused kernels) and ``+amp`` (bfloat16 autocast, as
+``amp: true`` trains on CPUs with native bf16). Prints one JSON line: seconds per training
+step (median), images/s and peak RSS in MiB.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ def _rss_mib() -> float:
 
 
 def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: int) -> dict:
+    import os
+
+    base, *options = impl.split("+")
+    unknown = set(options) - {"contiguous", "tensor-lif", "amp"}
+    if base not in ("ours", "spikingjelly") or unknown:
+        raise SystemExit(f"IMPL: unknown {impl!r}")
+    if "tensor-lif" in options:
+        os.environ["SNN_FUSED_LIF"] = "0"
     import torch
     import torch.nn.functional as F
 
@@ -35,18 +46,21 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
     model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none")
     x = torch.randn(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
-    if impl == "spikingjelly":
+    if base == "spikingjelly":
         net = _sj.sj_network(model)
     else:
         net = model
-        if impl == "ours-channels-last":
+        if "contiguous" not in options:
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.02)
+    amp = "amp" in options
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x).main, y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = net(x).main
+        F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     step()  # warm-up: allocator, optimizer state

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from snn import _lif_cpu
 from snn import surrogates as _surrogates
 from snn.surrogates import Surrogate
 
@@ -40,11 +41,21 @@ class _LIFFunction(torch.autograd.Function):
         dL/du_pre(t) = dL/do(t) * s(t) + gu(t) * (1 - o(t) - u_pre(t) * s(t))
     where the term ``- u_pre(t) * s(t)`` is the gradient through the reset, dropped
     when ``detach_reset`` is set. dL/dc(t) = dL/du_pre(t).
+
+    On CPUs both directions run as fused numba kernels (:mod:`snn._lif_cpu`), one pass over
+    the data each, saving the input current; elsewhere, as the tensor operations below,
+    saving u_pre. Either way one [T, B, ...] tensor is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, current: Tensor, tau: float, v_threshold: float, surrogate: Surrogate,
                 detach_reset: bool) -> Tensor:  # type: ignore[override]
+        ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
+        ctx.fused = _lif_cpu.available(current)
+        if ctx.fused:
+            spikes, saved = _lif_cpu.forward(current, tau, v_threshold)
+            ctx.save_for_backward(saved)  # the input current: u_pre is recomputed in backward
+            return spikes
         u_pre = torch.empty_like(current)  # [T, B, ...]
         keep = torch.empty_like(current)  # 1 - o(t), then turned into the spikes o(t) in place
         u = torch.zeros_like(current[0])
@@ -53,13 +64,17 @@ class _LIFFunction(torch.autograd.Function):
             torch.le(u_pre[t], v_threshold, out=keep[t])
             u = u_pre[t] * keep[t]  # hard reset (measured faster than masked_fill / where)
         ctx.save_for_backward(u_pre)
-        ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
         return keep.neg_().add_(1.0)
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor):  # type: ignore[override]
-        (u_pre,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
         tau, vth = ctx.tau, ctx.v_threshold
+        if ctx.fused:
+            grad_current = _lif_cpu.backward(saved, grad_spikes, tau, vth, ctx.surrogate.name, ctx.surrogate.param,
+                                             ctx.detach_reset)
+            return grad_current, None, None, None, None
+        u_pre = saved
         # Everything that does not depend on the recursion is computed for all T at once:
         #   a(t) = dL/do(t) * s(t)   and   c(t) = tau * (1 - o(t) - u_pre(t) * s(t)),
         # so that the recursion is one fused multiply-add per step:

@@ -77,3 +77,71 @@ def test_no_state_between_calls():
 def test_bad_parameters(kwargs):
     with pytest.raises(ValueError):
         LIF(**kwargs)
+
+
+# -- the fused CPU kernels (snn._lif_cpu) against the tensor-op implementation -----------------
+from snn import _lif_cpu
+
+
+def _both_paths(monkeypatch, c, w, **kw):
+    """Spikes and input gradient from the fused kernels and from the tensor-op path."""
+    out = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("SNN_FUSED_LIF", fused)
+        x = c.detach().clone().requires_grad_()
+        y = LIF(**kw)(x)
+        (y * w).sum().backward()
+        out[fused] = (y.detach(), x.grad)
+    return out["1"], out["0"]
+
+
+def test_fused_kernels_are_used_on_cpu():
+    # numba is a dependency: if it stopped loading, the comparisons below would compare a path with itself
+    assert _lif_cpu.available(torch.zeros(2, 3))
+    assert not _lif_cpu.available(torch.zeros(2, 3, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("name", surrogates.NAMES)
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("tau", [0.5, 0.8])
+def test_fused_matches_tensor_ops_float32(monkeypatch, name, detach_reset, tau):
+    torch.manual_seed(3)
+    c = torch.randn(4, 3, 5000) * 1.5 + 0.3  # more neurons than one kernel block
+    w = torch.randn_like(c)
+    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w, tau=tau, surrogate=name, detach_reset=detach_reset)
+    assert torch.equal(ys, yt)
+    assert 0.05 < ys.mean() < 0.95
+    # the kernels evaluate the backward in float64 before rounding; agreement is to float32 precision
+    torch.testing.assert_close(gs, gt, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_keeps_channels_last_layout_and_values(monkeypatch):
+    torch.manual_seed(4)
+    t, b = 3, 4
+    cl = (torch.randn(t * b, 8, 5, 5) + 0.7).contiguous(memory_format=torch.channels_last)
+    c = cl.view(t, b, 8, 5, 5)  # T folded out of a channels-last batch, as in the models
+    w = torch.randn(t, b, 8, 5, 5)  # a contiguous upstream gradient: other strides than the input
+    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w)
+    assert ys.stride() == c.stride()
+    assert torch.equal(ys, yt)
+    torch.testing.assert_close(gs, gt)
+
+
+def test_fused_handles_non_dense_input(monkeypatch):
+    torch.manual_seed(5)
+    base = torch.randn(4, 6, 10) + 0.6
+    c = base[:, :, ::2]  # strided: not one slab per step
+    assert not _lif_cpu.dense_time_major(c)
+    w = torch.randn(4, 6, 5)
+    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w)
+    assert torch.equal(ys, yt)
+    torch.testing.assert_close(gs, gt)
+
+
+def test_fused_rounds_the_potential_to_float32_before_the_threshold():
+    # u_pre(1) = 0.5 * 0.75 + (0.625 + 2**-24) = 1 + 2**-24 exactly, which rounds to 1.0 in float32:
+    # float32 arithmetic (the tensor ops, and torch everywhere) does not fire; float64 would.
+    c = torch.tensor([0.75, 0.625 + 2.0**-24], dtype=torch.float32).view(2, 1)
+    assert c[1].item() == 0.625 + 2.0**-24  # representable
+    assert LIF()(c).view(-1).tolist() == [0.0, 0.0]
+    assert LIF()(c.double()).view(-1).tolist() == [0.0, 1.0]

@@ -1,0 +1,175 @@
+"""Fused CPU kernels for the LIF layer of :mod:`snn.neurons` (Eq. 1-2 forward, BPTT backward).
+
+On a CPU, the time loop of a LIF layer written with tensor operations is bound by memory
+traffic: every step reads and writes whole [B, ...] buffers several times, and the backward
+pass adds as many passes again. These kernels, compiled by numba, make one pass over the
+data in each direction: each thread takes a block of neurons and runs all T steps on it
+while the block is in cache, reading the input current and writing the spikes and the
+pre-spike potential (forward), then reading the potential and the spike gradient and
+writing the current gradient (backward). They compute exactly the recursion of
+``_LIFFunction`` and are checked against it and against ``lif_reference`` by the tests.
+
+Only float32/float64 CPU tensors take this path; every other case (CUDA, half precision)
+uses the tensor-op implementation. Set ``SNN_FUSED_LIF=0`` to switch the kernels off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["available", "backward", "dense_time_major", "forward"]
+
+# Surrogate codes; the formulas are those of snn.surrogates (Eq. 4).
+_CODES = {"triangle": 0, "rectangle": 1, "tanh": 2, "sigmoid": 3, "atan": 4}
+_BLOCK = 2048  # neurons per block: T rows of a block stay in L1/L2 cache between steps
+# Fast-math flags that keep IEEE results for finite inputs: fused multiply-add and fast
+# reciprocals/transcendentals for the surrogates, but no assumptions about NaN or infinities.
+_FLAGS = {"contract", "arcp", "afn"}
+
+try:  # numba ships with the project's dependencies; a broken install falls back, it does not fail
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - numba missing, or built for another numpy
+    numba = None
+
+
+def available(x: Tensor) -> bool:
+    """Whether the fused kernels can take ``x`` (a CPU float tensor, numba loaded, not switched off)."""
+    return (numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and os.environ.get("SNN_FUSED_LIF", "1") != "0")
+
+
+if numba is not None:
+
+    @njit(inline="always", fastmath=_FLAGS, cache=True)
+    def _sg(x, code, p):
+        # g'(x) of snn.surrogates, x = u_pre - V_th
+        if code == 0:  # triangle: gamma * max(0, 1 - |x|)
+            return p * max(0.0, 1.0 - abs(x))
+        if code == 1:  # rectangle: (1/a) * 1[|x| < a/2]
+            return (1.0 / p) if abs(x) < 0.5 * p else 0.0
+        if code == 2:  # tanh: (k/2) * (1 - tanh(kx)^2)
+            th = math.tanh(p * x)
+            return 0.5 * p * (1.0 - th * th)
+        if code == 3:  # sigmoid: alpha * s * (1 - s), s = sigma(alpha x)
+            s = 1.0 / (1.0 + math.exp(-p * x))
+            return p * s * (1.0 - s)
+        # atan: (alpha/2) / (1 + (pi/2 * alpha * x)^2)
+        z = 0.5 * math.pi * p * x
+        return 0.5 * p / (1.0 + z * z)
+
+    @njit(inline="always", fastmath=_FLAGS, cache=True)
+    def _charge(c, tau, vth, t, i, prev):
+        # Eq. 1 with the hard reset of Eq. 2: u_pre(t) = tau * u(t-1) + c(t), u(t-1) = 0 after a spike.
+        # tau and vth come in the tensors' dtype and no float literal enters the arithmetic, so the
+        # potential is rounded to that dtype before it meets the threshold, as in torch.
+        h = c[t, i] + tau * prev
+        if prev > vth:
+            h = c[t, i]
+        return h
+
+    @njit(parallel=True, fastmath=_FLAGS, cache=True)
+    def _forward(c, tau, vth, spikes):  # pragma: no cover - compiled
+        steps, n = c.shape
+        for b in prange((n + _BLOCK - 1) // _BLOCK):
+            lo = b * _BLOCK
+            hi = min(lo + _BLOCK, n)
+            u = np.empty(hi - lo, dtype=c.dtype)  # u_pre(t-1) of the block
+            for i in range(lo, hi):
+                h = c[0, i]  # u(-1) = 0
+                u[i - lo] = h
+                spikes[0, i] = h > vth
+            for t in range(1, steps):
+                for i in range(lo, hi):
+                    h = _charge(c, tau, vth, t, i, u[i - lo])
+                    u[i - lo] = h
+                    spikes[t, i] = h > vth
+
+    @njit(parallel=True, fastmath=_FLAGS, cache=True)
+    def _backward(c, grad_spikes, tau, vth, code, p, detach_reset, grad_c):  # pragma: no cover
+        # u_pre is recomputed block by block from the saved current (cheap, in cache) instead of
+        # being stored by the forward pass: one T x N buffer less to allocate and to stream.
+        steps, n = c.shape
+        for b in prange((n + _BLOCK - 1) // _BLOCK):
+            lo = b * _BLOCK
+            hi = min(lo + _BLOCK, n)
+            u = np.empty((steps, hi - lo), dtype=c.dtype)
+            for i in range(lo, hi):
+                u[0, i - lo] = c[0, i]
+            for t in range(1, steps):
+                for i in range(lo, hi):
+                    u[t, i - lo] = _charge(c, tau, vth, t, i, u[t - 1, i - lo])
+            last = steps - 1
+            for i in range(lo, hi):
+                grad_c[last, i] = grad_spikes[last, i] * _sg(u[last, i - lo] - vth, code, p)
+            for t in range(last - 1, -1, -1):
+                for i in range(lo, hi):
+                    h = u[t, i - lo]
+                    x = h - vth
+                    sg = _sg(x, code, p)
+                    keep = 1.0 if x <= 0.0 else 0.0
+                    coef = keep if detach_reset else keep - h * sg
+                    grad_c[t, i] = grad_spikes[t, i] * sg + tau * coef * grad_c[t + 1, i]
+
+
+def _flat(x: Tensor) -> np.ndarray:
+    """A [T, N] numpy view of ``x`` in memory order; ``x`` must pass :func:`dense_time_major`."""
+    if not x.is_contiguous():  # channels-last and other dense layouts: walk the storage in order
+        x = x.permute(0, *_inner_order(x))
+    return x.detach().view(x.shape[0], -1).numpy()
+
+
+def _inner_order(x: Tensor) -> list[int]:
+    return sorted(range(1, x.dim()), key=lambda d: -x.stride(d))
+
+
+def dense_time_major(x: Tensor) -> bool:
+    """True when T is the outermost axis of a dense, non-overlapping ``x``.
+
+    The kernels are elementwise within a step, so the order of neurons inside a step does not
+    matter, only that each step is one contiguous slab (true of contiguous and channels-last
+    activations folded as [T, B, ...]).
+    """
+    return x.is_contiguous() or (x.stride(0) == x[0].numel() and x.permute(0, *_inner_order(x)).is_contiguous())
+
+
+def _threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _scalar(x: Tensor, value: float):
+    return (np.float32 if x.dtype == torch.float32 else np.float64)(value)
+
+
+def forward(current: Tensor, tau: float, v_threshold: float) -> tuple[Tensor, Tensor]:
+    """Spikes o(t) of Eq. 1-2 for ``current`` [T, B, ...], and the tensor to save for backward.
+
+    The spikes have the memory layout of ``current``; the saved tensor is ``current`` itself,
+    or its contiguous copy when it is not dense with T outermost.
+    """
+    if not dense_time_major(current):
+        current = current.contiguous()
+    spikes = torch.empty_like(current)  # empty_like keeps the strides of a dense tensor
+    _threads()
+    _forward(_flat(current), _scalar(current, tau), _scalar(current, v_threshold), _flat(spikes))
+    return spikes, current
+
+
+def backward(current: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float, surrogate_name: str,
+             surrogate_param: float, detach_reset: bool) -> Tensor:
+    """dL/dc(t) from dL/do(t) by the BPTT recursion documented in ``_LIFFunction``.
+
+    ``current`` is the tensor :func:`forward` returned to save; the result has its layout.
+    """
+    if grad_spikes.stride() != current.stride() or grad_spikes.dtype != current.dtype:
+        grad_spikes = torch.empty_like(current).copy_(grad_spikes)
+    grad_c = torch.empty_like(current)
+    _threads()
+    _backward(_flat(current), _flat(grad_spikes), _scalar(current, tau), _scalar(current, v_threshold),
+              _CODES[surrogate_name], float(surrogate_param), bool(detach_reset), _flat(grad_c))
+    return grad_c

@@ -46,7 +46,17 @@ def available(x: Tensor) -> bool:
 
 if numba is not None:
 
-    @njit(inline="always", fastmath=_FLAGS, cache=True)
+    def _jit(**options):
+        """numba.njit with an on-disk cache (compiled once per machine), or none where no cache
+        folder is writable (numba raises at decoration time then)."""
+        def decorate(fn):
+            try:
+                return njit(cache=True, **options)(fn)
+            except RuntimeError:  # pragma: no cover - read-only package and home folders
+                return njit(**options)(fn)
+        return decorate
+
+    @_jit(inline="always", fastmath=_FLAGS)
     def _sg(x, code, p):
         # g'(x) of snn.surrogates, x = u_pre - V_th
         if code == 0:  # triangle: gamma * max(0, 1 - |x|)
@@ -63,7 +73,7 @@ if numba is not None:
         z = 0.5 * math.pi * p * x
         return 0.5 * p / (1.0 + z * z)
 
-    @njit(inline="always", fastmath=_FLAGS, cache=True)
+    @_jit(inline="always", fastmath=_FLAGS)
     def _charge(c, tau, vth, t, i, prev):
         # Eq. 1 with the hard reset of Eq. 2: u_pre(t) = tau * u(t-1) + c(t), u(t-1) = 0 after a spike.
         # tau and vth come in the tensors' dtype and no float literal enters the arithmetic, so the
@@ -73,7 +83,7 @@ if numba is not None:
             h = c[t, i]
         return h
 
-    @njit(parallel=True, fastmath=_FLAGS, cache=True)
+    @_jit(parallel=True, fastmath=_FLAGS)
     def _forward(c, tau, vth, spikes):  # pragma: no cover - compiled
         steps, n = c.shape
         for b in prange((n + _BLOCK - 1) // _BLOCK):
@@ -90,7 +100,7 @@ if numba is not None:
                     u[i - lo] = h
                     spikes[t, i] = h > vth
 
-    @njit(parallel=True, fastmath=_FLAGS, cache=True)
+    @_jit(parallel=True, fastmath=_FLAGS)
     def _backward(c, grad_spikes, tau, vth, code, p, detach_reset, grad_c):  # pragma: no cover
         # u_pre is recomputed block by block from the saved current (cheap, in cache) instead of
         # being stored by the forward pass: one T x N buffer less to allocate and to stream.

@@ -44,12 +44,14 @@ def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins:
 
     counts, edges = grad_histogram(grad, bins=bins)
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color="#4477aa")
+    # One filled step patch and fixed margins: drawn at the end of every trial, so it is kept
+    # cheap (a bar per bin plus tight_layout took 4x as long).
+    fig = plt.figure(figsize=(5, 3.2))
+    ax = fig.add_axes((0.14, 0.16, 0.82, 0.74))
+    ax.stairs(counts, edges, fill=True, color="#4477aa")
     ax.set_xlabel("gradient of first-layer weights")
     ax.set_ylabel("count")
     ax.set_title(title or "first-layer gradients", fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)

@@ -163,6 +163,8 @@ def _preflight_data(spec: StudySpec) -> None:
     """Open the dataset once on the driver, so missing files fail before Ray starts."""
     from snn import data
 
+    if data.info(spec.dataset).bundled:  # nothing to find (and opening it costs a second of imports)
+        return
     try:
         data.build(spec.dataset, spec.train_constants()["data_root"], train=False,
                    timesteps=spec.timesteps, download=spec.download)

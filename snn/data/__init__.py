@@ -39,6 +39,7 @@ class DatasetInfo:
     in_channels: int
     input_size: tuple[int, int]  # (H, W)
     kind: Literal["static", "frames"]  # static: [C, H, W] samples; frames: [T, C, H, W]
+    bundled: bool = False  # shipped inside an installed package: nothing under data_root can be missing
 
 
 _INFO = {
@@ -46,7 +47,7 @@ _INFO = {
     "cifar100": DatasetInfo("cifar100", 100, 3, (32, 32), "static"),
     "imagenet": DatasetInfo("imagenet", 1000, 3, (224, 224), "static"),
     "cifar10-dvs": DatasetInfo("cifar10-dvs", 10, 2, (48, 48), "frames"),
-    "digits": DatasetInfo("digits", 10, 1, (8, 8), "static"),
+    "digits": DatasetInfo("digits", 10, 1, (8, 8), "static", bundled=True),
     "digits-dvs": DatasetInfo("digits-dvs", 10, 2, (32, 32), "frames"),
 }
 assert set(_INFO) == set(NAMES)

@@ -12,18 +12,27 @@ step (median), images/s and peak RSS in MiB.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
 
 
-def _rss_mib() -> float:
+def _status_mib(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def _peak_rss_mib() -> float:
+    # VmHWM, the high-water mark of this process's own memory. Not getrusage's ru_maxrss: that
+    # survives exec, so a worker started by a big parent would report the parent's peak.
+    return _status_mib("VmHWM")
 
 
 def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: int) -> dict:
@@ -70,7 +79,7 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     s = statistics.median(times)
     return {"impl": impl, "arch": arch, "T": timesteps, "batch": batch, "step_s": s, "images_per_s": batch / s,
             "peak_rss_mib": peak, "steady_rss_mib": base}

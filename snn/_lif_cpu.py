@@ -57,21 +57,22 @@ if numba is not None:
         return decorate
 
     @_jit(inline="always", fastmath=_FLAGS)
-    def _sg(x, code, p):
-        # g'(x) of snn.surrogates, x = u_pre - V_th
+    def _sg(x, code, k1, k2, one, zero):
+        # g'(x) of snn.surrogates, x = u_pre - V_th, with the constants k1, k2 of _constants()
+        # in the tensors' dtype, so that float32 tensors are computed in float32 throughout.
         if code == 0:  # triangle: gamma * max(0, 1 - |x|)
-            return p * max(0.0, 1.0 - abs(x))
+            return k1 * max(zero, one - abs(x))
         if code == 1:  # rectangle: (1/a) * 1[|x| < a/2]
-            return (1.0 / p) if abs(x) < 0.5 * p else 0.0
+            return k1 if abs(x) < k2 else zero
         if code == 2:  # tanh: (k/2) * (1 - tanh(kx)^2)
-            th = math.tanh(p * x)
-            return 0.5 * p * (1.0 - th * th)
+            th = math.tanh(k1 * x)
+            return k2 * (one - th * th)
         if code == 3:  # sigmoid: alpha * s * (1 - s), s = sigma(alpha x)
-            s = 1.0 / (1.0 + math.exp(-p * x))
-            return p * s * (1.0 - s)
+            s = one / (one + math.exp(-k1 * x))
+            return k1 * s * (one - s)
         # atan: (alpha/2) / (1 + (pi/2 * alpha * x)^2)
-        z = 0.5 * math.pi * p * x
-        return 0.5 * p / (1.0 + z * z)
+        z = k2 * x
+        return k1 / (one + z * z)
 
     @_jit(inline="always", fastmath=_FLAGS)
     def _charge(c, tau, vth, t, i, prev):
@@ -101,7 +102,7 @@ if numba is not None:
                     spikes[t, i] = h > vth
 
     @_jit(parallel=True, fastmath=_FLAGS)
-    def _backward(c, grad_spikes, tau, vth, code, p, detach_reset, grad_c):  # pragma: no cover
+    def _backward(c, grad_spikes, tau, vth, code, k1, k2, one, zero, detach_reset, grad_c):  # pragma: no cover
         # u_pre is recomputed block by block from the saved current (cheap, in cache) instead of
         # being stored by the forward pass: one T x N buffer less to allocate and to stream.
         steps, n = c.shape
@@ -116,13 +117,13 @@ if numba is not None:
                     u[t, i - lo] = _charge(c, tau, vth, t, i, u[t - 1, i - lo])
             last = steps - 1
             for i in range(lo, hi):
-                grad_c[last, i] = grad_spikes[last, i] * _sg(u[last, i - lo] - vth, code, p)
+                grad_c[last, i] = grad_spikes[last, i] * _sg(u[last, i - lo] - vth, code, k1, k2, one, zero)
             for t in range(last - 1, -1, -1):
                 for i in range(lo, hi):
                     h = u[t, i - lo]
                     x = h - vth
-                    sg = _sg(x, code, p)
-                    keep = 1.0 if x <= 0.0 else 0.0
+                    sg = _sg(x, code, k1, k2, one, zero)
+                    keep = one if x <= zero else zero
                     coef = keep if detach_reset else keep - h * sg
                     grad_c[t, i] = grad_spikes[t, i] * sg + tau * coef * grad_c[t + 1, i]
 
@@ -156,6 +157,12 @@ def _scalar(x: Tensor, value: float):
     return (np.float32 if x.dtype == torch.float32 else np.float64)(value)
 
 
+def _constants(name: str, p: float) -> tuple[float, float]:
+    """The two constants k1, k2 that ``_sg`` uses for surrogate ``name`` with parameter ``p``."""
+    return {"triangle": (p, 0.0), "rectangle": (1.0 / p, p / 2.0), "tanh": (p, p / 2.0), "sigmoid": (p, 0.0),
+            "atan": (p / 2.0, math.pi / 2.0 * p)}[name]
+
+
 def forward(current: Tensor, tau: float, v_threshold: float) -> tuple[Tensor, Tensor]:
     """Spikes o(t) of Eq. 1-2 for ``current`` [T, B, ...], and the tensor to save for backward.
 
@@ -180,6 +187,8 @@ def backward(current: Tensor, grad_spikes: Tensor, tau: float, v_threshold: floa
         grad_spikes = torch.empty_like(current).copy_(grad_spikes)
     grad_c = torch.empty_like(current)
     _threads()
-    _backward(_flat(current), _flat(grad_spikes), _scalar(current, tau), _scalar(current, v_threshold),
-              _CODES[surrogate_name], float(surrogate_param), bool(detach_reset), _flat(grad_c))
+    k1, k2 = _constants(surrogate_name, float(surrogate_param))
+    _backward(_flat(current), _flat(grad_spikes), *(_scalar(current, v) for v in (tau, v_threshold)),
+              _CODES[surrogate_name], *(_scalar(current, v) for v in (k1, k2, 1.0, 0.0)), bool(detach_reset),
+              _flat(grad_c))
     return grad_c

@@ -248,7 +248,25 @@ def _machine() -> str:
                 if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}); Python "
             f"{platform.python_version()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
-            f"spikingjelly {_sj.available() or 'not installed'}; ray {version('ray')}")
+            f"numba {version('numba')}; spikingjelly {_sj.available() or 'not installed'}; ray {version('ray')}")
+
+
+NOTES = {
+    "lif": "ours: `snn.neurons.LIF` (fused numba kernels on CPU); plain loop: `lif_reference`, autograd over "
+           "a loop in T; spikingjelly: its multi-step `LIFNode`, torch backend. Atan surrogate, float32. The "
+           "run first checks that all three give the same spikes and gradients.",
+    "network": "ours: the training defaults (channels-last, fused CPU LIF), float32. `+contiguous` and "
+               "`+tensor-lif` switch one lever off; `+amp` trains under bfloat16 autocast, what `amp: true` "
+               "does on CPUs with native bf16, and is compared with spikingjelly under the same autocast. "
+               "Peak memory is the fresh worker process's VmHWM. The run first checks that both networks "
+               "give the same logits on the same weights.",
+    "shortcuts": "Training step with a shortcut head after every stage against none; inference of "
+                 "`strip_shortcuts(model)` against a vanilla model.",
+    "study": "Study wall: `run_study` with Ray already up (MLflow store, Optuna, Tune, trials, callbacks). "
+             "Ideal: the same trials' `fit()` run one after another in one process (one thread each), "
+             "summed and divided by the concurrency. The last row fits wall = fixed + marginal x ideal "
+             "through the first two.",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         rows = fn(a.quick)
         print(_table(rows), flush=True)
-        out.append(f"\n## {title}\n\n{_table(rows)}\n_{time.perf_counter() - t0:.0f} s_\n")
+        out.append(f"\n## {title}\n\n{NOTES[key]}\n\n{_table(rows)}\n_{time.perf_counter() - t0:.0f} s_\n")
         Path(a.out).write_text("".join(out))  # after every section: a later failure keeps these
     print(f"wrote {a.out}")
 

@@ -4,9 +4,9 @@ On a CPU, the time loop of a LIF layer written with tensor operations is bound b
 traffic: every step reads and writes whole [B, ...] buffers several times, and the backward
 pass adds as many passes again. These kernels, compiled by numba, make one pass over the
 data in each direction: each thread takes a block of neurons and runs all T steps on it
-while the block is in cache, reading the input current and writing the spikes and the
-pre-spike potential (forward), then reading the potential and the spike gradient and
-writing the current gradient (backward). They compute exactly the recursion of
+while the block is in cache. Forward reads the input current and writes the spikes;
+backward reads the current (saved instead of the potential, which it recomputes in cache)
+and the spike gradient, and writes the current gradient. They compute exactly the recursion of
 ``_LIFFunction`` and are checked against it and against ``lif_reference`` by the tests.
 
 Only float32/float64 CPU tensors take this path; every other case (CUDA, half precision)
@@ -22,10 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from snn import registry
+
 __all__ = ["available", "backward", "dense_time_major", "forward"]
 
-# Surrogate codes; the formulas are those of snn.surrogates (Eq. 4).
+# Surrogate codes of ``_sg``, whose formulas are those of snn.surrogates (Eq. 4); a surrogate
+# added there must be added here too (the tests compare every one with the tensor-op path).
 _CODES = {"triangle": 0, "rectangle": 1, "tanh": 2, "sigmoid": 3, "atan": 4}
+assert set(_CODES) == set(registry.SURROGATES)
 _BLOCK = 2048  # neurons per block: T rows of a block stay in L1/L2 cache between steps
 # Fast-math flags that keep IEEE results for finite inputs: fused multiply-add and fast
 # reciprocals/transcendentals for the surrogates, but no assumptions about NaN or infinities.

@@ -73,7 +73,7 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
         opt.step()
 
     step()  # warm-up: allocator, optimizer state
-    base = _rss_mib()
+    steady = _rss_mib()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
     peak = _peak_rss_mib()
     s = statistics.median(times)
     return {"impl": impl, "arch": arch, "T": timesteps, "batch": batch, "step_s": s, "images_per_s": batch / s,
-            "peak_rss_mib": peak, "steady_rss_mib": base}
+            "peak_rss_mib": peak, "steady_rss_mib": steady}
 
 
 if __name__ == "__main__":

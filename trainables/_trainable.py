@@ -42,8 +42,6 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
 def _threads() -> None:
     # Give torch as many threads as the trial was given CPUs, so concurrent trials don't oversubscribe.
     try:
-        import ray
-
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     except Exception:  # not inside a Ray worker (e.g. a direct call in tests)
         cpus = None

@@ -138,6 +138,29 @@ def test_fused_handles_non_dense_input(monkeypatch):
     torch.testing.assert_close(gs, gt)
 
 
+
+
+def test_fused_expanded_channels_last_input_gives_channels_last_spikes(monkeypatch):
+    # A static image's stem output, computed once and expanded over T (stride 0): the spikes keep
+    # each step channels-last, so the next channels-last convolution needs no reorder.
+    torch.manual_seed(6)
+    y0 = (torch.randn(4, 8, 5, 5) + 0.7).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 4, 8, 5, 5)
+    out = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("SNN_FUSED_LIF", fused)
+        y = y0.clone().requires_grad_()
+        c = y.unsqueeze(0).expand(3, *y.shape)
+        assert not _lif_cpu.dense_time_major(c)
+        s = LIF()(c)
+        (s * w).sum().backward()
+        out[fused] = (s.detach(), y.grad)
+    (ys, gs), (yt, gt) = out["1"], out["0"]
+    assert ys.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)  # T folded into B: a view
+    assert torch.equal(ys, yt)
+    torch.testing.assert_close(gs, gt)
+
+
 def test_fused_rounds_the_potential_to_float32_before_the_threshold():
     # u_pre(1) = 0.5 * 0.75 + (0.625 + 2**-24) = 1 + 2**-24 exactly, which rounds to 1.0 in float32:
     # float32 arithmetic (the tensor ops, and torch everywhere) does not fire; float64 would.

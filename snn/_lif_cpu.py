@@ -153,20 +153,6 @@ def dense_time_major(x: Tensor) -> bool:
     return x.is_contiguous() or (x.stride(0) == x[0].numel() and x.permute(0, *_inner_order(x)).is_contiguous())
 
 
-def _dense_copy(x: Tensor) -> Tensor:
-    """``x`` copied into a dense tensor with T outermost, each step in the layout of ``x[0]``.
-
-    A static image's stem output repeated over T is such an ``x``: expanded (stride 0 in T),
-    each step channels-last. ``x.contiguous()`` would turn it into NCHW spikes, which the next
-    channels-last convolution then reorders back, forward and backward (about 1.5 % of a
-    ResNet-18 step, benchmarks/). Where ``x[0]`` is not dense either, the steps are contiguous.
-    """
-    step = torch.empty_like(x[0])  # keeps the strides of a dense x[0], else contiguous
-    out = torch.empty_strided((x.shape[0], *step.shape), (step.numel(), *step.stride()), dtype=x.dtype,
-                              device=x.device)
-    return out.copy_(x)
-
-
 def _threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
@@ -188,7 +174,7 @@ def forward(current: Tensor, tau: float, v_threshold: float) -> tuple[Tensor, Te
     or its contiguous copy when it is not dense with T outermost.
     """
     if not dense_time_major(current):
-        current = _dense_copy(current)
+        current = current.contiguous()
     spikes = torch.empty_like(current)  # empty_like keeps the strides of a dense tensor
     _threads()
     _forward(_flat(current), _scalar(current, tau), _scalar(current, v_threshold), _flat(spikes))

@@ -28,6 +28,20 @@ def _check_params(tau: float, v_threshold: float) -> None:
         raise ValueError(f"v_threshold: must be > 0, got {v_threshold!r}")
 
 
+def _empty_steps(x: Tensor) -> Tensor:
+    """An empty tensor shaped like ``x`` [T, ...]: T outermost and dense, each step in the
+    memory layout of ``x[0]`` (contiguous where ``x[0]`` is not dense).
+
+    A static image's stem output repeated over T arrives expanded (stride 0 in T), each step
+    channels-last. ``empty_like`` would lay such a tensor out contiguously, so the spikes
+    would be NCHW and the next channels-last convolution would reorder them back, forward
+    and backward (about 4 % of a ResNet-18 step at T = 2 on CPU, benchmarks/).
+    """
+    step = torch.empty_like(x[0])  # keeps the strides of a dense x[0], else contiguous
+    return torch.empty_strided((x.shape[0], *step.shape), (step.numel(), *step.stride()), dtype=x.dtype,
+                               device=x.device)
+
+
 class _LIFFunction(torch.autograd.Function):
     """All T steps of Eq. 1-2 in one node, with the BPTT recursion in backward.
 
@@ -53,11 +67,13 @@ class _LIFFunction(torch.autograd.Function):
         ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
         ctx.fused = _lif_cpu.available(current)
         if ctx.fused:
+            if not _lif_cpu.dense_time_major(current):
+                current = _empty_steps(current).copy_(current)
             spikes, saved = _lif_cpu.forward(current, tau, v_threshold)
             ctx.save_for_backward(saved)  # the input current: u_pre is recomputed in backward
             return spikes
-        u_pre = torch.empty_like(current)  # [T, B, ...]
-        keep = torch.empty_like(current)  # 1 - o(t), then turned into the spikes o(t) in place
+        u_pre = _empty_steps(current)  # [T, B, ...]
+        keep = _empty_steps(current)  # 1 - o(t), then turned into the spikes o(t) in place
         u = torch.zeros_like(current[0])
         for t in range(current.shape[0]):
             torch.add(current[t], u, alpha=tau, out=u_pre[t])

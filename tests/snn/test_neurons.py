@@ -142,7 +142,8 @@ def test_fused_handles_non_dense_input(monkeypatch):
 
 def test_fused_expanded_channels_last_input_gives_channels_last_spikes(monkeypatch):
     # A static image's stem output, computed once and expanded over T (stride 0): the spikes keep
-    # each step channels-last, so the next channels-last convolution needs no reorder.
+    # each step channels-last, so the next channels-last convolution needs no reorder (both paths:
+    # the fused kernels and the tensor ops that CUDA uses).
     torch.manual_seed(6)
     y0 = (torch.randn(4, 8, 5, 5) + 0.7).contiguous(memory_format=torch.channels_last)
     w = torch.randn(3, 4, 8, 5, 5)
@@ -154,9 +155,9 @@ def test_fused_expanded_channels_last_input_gives_channels_last_spikes(monkeypat
         assert not _lif_cpu.dense_time_major(c)
         s = LIF()(c)
         (s * w).sum().backward()
+        assert s.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)  # T folded into B: a view
         out[fused] = (s.detach(), y.grad)
     (ys, gs), (yt, gt) = out["1"], out["0"]
-    assert ys.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)  # T folded into B: a view
     assert torch.equal(ys, yt)
     torch.testing.assert_close(gs, gt)
 

@@ -34,7 +34,7 @@ from snn import diagnostics, losses, models, schedules
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
     "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged",
-    "branch_acc_metric", "fit",
+    "amp_dtype", "branch_acc_metric", "data_workers", "fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class TrainConfig:
     tau: float = 0.5
     v_threshold: float = 1.0
     seed: int = 0
-    workers: int = 0  # DataLoader worker processes
+    workers: int | str = "auto"  # DataLoader worker processes; "auto": see data_workers
     amp: bool = True  # mixed precision where native: CUDA (bf16/fp16), CPUs with bf16 units (see amp_dtype)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     max_batches: int | None = None  # cap on training batches per epoch (smoke tests)
@@ -170,6 +170,30 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def data_workers(workers: int | str, device: torch.device) -> int:
+    """DataLoader worker processes for ``workers``: a count, or ``"auto"``.
+
+    ``"auto"`` sizes them to the CPUs this process may use, which a Ray trial sets to what
+    it was given (``torch.get_num_threads()``): on CUDA, all of them but one, which feeds the
+    GPU (at most 8), so decoding and augmentation keep up with the device; on CPU, none,
+    because the training step itself keeps every given core busy and loading in the same
+    process takes a few ms per batch of a step that takes seconds (benchmarks/).
+
+    Raises:
+        ValueError: ``workers`` is neither a count >= 0 nor ``"auto"``.
+    """
+    if workers == "auto":
+        if device.type != "cuda":
+            return 0
+        return min(MAX_AUTO_WORKERS, max(0, torch.get_num_threads() - 1))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers: expected a count >= 0 or 'auto', got {workers!r}")
+    return workers
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -189,7 +213,7 @@ class Trainer:
         _seed_everything(cfg.seed)
         info = snn_data.info(cfg.dataset)
         self.train_loader, self.test_loader = snn_data.loaders(
-            cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, cfg.workers,
+            cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, data_workers(cfg.workers, self.device),
             download=cfg.download, seed=cfg.seed)
         self.model = models.build(
             cfg.arch, info.num_classes, cfg.timesteps, in_channels=info.in_channels,

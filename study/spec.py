@@ -69,7 +69,8 @@ class TrainSpec(_Strict):
     loss_mode: str = "logit_sum"
     tau: float = Field(0.5, gt=0, le=1)
     v_threshold: float = Field(1.0, gt=0)
-    workers: int = Field(0, ge=0)
+    workers: int | str = Field("auto", description="DataLoader workers per trial; auto: the trial's "
+                                          "CPUs but one on a GPU, none on a CPU")
     amp: bool = True
     max_batches: int | None = Field(None, ge=1, description="cap on training batches per epoch")
 
@@ -77,6 +78,13 @@ class TrainSpec(_Strict):
     @classmethod
     def _mode(cls, v: str) -> str:
         return _choose("loss_mode", v, registry.LOSS_MODES)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> int | str:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return v
+        raise ValueError(f"expected a count >= 0 or 'auto', got {v!r}")
 
 
 class SearchSpec(_Strict):

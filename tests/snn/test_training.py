@@ -71,6 +71,26 @@ def test_event_data_trains(tmp_path):
     assert 0 <= out[TEST_ACC] <= 1
 
 
+def test_auto_data_workers_follow_the_trials_cpus_on_cuda_and_are_none_on_cpu():
+    import torch
+
+    from snn.training import MAX_AUTO_WORKERS, data_workers
+
+    threads = torch.get_num_threads()
+    try:
+        for n, want in [(1, 0), (4, 3), (32, MAX_AUTO_WORKERS)]:
+            torch.set_num_threads(n)  # what the trainable sets from the trial's CPUs
+            assert data_workers("auto", torch.device("cuda")) == want
+            assert data_workers("auto", torch.device("cpu")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert data_workers(3, torch.device("cpu")) == 3  # a count is taken as it is
+    for bad in (-1, "many", True):
+        with pytest.raises(ValueError, match="workers"):
+            data_workers(bad, torch.device("cpu"))
+    assert Trainer(cfg()).train_loader.num_workers == 0  # the default is auto: none on this CPU
+
+
 def test_amp_uses_native_bf16_on_cpu_only_where_it_exists():
     import torch
 

@@ -28,6 +28,8 @@ def spec(**kw):
     (spec(timesteps=0), "timesteps: Input should be greater than or equal to 1, got 0"),
     (spec(train={"batch_size": 0}), "train.batch_size: Input should be greater than or equal to 1, got 0"),
     (spec(train={"epoch": 3}), "train.epoch: unknown key (a typo?)"),
+    (spec(train={"workers": "many"}), "train.workers: expected a count >= 0 or 'auto', got 'many'"),
+    (spec(train={"workers": -1}), "train.workers: expected a count >= 0 or 'auto', got -1"),
     (spec(trails=3), "trails: unknown key (a typo?)"),
     (spec(scheduler="hyperband"), "scheduler: Input should be 'fifo' or 'asha'"),
     (spec(search={"preset": "fast"}), "search.preset: unknown value 'fast'; choose one of paper, ablation, full, quick"),

@@ -112,7 +112,8 @@ def bench_network(quick: bool) -> list[dict]:
     configs = [("resnet-tiny", 2), ("resnet-tiny", 4)] if quick else [
         ("resnet-tiny", 2), ("resnet18", 2), ("resnet18", 4)]
     # "ours" is the training defaults in float32; the +options switch one lever off (or AMP on)
-    impls = ["ours", "ours+contiguous", "ours+tensor-lif"] + (["spikingjelly"] if _sj.available() else [])
+    impls = ["ours", "ours+contiguous", "ours+tensor-lif", "ours+system-malloc"] + (
+        ["spikingjelly", "spikingjelly+retain-memory"] if _sj.available() else [])
     if amp_dtype(torch.device("cpu")) == torch.bfloat16:  # CPUs with native bf16: what amp: true trains with
         impls += ["ours+amp"] + (["spikingjelly+amp"] if _sj.available() else [])
     rows = []
@@ -131,7 +132,7 @@ def bench_network(quick: bool) -> list[dict]:
                    "peak MiB": med[impl]["peak_rss_mib"]}
             # a lever is the default with one change; its ratio says what that change does
             row["speed / ours"] = med[impl]["images_per_s"] / med["ours"]["images_per_s"]
-            if ref in med and impl.startswith("ours"):
+            if ref in med and impl != ref:
                 row["speed / spikingjelly (same precision)"] = med[impl]["images_per_s"] / med[ref]["images_per_s"]
                 row["peak memory / spikingjelly"] = med[impl]["peak_rss_mib"] / med[ref]["peak_rss_mib"]
             if impl == "spikingjelly":
@@ -253,8 +254,10 @@ NOTES = {
     "lif": "ours: `snn.neurons.LIF` (fused numba kernels on CPU); plain loop: `lif_reference`, autograd over "
            "a loop in T; spikingjelly: its multi-step `LIFNode`, torch backend. Atan surrogate, float32. The "
            "run first checks that all three give the same spikes and gradients.",
-    "network": "ours: the training defaults (channels-last, fused CPU LIF), float32. `+contiguous` and "
-               "`+tensor-lif` switch one lever off; `+amp` trains under bfloat16 autocast, what `amp: true` "
+    "network": "ours: the training defaults (channels-last, fused CPU LIF, malloc keeping freed memory), "
+               "float32. `+contiguous`, `+tensor-lif` and `+system-malloc` switch one lever off; "
+               "`spikingjelly+retain-memory` is spikingjelly with ours's malloc setting, so its ratio shows "
+               "what that setting gives spikingjelly; `+amp` trains under bfloat16 autocast, what `amp: true` "
                "does on CPUs with native bf16, and is compared with spikingjelly under the same autocast. "
                "Peak memory is the fresh worker process's VmHWM. The run first checks that both networks "
                "give the same logits on the same weights.",

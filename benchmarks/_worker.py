@@ -2,11 +2,12 @@
 
     python -m benchmarks._worker IMPL ARCH T BATCH STEPS THREADS
 
-IMPL is ``ours`` (the training defaults: channels-last, fused CPU LIF) or ``spikingjelly``,
-optionally followed by ``+contiguous`` (no channels-last), ``+tensor-lif`` (the LIF's
-tensor-op path instead of the fused kernels) and ``+amp`` (bfloat16 autocast, as
-``amp: true`` trains on CPUs with native bf16). Prints one JSON line: seconds per training
-step (median), images/s and peak RSS in MiB.
+IMPL is ``ours`` (the training defaults: channels-last, fused CPU LIF, freed memory kept by
+malloc) or ``spikingjelly``, optionally followed by ``+contiguous`` (no channels-last),
+``+tensor-lif`` (the LIF's tensor-op path instead of the fused kernels), ``+system-malloc``
+(malloc left as it is), ``+retain-memory`` (spikingjelly with ours's malloc setting) and
+``+amp`` (bfloat16 autocast, as ``amp: true`` trains on CPUs with native bf16). Prints one
+JSON line: seconds per training step (median), images/s and peak RSS in MiB.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
     import os
 
     base, *options = impl.split("+")
-    unknown = set(options) - {"contiguous", "tensor-lif", "amp"}
+    unknown = set(options) - {"contiguous", "tensor-lif", "amp", "system-malloc", "retain-memory"}
     if base not in ("ours", "spikingjelly") or unknown:
         raise SystemExit(f"IMPL: unknown {impl!r}")
     if "tensor-lif" in options:
@@ -50,6 +51,11 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
     from benchmarks import _sj
     from snn import models
 
+    from snn import _malloc
+
+    # What the Trainer does on CPU (ours by default); spikingjelly gets it only when asked.
+    if ("retain-memory" in options or base == "ours") and "system-malloc" not in options:
+        _malloc.retain_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none")

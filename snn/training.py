@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from snn import _malloc
 from snn import data as snn_data
 from snn import diagnostics, losses, models, schedules
 
@@ -210,6 +211,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.device = _device(cfg.device)
+        if self.device.type == "cpu":
+            _malloc.retain_freed_memory()  # ~1.1x faster CPU steps: freed activations are reused, not re-faulted
         _seed_everything(cfg.seed)
         info = snn_data.info(cfg.dataset)
         self.train_loader, self.test_loader = snn_data.loaders(

@@ -1,4 +1,8 @@
 import io
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,6 +73,34 @@ def test_from_dict_rejects_unknown_keys():
 def test_event_data_trains(tmp_path):
     out = fit(cfg(dataset="digits-dvs", data_root=str(tmp_path), epochs=1, timesteps=3, max_batches=2))
     assert 0 <= out[TEST_ACC] <= 1
+
+
+_HEAP_PROBE = """
+import sys
+import torch
+from snn.training import Trainer, TrainConfig
+if sys.argv[1] == "trainer":
+    Trainer(TrainConfig(dataset="digits", arch="resnet-tiny", arch_kwargs={"width": 4}, batch_size=64))
+x = torch.empty(40 * 2**20 // 4)  # 40 MiB: above glibc's largest automatic mmap threshold (32 MiB)
+a = x.data_ptr()
+for line in open("/proc/self/maps"):
+    lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+    if lo <= a < hi:
+        print("heap" if line.rstrip().endswith("[heap]") else "mmap")
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/maps"),
+                    reason="glibc's malloc and Linux's /proc only")
+@pytest.mark.parametrize("how,expected", [("plain", "mmap"), ("trainer", "heap"), ("trainer-off", "mmap")])
+def test_cpu_trainer_makes_malloc_keep_large_blocks_in_the_heap(how, expected):
+    # Large activations from the heap are kept there when freed, so the next step reuses their
+    # pages instead of mapping and faulting in fresh ones (snn/_malloc.py). Checked in a fresh
+    # process: the setting is process-wide.
+    env = {**os.environ, "SNN_RETAIN_MEMORY": "0" if how == "trainer-off" else "1"}
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, how.split("-")[0]], env=env, capture_output=True,
+                         text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.stdout.split() == [expected], out.stderr[-2000:]
 
 
 def test_auto_data_workers_follow_the_trials_cpus_on_cuda_and_are_none_on_cpu():

@@ -2,15 +2,16 @@
 
 A training step allocates and frees the same large activations every iteration. glibc's
 malloc serves blocks above its mmap threshold (128 KiB at first, adapting up to 32 MiB) with
-a fresh ``mmap`` and unmaps them on free, and it trims the top of its heap whenever more than
-its trim threshold is free there; so every step the kernel zero-fills and maps those pages again, one
-fault per page, which on a ResNet-18 step costs about a tenth of the time (benchmarks/).
+a fresh ``mmap`` and unmaps them on free, and it trims the top of its heap whenever more
+than its trim threshold is free there; so every step the kernel zero-fills and maps those
+pages again, one fault per page, which on a ResNet-18 step cost a tenth to a quarter of the
+time (benchmarks/).
 Raising both thresholds lets freed blocks stay in the heap for the next step: the same
 effect that the jemalloc/tcmalloc preloads of PyTorch's CPU performance guides have,
 without a preload.
 
 The price: the process keeps its peak memory until it exits instead of giving it back
-between steps (the peak itself rose about 5 % in the benchmark). Set ``SNN_RETAIN_MEMORY=0``
+between steps (the peak itself rose 5-15 % in the benchmark). Set ``SNN_RETAIN_MEMORY=0``
 to leave malloc as it is.
 """
 

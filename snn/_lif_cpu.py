@@ -167,25 +167,23 @@ def _constants(name: str, p: float) -> tuple[float, float]:
             "atan": (p / 2.0, math.pi / 2.0 * p)}[name]
 
 
-def forward(current: Tensor, tau: float, v_threshold: float) -> tuple[Tensor, Tensor]:
-    """Spikes o(t) of Eq. 1-2 for ``current`` [T, B, ...], and the tensor to save for backward.
+def forward(current: Tensor, tau: float, v_threshold: float) -> Tensor:
+    """Spikes o(t) of Eq. 1-2 for ``current`` [T, B, ...], in the memory layout of ``current``.
 
-    The spikes have the memory layout of ``current``; the saved tensor is ``current`` itself,
-    or its contiguous copy when it is not dense with T outermost.
+    ``current`` must pass :func:`dense_time_major` (``_LIFFunction`` lays it out so); it is
+    also what backward takes.
     """
-    if not dense_time_major(current):
-        current = current.contiguous()
     spikes = torch.empty_like(current)  # empty_like keeps the strides of a dense tensor
     _threads()
     _forward(_flat(current), _scalar(current, tau), _scalar(current, v_threshold), _flat(spikes))
-    return spikes, current
+    return spikes
 
 
 def backward(current: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float, surrogate_name: str,
              surrogate_param: float, detach_reset: bool) -> Tensor:
     """dL/dc(t) from dL/do(t) by the BPTT recursion documented in ``_LIFFunction``.
 
-    ``current`` is the tensor :func:`forward` returned to save; the result has its layout.
+    ``current`` is the tensor :func:`forward` was given; the result has its layout.
     """
     if grad_spikes.stride() != current.stride() or grad_spikes.dtype != current.dtype:
         grad_spikes = torch.empty_like(current).copy_(grad_spikes)

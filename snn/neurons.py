@@ -69,9 +69,8 @@ class _LIFFunction(torch.autograd.Function):
         if ctx.fused:
             if not _lif_cpu.dense_time_major(current):
                 current = _empty_steps(current).copy_(current)
-            spikes, saved = _lif_cpu.forward(current, tau, v_threshold)
-            ctx.save_for_backward(saved)  # the input current: u_pre is recomputed in backward
-            return spikes
+            ctx.save_for_backward(current)  # the input current: u_pre is recomputed in backward
+            return _lif_cpu.forward(current, tau, v_threshold)
         u_pre = _empty_steps(current)  # [T, B, ...]
         keep = _empty_steps(current)  # 1 - o(t), then turned into the spikes o(t) in place
         u = torch.zeros_like(current[0])

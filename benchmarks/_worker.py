@@ -49,9 +49,7 @@ def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: 
     import torch.nn.functional as F
 
     from benchmarks import _sj
-    from snn import models
-
-    from snn import _malloc
+    from snn import _malloc, models
 
     # What the Trainer does on CPU (ours by default); spikingjelly gets it only when asked.
     if ("retain-memory" in options or base == "ours") and "system-malloc" not in options:

@@ -138,8 +138,6 @@ def test_fused_handles_non_dense_input(monkeypatch):
     torch.testing.assert_close(gs, gt)
 
 
-
-
 def test_fused_expanded_channels_last_input_gives_channels_last_spikes(monkeypatch):
     # A static image's stem output, computed once and expanded over T (stride 0): the spikes keep
     # each step channels-last, so the next channels-last convolution needs no reorder (both paths:

@@ -104,8 +104,6 @@ def test_cpu_trainer_makes_malloc_keep_large_blocks_in_the_heap(how, expected):
 
 
 def test_auto_data_workers_follow_the_trials_cpus_on_cuda_and_are_none_on_cpu():
-    import torch
-
     from snn.training import MAX_AUTO_WORKERS, data_workers
 
     threads = torch.get_num_threads()
@@ -124,8 +122,6 @@ def test_auto_data_workers_follow_the_trials_cpus_on_cuda_and_are_none_on_cpu():
 
 
 def test_amp_uses_native_bf16_on_cpu_only_where_it_exists():
-    import torch
-
     from snn.training import amp_dtype
 
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

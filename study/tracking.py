@@ -33,7 +33,7 @@ from study import baselines as _baselines
 from trainables import NODE_ID
 
 __all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent_run", "log_baselines",
-           "start_parent_run"]
+           "release_store", "start_parent_run"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
     except Exception as e:  # any failure to talk to the server means: do not start the study
         raise ConnectionError(f"mlflow.tracking_uri: cannot reach the MLflow server at {tracking_uri} "
                               f"({type(e).__name__}); start it or pass another --tracking-uri") from None
+
+
+def release_store(tracking_uri: str) -> None:
+    """Close the pooled connections MLflow keeps to ``tracking_uri``'s database."""
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    engine = getattr(_get_store(tracking_uri), "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _experiment_id(c, name: str) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "study.yaml"  # the resolved spec, written before the study starts
 STATE_FILE = "study.json"  # MLflow parent run id and tracking URI of the study
 OPTUNA_FILE = "optuna.db"
+
+T = TypeVar("T")
 
 
 class StudyError(RuntimeError):
@@ -142,6 +146,22 @@ def _init_ray(address: str | None) -> None:
              if address else None)
 
 
+def _alongside_ray_start(address: str | None, fn: Callable[..., T], *args: Any) -> T:
+    """Start (or join) Ray in this thread while ``fn(*args)`` runs in another; return its result.
+
+    Both take seconds of CPU before the first trial can start: MLflow's side (importing it
+    with torch and Tune, writing the paper's baseline rows) and Ray's (its processes). Side
+    by side the study starts seconds sooner (README, Performance). Whatever happens to Ray,
+    ``fn`` runs to its end before this returns or raises: no store write is cut off half way.
+    """
+    import ray  # noqa: F401  (here, not first inside fn's imports of Ray's MLflow integration)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snn-study-mlflow") as pool:
+        future = pool.submit(fn, *args)
+        _init_ray(address)
+    return future.result()
+
+
 def _project_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
@@ -198,6 +218,51 @@ def _finish(spec: StudySpec, results, state: dict[str, Any]) -> StudyResult:
                        state["parent_run_id"], len(results), errored, best)
 
 
+def _check_server(uri: str) -> None:
+    """Fail before Ray starts when an MLflow server cannot be reached (a local store always can)."""
+    if not uri.startswith(("http://", "https://")):
+        return  # nothing to reach; importing MLflow for nothing would cost the seconds saved below
+    from study.tracking import check_tracking_uri
+
+    try:
+        check_tracking_uri(uri)
+    except ConnectionError as e:
+        raise StudyError(str(e)) from None
+
+
+def _log_baselines(uri: str, experiment: str, dataset: str) -> int:
+    from study.tracking import log_baselines  # imports MLflow, torch and Tune: seconds
+
+    return log_baselines(uri, experiment, dataset)
+
+
+def _staged_store(uri: str) -> tuple[str, Path | None, Path | None]:
+    """Where MLflow's setup writes: the store itself or, for a SQLite file that does not exist
+    yet, a hidden file beside it that becomes the store once Ray has accepted the study (so a
+    refused study leaves no file).
+
+    Returns:
+        The URI to write to, the staged file and the store's file (both None: no staging).
+    """
+    database = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
+    if not database or database == ":memory:" or Path(database).exists():
+        return uri, None, None
+    final = Path(database).resolve()
+    staged = final.with_name(f".{final.name}.{os.getpid()}.new")
+    return f"sqlite:///{staged}", staged, final
+
+
+def _publish_store(staged: Path, final: Path, uri: str, experiment: str, dataset: str) -> None:
+    """Give the staged SQLite store its real name, unless a study beside this one made it first."""
+    from study.tracking import log_baselines, release_store
+
+    release_store(f"sqlite:///{staged}")
+    try:
+        os.link(staged, final)  # never replaces a store that appeared meanwhile
+    except FileExistsError:
+        log_baselines(uri, experiment, dataset)
+
+
 def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,
               verbose: int = 1) -> StudyResult:
     """Run a new study to the end.
@@ -212,26 +277,30 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     Raises:
         StudyError: The study exists already, the tracking server or the data is missing.
     """
-    from study.tracking import check_tracking_uri, log_baselines, start_parent_run
-
     uri = tracking_uri or spec.mlflow.tracking_uri
     paths = study_paths(spec)
     if paths["state"].exists():
         raise StudyError(f"study {spec.name!r} already exists in {paths['dir']}; resume it with "
                          f"'snn-study resume {paths['dir']}' or choose another name")
-    try:
-        check_tracking_uri(uri)
-    except ConnectionError as e:
-        raise StudyError(str(e)) from None
+    _check_server(uri)
     _preflight_data(spec)
-    _init_ray(address)
-    _check_resources(spec)
+    setup_uri, staged, final = _staged_store(uri)
+    try:
+        n = _alongside_ray_start(address, _log_baselines, setup_uri, spec.experiment, spec.dataset)
+        _check_resources(spec)
+        if staged is not None:
+            _publish_store(staged, final, uri, spec.experiment, spec.dataset)
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+    log.info("logged %d baseline rows of the paper for %s", n, spec.dataset)
+
+    from study.tracking import start_parent_run
+
     paths["dir"].mkdir(parents=True, exist_ok=True)
     resolved = spec.model_dump(mode="json")
     resolved["mlflow"]["tracking_uri"] = uri
     paths["spec"].write_text(yaml.safe_dump(resolved, sort_keys=False))
-    n = log_baselines(uri, spec.experiment, spec.dataset)
-    log.info("logged %d baseline rows of the paper for %s", n, spec.dataset)
     parent = start_parent_run(uri, spec.experiment, spec.name, resolved)
     state = {"parent_run_id": parent, "tracking_uri": uri}
     tmp = paths["state"].with_suffix(".tmp")

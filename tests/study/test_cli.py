@@ -50,6 +50,7 @@ def test_more_gpus_than_the_cluster_has(tmp_path):
     assert r.returncode == 2
     assert "resources.gpu: 1 per trial requested, but the Ray cluster has 0 GPU(s)" in error_line(r)
     assert not (tmp_path / "st").exists() and not (tmp_path / "m.db").exists()
+    assert not list(tmp_path.glob(".m.db*"))  # nor the store MLflow set up while Ray started
 
 
 def test_train_prints_one_line_per_epoch(tmp_path):

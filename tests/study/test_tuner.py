@@ -1,0 +1,80 @@
+"""How a study starts: MLflow's setup side by side with Ray's start (study/tuner.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from study import tuner
+
+
+def test_mlflow_setup_runs_while_ray_starts(monkeypatch):
+    # Each side waits for the other to have begun: done one after the other, the first to
+    # run would wait out its timeout and see nothing.
+    ray_started, setup_started = threading.Event(), threading.Event()
+    seen = {}
+
+    def init_ray(address):
+        ray_started.set()
+        seen["ray saw setup"] = setup_started.wait(timeout=10)
+
+    def setup(uri):
+        setup_started.set()
+        seen["setup saw ray"] = ray_started.wait(timeout=10)
+        return f"store at {uri}"
+
+    monkeypatch.setattr(tuner, "_init_ray", init_ray)
+    assert tuner._alongside_ray_start(None, setup, "sqlite:///x.db") == "store at sqlite:///x.db"
+    assert seen == {"ray saw setup": True, "setup saw ray": True}
+
+
+def test_failed_ray_start_waits_for_the_mlflow_setup_to_finish(monkeypatch):
+    # A store whose tables are being created must not be cut off half way by the error.
+    finished = []
+
+    def init_ray(address):
+        raise RuntimeError("no Ray here")
+
+    def setup():
+        time.sleep(0.3)
+        finished.append(True)
+
+    monkeypatch.setattr(tuner, "_init_ray", init_ray)
+    with pytest.raises(RuntimeError, match="no Ray here"):
+        tuner._alongside_ray_start(None, setup)
+    assert finished == [True]
+
+
+def test_mlflow_setup_error_reaches_the_caller(monkeypatch):
+    def setup():
+        raise PermissionError("mlflow.db: read-only folder")
+
+    monkeypatch.setattr(tuner, "_init_ray", lambda address: None)
+    with pytest.raises(PermissionError, match="read-only"):
+        tuner._alongside_ray_start(None, setup)
+
+
+def test_a_new_sqlite_store_is_staged_beside_its_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri, staged, final = tuner._staged_store("sqlite:///mlflow.db")
+    assert final == tmp_path / "mlflow.db"
+    assert staged.parent == tmp_path and staged.name.startswith(".mlflow.db.") and staged.name.endswith(".new")
+    assert uri == f"sqlite:///{staged}"
+    (tmp_path / "mlflow.db").write_bytes(b"")  # a store that exists is written in place
+    assert tuner._staged_store("sqlite:///mlflow.db") == ("sqlite:///mlflow.db", None, None)
+    assert tuner._staged_store("http://127.0.0.1:5000") == ("http://127.0.0.1:5000", None, None)
+
+
+def test_publishing_never_replaces_a_store_that_appeared_meanwhile(tmp_path):
+    from study.tracking import client, log_baselines
+
+    uri, staged, final = tuner._staged_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    n = log_baselines(uri, "s", "cifar10")
+    c = client(f"sqlite:///{final}")  # another study creates the store first, with a run of its own
+    theirs = c.create_run(c.create_experiment("theirs")).info.run_id
+    tuner._publish_store(staged, final, f"sqlite:///{final}", "s", "cifar10")
+    assert c.get_run(theirs).info.run_id == theirs
+    rows = c.search_runs([c.get_experiment_by_name("s").experiment_id], "tags.kind = 'baseline'", max_results=500)
+    assert len(rows) == n > 0

@@ -24,7 +24,7 @@ from torch import Tensor
 
 import torch
 
-from benchmarks import _sj
+from benchmarks import _direct, _sj
 from snn import _malloc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,9 +231,12 @@ def bench_study(quick: bool) -> list[dict]:
             direct.append(time.perf_counter() - t0)
         torch.set_num_threads(os.cpu_count() or 1)
         ideal = sum(direct) / concurrency
+        parallel = _direct.wall(configs, concurrency)
         rows.append({"trials": len(configs), "epochs": epochs, "concurrency": concurrency,
                      "MLflow store": "new" if new_store else "existing", "study wall (s)": wall,
-                     "sum of direct runs (s)": sum(direct), "ideal (s)": ideal, "study / ideal": wall / ideal})
+                     "sum of direct runs (s)": sum(direct), "ideal (s)": ideal, "study / ideal": wall / ideal,
+                     "direct, N at once (s)": parallel, "direct N at once / ideal": parallel / ideal,
+                     "study / direct N at once": wall / parallel})
     return rows
 
 
@@ -276,7 +279,10 @@ NOTES = {
              "MLflow store `new`: the study also creates the SQLite store, as the first study against it "
              "does; `existing`: a previous study left it (with the paper's baselines). "
              "Ideal: the same trials' `fit()` run one after another in one warmed-up process (one thread "
-             "each), summed and divided by the concurrency.",
+             "each), summed and divided by the concurrency. Direct, N at once: the same trials' `fit()` in "
+             "N = concurrency plain warmed-up processes at once (no Ray, Tune, Optuna or MLflow), so "
+             "`study / direct N at once` is what the orchestration costs and `direct N at once / ideal` "
+             "what the machine costs when all its cores train at once (shared caches and memory bandwidth).",
 }
 
 

@@ -67,10 +67,13 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
 
 
 def release_store(tracking_uri: str) -> None:
-    """Close the pooled connections MLflow keeps to ``tracking_uri``'s database."""
-    from mlflow.tracking._tracking_service.utils import _get_store
+    """Close the pooled connections MLflow keeps to ``tracking_uri``'s database, where it says how."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _get_store  # MLflow's cache of stores by URI
 
-    engine = getattr(_get_store(tracking_uri), "engine", None)
+        engine = getattr(_get_store(tracking_uri), "engine", None)
+    except (ImportError, AttributeError):  # another MLflow: its connections close with the process
+        return
     if engine is not None:
         engine.dispose()
 

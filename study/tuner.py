@@ -261,6 +261,11 @@ def _publish_store(staged: Path, final: Path, uri: str, experiment: str, dataset
         os.link(staged, final)  # never replaces a store that appeared meanwhile
     except FileExistsError:
         log_baselines(uri, experiment, dataset)
+    except OSError:  # a filesystem without hard links
+        if final.exists():
+            log_baselines(uri, experiment, dataset)
+        else:
+            os.replace(staged, final)
 
 
 def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,

@@ -78,3 +78,20 @@ def test_publishing_never_replaces_a_store_that_appeared_meanwhile(tmp_path):
     assert c.get_run(theirs).info.run_id == theirs
     rows = c.search_runs([c.get_experiment_by_name("s").experiment_id], "tags.kind = 'baseline'", max_results=500)
     assert len(rows) == n > 0
+
+
+def test_publishing_on_a_filesystem_without_hard_links_moves_the_store(tmp_path, monkeypatch):
+    from study.tracking import client, log_baselines
+
+    uri, staged, final = tuner._staged_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    n = log_baselines(uri, "s", "cifar10")
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(tuner.os, "link", no_links)
+    tuner._publish_store(staged, final, f"sqlite:///{final}", "s", "cifar10")
+    assert not staged.exists()
+    c = client(f"sqlite:///{final}")
+    rows = c.search_runs([c.get_experiment_by_name("s").experiment_id], "tags.kind = 'baseline'", max_results=500)
+    assert len(rows) == n > 0

@@ -16,7 +16,7 @@ from typing import Any
 from snn.schedules import SHAPES
 
 __all__ = ["ARCHS", "DATASETS", "LOSS_MODES", "SHAPES", "SURROGATES", "SURROGATE_DEFAULTS", "ArchLayout",
-           "layout", "num_stages", "resolve_branches"]
+           "check_workers", "layout", "num_stages", "resolve_branches"]
 
 SURROGATES: tuple[str, ...] = ("atan", "rectangle", "sigmoid", "tanh", "triangle")
 """Surrogate gradient names (Eq. 4); see :mod:`snn.surrogates`."""
@@ -119,3 +119,14 @@ def resolve_branches(branches: str | Sequence[int] | None, stages: int) -> list[
         raise ValueError(f"branches: stage(s) {bad} not available; this architecture has stages 1..{stages}, "
                          f"and shortcut branches go after stages 1..{stages - 1}")
     return out
+
+
+def check_workers(workers: Any) -> int | str:
+    """``workers`` itself if it is a DataLoader worker count >= 0 or ``"auto"``.
+
+    Raises:
+        ValueError: Anything else (the message does not name the field; callers do).
+    """
+    if workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
+        return workers
+    raise ValueError(f"expected a count >= 0 or 'auto', got {workers!r}")

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from snn import _malloc
 from snn import data as snn_data
-from snn import diagnostics, losses, models, schedules
+from snn import diagnostics, losses, models, registry, schedules
 
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
@@ -186,13 +186,15 @@ def data_workers(workers: int | str, device: torch.device) -> int:
     Raises:
         ValueError: ``workers`` is neither a count >= 0 nor ``"auto"``.
     """
-    if workers == "auto":
-        if device.type != "cuda":
-            return 0
-        return min(MAX_AUTO_WORKERS, max(0, torch.get_num_threads() - 1))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers: expected a count >= 0 or 'auto', got {workers!r}")
-    return workers
+    try:
+        registry.check_workers(workers)
+    except ValueError as e:
+        raise ValueError(f"workers: {e}") from None
+    if workers != "auto":
+        return workers
+    if device.type != "cuda":
+        return 0
+    return min(MAX_AUTO_WORKERS, max(0, torch.get_num_threads() - 1))
 
 
 def _seed_everything(seed: int) -> None:

@@ -82,9 +82,7 @@ class TrainSpec(_Strict):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, v: Any) -> int | str:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-            return v
-        raise ValueError(f"expected a count >= 0 or 'auto', got {v!r}")
+        return registry.check_workers(v)
 
 
 class SearchSpec(_Strict):

@@ -189,7 +189,6 @@ def bench_study(quick: bool) -> list[dict]:
     import ray
 
     import study.tracking  # imports are not orchestration: load them before timing
-    from snn.training import TrainConfig, fit
     from study.spec import parse_spec
     from study.tuner import run_study
 
@@ -219,16 +218,7 @@ def bench_study(quick: bool) -> list[dict]:
             ray.shutdown()
             configs = [json.loads(p.read_text())
                        for p in sorted(Path(tmp, "studies", "bench").glob("trial_*/params.json"))]
-        torch.set_num_threads(1)  # what each trial got: one CPU
-        # One untimed fit first: the process's one-time imports (torch's compiler stack, which the
-        # first optimizer pulls in; the dataset's libraries) belong to no trial, and a study pays
-        # them in its actors, so the ideal does not get them.
-        fit(TrainConfig.from_dict({**configs[0], "epochs": 1, "max_batches": 1}))
-        direct = []
-        for cfg in configs:
-            t0 = time.perf_counter()
-            fit(TrainConfig.from_dict(cfg))
-            direct.append(time.perf_counter() - t0)
+        direct = _direct.one_after_another(configs)
         torch.set_num_threads(os.cpu_count() or 1)
         ideal = sum(direct) / concurrency
         parallel = _direct.wall(configs, concurrency)

@@ -1,9 +1,10 @@
-"""The study section's direct baseline: a study's trials run with ``fit()`` in plain processes.
+"""The study section's direct baselines: a study's trials run with ``fit()`` in plain processes.
 
-No Ray, Tune, Optuna or MLflow: ``concurrency`` spawned processes (one thread each, as a
-trial gets one CPU), each warmed up first, take the trials one at a time, as Tune's
-reused actors do. What the study costs beyond this wall time is orchestration; what this
-wall time costs beyond the trials' sum divided by the concurrency is the machine, whose
+No Ray, Tune, Optuna or MLflow, two ways: one after another in one process (the issue's
+ideal is their sum divided by the concurrency), and ``concurrency`` spawned processes at
+once (one thread each, as a trial gets one CPU), each warmed up first, taking the trials
+one at a time, as Tune's reused actors do. What the study costs beyond the second's wall
+time is orchestration; what that wall time costs beyond the ideal is the machine, whose
 cores slow each other down when they all train.
 """
 
@@ -14,29 +15,43 @@ import time
 from typing import Any
 
 
-def _warm_up(ready, config: dict[str, Any]) -> None:
+def _warm_up(config: dict[str, Any]) -> None:
     import torch
 
     from snn.training import TrainConfig, fit
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # what each trial gets: one CPU
     # The process's one-time costs (torch's compiler stack, which the first optimizer pulls
-    # in; the dataset's libraries) belong to no trial: pay them before the clock starts.
+    # in; the dataset's libraries) belong to no trial, and a study pays them in its actors:
+    # pay them before the clock starts.
     fit(TrainConfig.from_dict({**config, "epochs": 1, "max_batches": 1}))
+
+
+def _warm_up_then_signal(ready, config: dict[str, Any]) -> None:
+    _warm_up(config)
     ready.put(True)
 
 
-def _fit(config: dict[str, Any]) -> None:
+def _fit(config: dict[str, Any]) -> float:
     from snn.training import TrainConfig, fit
 
+    t0 = time.perf_counter()
     fit(TrainConfig.from_dict(config))
+    return time.perf_counter() - t0
+
+
+def one_after_another(configs: list[dict[str, Any]]) -> list[float]:
+    """Seconds of each trial, run one after another in this process once it is warmed up
+    (it is left with one torch thread)."""
+    _warm_up(configs[0])
+    return [_fit(config) for config in configs]
 
 
 def wall(configs: list[dict[str, Any]], concurrency: int) -> float:
     """Seconds from the moment every process is warmed up until the last trial has ended."""
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
-    with ctx.Pool(concurrency, initializer=_warm_up, initargs=(ready, configs[0])) as pool:
+    with ctx.Pool(concurrency, initializer=_warm_up_then_signal, initargs=(ready, configs[0])) as pool:
         for _ in range(concurrency):
             ready.get()
         t0 = time.perf_counter()

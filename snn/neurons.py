@@ -42,6 +42,21 @@ def _empty_steps(x: Tensor) -> Tensor:
                                device=x.device)
 
 
+def _fused_kernels(x: Tensor):
+    """The module of fused kernels that takes ``x`` (:mod:`snn._lif_cpu` or :mod:`snn._lif_cuda`), or None.
+
+    Triton is imported only for CUDA tensors: CPU trials do not pay for its import.
+    """
+    if _lif_cpu.available(x):
+        return _lif_cpu
+    if x.is_cuda:
+        from snn import _lif_cuda
+
+        if _lif_cuda.available(x):
+            return _lif_cuda
+    return None
+
+
 class _LIFFunction(torch.autograd.Function):
     """All T steps of Eq. 1-2 in one node, with the BPTT recursion in backward.
 
@@ -57,20 +72,26 @@ class _LIFFunction(torch.autograd.Function):
     when ``detach_reset`` is set. dL/dc(t) = dL/du_pre(t).
 
     On CPUs both directions run as fused numba kernels (:mod:`snn._lif_cpu`), one pass over
-    the data each, saving the input current; elsewhere, as the tensor operations below,
-    saving u_pre. Either way one [T, B, ...] tensor is kept for backward.
+    the data each, saving the input current; on CUDA as fused Triton kernels
+    (:mod:`snn._lif_cuda`), one launch each, saving u_pre; elsewhere (or with
+    ``SNN_FUSED_LIF=0``), as the tensor operations below, saving u_pre. Either way one
+    [T, B, ...] tensor is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, current: Tensor, tau: float, v_threshold: float, surrogate: Surrogate,
                 detach_reset: bool) -> Tensor:  # type: ignore[override]
         ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
-        ctx.fused = _lif_cpu.available(current)
-        if ctx.fused:
-            if not _lif_cpu.dense_time_major(current):
-                current = _empty_steps(current).copy_(current)
+        ctx.fused = _fused_kernels(current)
+        if ctx.fused is not None and not _lif_cpu.dense_time_major(current):
+            current = _empty_steps(current).copy_(current)
+        if ctx.fused is _lif_cpu:
             ctx.save_for_backward(current)  # the input current: u_pre is recomputed in backward
             return _lif_cpu.forward(current, tau, v_threshold)
+        if ctx.fused is not None:  # snn._lif_cuda
+            spikes, u_pre = ctx.fused.forward(current, tau, v_threshold)
+            ctx.save_for_backward(u_pre)
+            return spikes
         u_pre = _empty_steps(current)  # [T, B, ...]
         keep = _empty_steps(current)  # 1 - o(t), then turned into the spikes o(t) in place
         u = torch.zeros_like(current[0])
@@ -85,9 +106,9 @@ class _LIFFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes: Tensor):  # type: ignore[override]
         (saved,) = ctx.saved_tensors
         tau, vth = ctx.tau, ctx.v_threshold
-        if ctx.fused:
-            grad_current = _lif_cpu.backward(saved, grad_spikes, tau, vth, ctx.surrogate.name, ctx.surrogate.param,
-                                             ctx.detach_reset)
+        if ctx.fused is not None:
+            grad_current = ctx.fused.backward(saved, grad_spikes, tau, vth, ctx.surrogate.name, ctx.surrogate.param,
+                                              ctx.detach_reset)
             return grad_current, None, None, None, None
         u_pre = saved
         # Everything that does not depend on the recursion is computed for all T at once:

@@ -215,6 +215,8 @@ class Trainer:
         self.device = _device(cfg.device)
         if self.device.type == "cpu":
             _malloc.retain_freed_memory()  # ~1.1x faster CPU steps: freed activations are reused, not re-faulted
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN times its algorithms once, keeps the fastest
         _seed_everything(cfg.seed)
         info = snn_data.info(cfg.dataset)
         self.train_loader, self.test_loader = snn_data.loaders(

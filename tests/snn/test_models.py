@@ -87,3 +87,18 @@ def test_eq9_shortcut_heads_alone_reach_first_conv():
         grads[branches] = 0.0 if g is None else float(g.norm())
     assert grads["all"] > 0
     assert grads["none"] == 0.0
+
+
+def test_head_is_eq6_average_over_time_of_the_classifier():
+    # b_l(x) = (1/T) sum_t fc(GAP(s_t)) (Eq. 6); the head averages over T before fc, which an
+    # affine fc makes equal, and the two-layer head (ResNet-19) keeps the LIF between its layers
+    from snn.models import _Head
+
+    torch.manual_seed(9)
+    s = (torch.rand(4, 3, 16, 5, 5) > 0.6).float()  # spikes [T, B, C, H, W]
+    head = _Head(16, 10)
+    per_step = torch.stack([head.fc(s[t].mean(dim=(2, 3))) for t in range(4)]).mean(0)
+    torch.testing.assert_close(head(s), per_step)
+    deep = _Head(16, 10, hidden=8)
+    z = deep.lif(deep.fc1(s.mean(dim=(3, 4))))
+    torch.testing.assert_close(deep(s), torch.stack([deep.fc(z[t]) for t in range(4)]).mean(0))

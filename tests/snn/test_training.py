@@ -118,7 +118,7 @@ def test_auto_data_workers_follow_the_trials_cpus_on_cuda_and_are_none_on_cpu():
     for bad in (-1, "many", True):
         with pytest.raises(ValueError, match="workers"):
             data_workers(bad, torch.device("cpu"))
-    assert Trainer(cfg()).train_loader.num_workers == 0  # the default is auto: none on this CPU
+    assert Trainer(cfg(device="cpu")).train_loader.num_workers == 0  # the default is auto: none on a CPU
 
 
 def test_amp_uses_native_bf16_on_cpu_only_where_it_exists():
@@ -133,3 +133,11 @@ def test_amp_uses_native_bf16_on_cpu_only_where_it_exists():
         x, _ = next(iter(on.train_loader))
         with torch.autocast("cpu", dtype=on.amp_dtype):
             assert on.model.conv1(on._inputs(x)).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_learns_on_cuda_with_amp_and_the_fused_lif():
+    # the defaults on a GPU: amp (bf16 or fp16 with gradient scaling), channels-last, Triton LIF
+    out = fit(cfg(epochs=2, max_batches=None, arch_kwargs={}, device="cuda"))
+    assert out[TEST_ACC] > 0.5 and torch.isfinite(torch.tensor(out[TRAIN_LOSS]))
+    assert torch.backends.cudnn.benchmark

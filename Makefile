@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: study test test-fast bench bench-quick test-tools venv clean
+.PHONY: study test test-fast bench bench-cuda bench-quick test-tools venv clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ test-tools:
 bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 loguru
 	$(PY) -m benchmarks
+
+# The LIF, network and shortcut sections on a CUDA GPU. Writes benchmarks/RESULTS-cuda.md.
+bench-cuda: $(STAMP)
+	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 loguru
+	$(PY) -m benchmarks --device cuda
 
 bench-quick: $(STAMP)
 	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 loguru

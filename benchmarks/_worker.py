@@ -8,6 +8,8 @@ malloc) or ``spikingjelly``, optionally followed by ``+contiguous`` (no channels
 (malloc left as it is), ``+retain-memory`` (spikingjelly with ours's malloc setting) and
 ``+amp`` (bfloat16 autocast, as ``amp: true`` trains on CPUs with native bf16). Prints one
 JSON line: seconds per training step (median), images/s and peak RSS in MiB.
+
+:func:`build_step` is also what the CUDA network benchmark times, in one process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 
 def _status_mib(key: str) -> float:
@@ -36,46 +39,68 @@ def _peak_rss_mib() -> float:
     return _status_mib("VmHWM")
 
 
-def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: int) -> dict:
+OPTIONS = {"contiguous", "tensor-lif", "amp", "system-malloc", "retain-memory", "cudnn-default"}
+
+
+def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "cpu") -> Callable[[], None]:
+    """One training step (forward, backward, AdamW step) of candidate ``impl`` on fixed data.
+
+    ``device="cuda"``: the model and data on the GPU, ``+amp`` autocasts to what ``amp: true``
+    trains with there (bfloat16 where supported), and ``+cudnn-default`` turns off the cuDNN
+    autotuning that the Trainer turns on. Malloc options only apply to CPU processes.
+    """
     import os
 
     base, *options = impl.split("+")
-    unknown = set(options) - {"contiguous", "tensor-lif", "amp", "system-malloc", "retain-memory"}
-    if base not in ("ours", "spikingjelly") or unknown:
+    if base not in ("ours", "spikingjelly") or set(options) - OPTIONS:
         raise SystemExit(f"IMPL: unknown {impl!r}")
-    if "tensor-lif" in options:
-        os.environ["SNN_FUSED_LIF"] = "0"
     import torch
     import torch.nn.functional as F
 
     from benchmarks import _sj
     from snn import _malloc, models
+    from snn.training import amp_dtype
 
+    dev = torch.device(device)
     # What the Trainer does on CPU (ours by default); spikingjelly gets it only when asked.
-    if ("retain-memory" in options or base == "ours") and "system-malloc" not in options:
+    if dev.type == "cpu" and ("retain-memory" in options or base == "ours") and "system-malloc" not in options:
         _malloc.retain_freed_memory()
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none")
     x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, 10, (batch,), device=dev)
     if base == "spikingjelly":
-        net = _sj.sj_network(model)
+        net = _sj.sj_network(model).to(dev)
+        x = x.to(dev)
     else:
-        net = model
+        net = model.to(dev)
+        x = x.to(dev)
         if "contiguous" not in options:
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.02)
-    amp = "amp" in options
+    dtype = (amp_dtype(dev) or torch.bfloat16) if "amp" in options else None
+    fused = "0" if "tensor-lif" in options else "1"  # read by the LIF at each call
+    autotune = "cudnn-default" not in options
 
     def step() -> None:
+        os.environ["SNN_FUSED_LIF"] = fused
+        torch.backends.cudnn.benchmark = autotune
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits = net(x).main
         F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
+    return step
+
+
+def main(impl: str, arch: str, timesteps: int, batch: int, steps: int, threads: int) -> dict:
+    """Time ``steps`` CPU training steps of ``impl`` in this (fresh) process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    step = build_step(impl, arch, timesteps, batch)
     step()  # warm-up: allocator, optimizer state
     steady = _rss_mib()
     times = []

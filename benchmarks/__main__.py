@@ -48,11 +48,15 @@ def _interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int = 
 def _tensor_ops(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """``f`` with the fused LIF kernels switched off (SNN_FUSED_LIF is read at each call)."""
     def call(c: Tensor) -> Tensor:
+        before = os.environ.get("SNN_FUSED_LIF")
         os.environ["SNN_FUSED_LIF"] = "0"
         try:
             return f(c)
-        finally:
-            os.environ["SNN_FUSED_LIF"] = "1"
+        finally:  # as it was: the other candidates run as the process was started
+            if before is None:
+                del os.environ["SNN_FUSED_LIF"]
+            else:
+                os.environ["SNN_FUSED_LIF"] = before
     return call
 
 

@@ -9,14 +9,14 @@ backward reads the current (saved instead of the potential, which it recomputes 
 and the spike gradient, and writes the current gradient. They compute exactly the recursion of
 ``_LIFFunction`` and are checked against it and against ``lif_reference`` by the tests.
 
-Only float32/float64 CPU tensors take this path; every other case (CUDA, half precision)
-uses the tensor-op implementation. Set ``SNN_FUSED_LIF=0`` to switch the kernels off.
+Only float32/float64 CPU tensors take this path; CUDA tensors take :mod:`snn._lif_cuda`, and
+half precision on CPUs the tensor-op implementation. ``SNN_FUSED_LIF=0`` (read by
+:mod:`snn.neurons`) switches the fused kernels off.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
@@ -43,9 +43,8 @@ except ImportError:  # pragma: no cover - numba missing, or built for another nu
 
 
 def available(x: Tensor) -> bool:
-    """Whether the fused kernels can take ``x`` (a CPU float tensor, numba loaded, not switched off)."""
-    return (numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and os.environ.get("SNN_FUSED_LIF", "1") != "0")
+    """Whether the fused kernels can take ``x`` (a CPU float tensor, numba loaded)."""
+    return numba is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
 if numba is not None:
@@ -167,23 +166,24 @@ def _constants(name: str, p: float) -> tuple[float, float]:
             "atan": (p / 2.0, math.pi / 2.0 * p)}[name]
 
 
-def forward(current: Tensor, tau: float, v_threshold: float) -> Tensor:
-    """Spikes o(t) of Eq. 1-2 for ``current`` [T, B, ...], in the memory layout of ``current``.
+def forward(current: Tensor, tau: float, v_threshold: float) -> tuple[Tensor, Tensor]:
+    """Spikes o(t) of Eq. 1-2 for ``current`` [T, B, ...], and the tensor backward takes.
 
-    ``current`` must pass :func:`dense_time_major` (``_LIFFunction`` lays it out so); it is
-    also what backward takes.
+    ``current`` must pass :func:`dense_time_major` (``_LIFFunction`` lays it out so). The
+    spikes have its memory layout; the tensor for backward is ``current`` itself (backward
+    recomputes u_pre from it).
     """
     spikes = torch.empty_like(current)  # empty_like keeps the strides of a dense tensor
     _threads()
     _forward(_flat(current), _scalar(current, tau), _scalar(current, v_threshold), _flat(spikes))
-    return spikes
+    return spikes, current
 
 
 def backward(current: Tensor, grad_spikes: Tensor, tau: float, v_threshold: float, surrogate_name: str,
              surrogate_param: float, detach_reset: bool) -> Tensor:
     """dL/dc(t) from dL/do(t) by the BPTT recursion documented in ``_LIFFunction``.
 
-    ``current`` is the tensor :func:`forward` was given; the result has its layout.
+    ``current`` is the tensor :func:`forward` returned for backward; the result has its layout.
     """
     if grad_spikes.stride() != current.stride() or grad_spikes.dtype != current.dtype:
         grad_spikes = torch.empty_like(current).copy_(grad_spikes)

@@ -15,14 +15,12 @@ writes the current gradient. They compute the recursion documented in ``_LIFFunc
   rounds it to the tensors' dtype at every step (the two agree exactly in float32 and to
   rounding in float16/bfloat16).
 
-Float16, bfloat16 and float32 CUDA tensors take this path when Triton is installed; set
-``SNN_FUSED_LIF=0`` to switch the kernels off. The tests run the same kernels on the CPU
+Float16, bfloat16 and float32 CUDA tensors take this path when Triton is installed;
+``SNN_FUSED_LIF=0`` (read by :mod:`snn.neurons`) switches the kernels off. The tests run the same kernels on the CPU
 through Triton's interpreter (``TRITON_INTERPRET=1``) against the tensor-op path.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import Tensor
@@ -42,9 +40,8 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def available(x: Tensor) -> bool:
-    """Whether the fused kernels can take ``x`` (a float CUDA tensor, Triton loaded, not switched off)."""
-    return (triton is not None and x.is_cuda and x.dtype in _DTYPES
-            and os.environ.get("SNN_FUSED_LIF", "1") != "0")
+    """Whether the fused kernels can take ``x`` (a float CUDA tensor, Triton loaded)."""
+    return triton is not None and x.is_cuda and x.dtype in _DTYPES
 
 
 if triton is not None:
@@ -127,7 +124,7 @@ def _grid(n: int) -> tuple[int]:
 
 
 def forward(current: Tensor, tau: float, v_threshold: float) -> tuple[Tensor, Tensor]:
-    """Spikes o(t) and potentials u_pre(t) of Eq. 1-2 for ``current`` [T, B, ...].
+    """Spikes o(t) and potentials u_pre(t) of Eq. 1-2 for ``current`` [T, B, ...]; backward takes u_pre.
 
     ``current`` must be dense with T outermost (``snn._lif_cpu.dense_time_major``); both
     results have its memory layout and dtype.

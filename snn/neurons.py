@@ -11,6 +11,8 @@ Time is the first dimension: inputs are [T, B, ...].
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
@@ -43,10 +45,15 @@ def _empty_steps(x: Tensor) -> Tensor:
 
 
 def _fused_kernels(x: Tensor):
-    """The module of fused kernels that takes ``x`` (:mod:`snn._lif_cpu` or :mod:`snn._lif_cuda`), or None.
+    """The module of fused kernels that takes ``x`` (:mod:`snn._lif_cpu` or :mod:`snn._lif_cuda`), or None
+    where none does or ``SNN_FUSED_LIF=0`` switches them off (read at each call).
 
-    Triton is imported only for CUDA tensors: CPU trials do not pay for its import.
+    Both modules offer ``forward(current, tau, v_threshold) -> (spikes, saved)`` and
+    ``backward(saved, grad_spikes, ...)``. Triton is imported only for CUDA tensors: CPU
+    trials do not pay for its import.
     """
+    if os.environ.get("SNN_FUSED_LIF", "1") == "0":
+        return None
     if _lif_cpu.available(x):
         return _lif_cpu
     if x.is_cuda:
@@ -83,14 +90,11 @@ class _LIFFunction(torch.autograd.Function):
                 detach_reset: bool) -> Tensor:  # type: ignore[override]
         ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
         ctx.fused = _fused_kernels(current)
-        if ctx.fused is not None and not _lif_cpu.dense_time_major(current):
-            current = _empty_steps(current).copy_(current)
-        if ctx.fused is _lif_cpu:
-            ctx.save_for_backward(current)  # the input current: u_pre is recomputed in backward
-            return _lif_cpu.forward(current, tau, v_threshold)
-        if ctx.fused is not None:  # snn._lif_cuda
-            spikes, u_pre = ctx.fused.forward(current, tau, v_threshold)
-            ctx.save_for_backward(u_pre)
+        if ctx.fused is not None:
+            if not _lif_cpu.dense_time_major(current):
+                current = _empty_steps(current).copy_(current)
+            spikes, saved = ctx.fused.forward(current, tau, v_threshold)  # saved: the current (CPU) or u_pre
+            ctx.save_for_backward(saved)
             return spikes
         u_pre = _empty_steps(current)  # [T, B, ...]
         keep = _empty_steps(current)  # 1 - o(t), then turned into the spikes o(t) in place

@@ -95,10 +95,16 @@ def _both_paths(monkeypatch, c, w, **kw):
     return out["1"], out["0"]
 
 
-def test_fused_kernels_are_used_on_cpu():
+def test_fused_kernels_are_used_on_cpu(monkeypatch):
     # numba is a dependency: if it stopped loading, the comparisons below would compare a path with itself
+    from snn.neurons import _fused_kernels
+
     assert _lif_cpu.available(torch.zeros(2, 3))
     assert not _lif_cpu.available(torch.zeros(2, 3, dtype=torch.bfloat16))
+    monkeypatch.setenv("SNN_FUSED_LIF", "1")
+    assert _fused_kernels(torch.zeros(2, 3)) is _lif_cpu
+    monkeypatch.setenv("SNN_FUSED_LIF", "0")  # and the switch the comparisons below rely on
+    assert _fused_kernels(torch.zeros(2, 3)) is None
 
 
 @pytest.mark.parametrize("name", surrogates.NAMES)

@@ -67,14 +67,12 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
         _malloc.retain_freed_memory()
     torch.manual_seed(0)
     model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none")
-    x = torch.randn(batch, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32).to(dev)
     y = torch.randint(0, 10, (batch,), device=dev)
     if base == "spikingjelly":
         net = _sj.sj_network(model).to(dev)
-        x = x.to(dev)
     else:
         net = model.to(dev)
-        x = x.to(dev)
         if "contiguous" not in options:
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)

@@ -214,10 +214,12 @@ def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> Non
     import json
     import subprocess
 
+    from study.spec import is_tracking_server
+
     if tracking_uri is None and study:
         tracking_uri = json.loads((Path(study) / "study.json").read_text())["tracking_uri"]
     tracking_uri = tracking_uri or "sqlite:///mlflow.db"
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_tracking_server(tracking_uri):
         click.echo(f"the store is a server already: open {tracking_uri}")
         return
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces import OPTIONAL, PRESETS, SURROGATE_RANGES
 from snn import registry
 
-__all__ = ["QUICKSTART", "SpecError", "StudySpec", "load_spec", "parse_spec", "quickstart_spec"]
+__all__ = ["QUICKSTART", "SpecError", "StudySpec", "is_tracking_server", "load_spec", "parse_spec", "quickstart_spec"]
 
 QUICKSTART: dict[str, Any] = {
     "name": "quickstart",
@@ -110,6 +110,11 @@ class ResourcesSpec(_Strict):
 
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+
+
+def is_tracking_server(tracking_uri: str) -> bool:
+    """Whether ``tracking_uri`` names an MLflow server (http or https) rather than a local store."""
+    return tracking_uri.startswith(("http://", "https://"))
 
 
 class MlflowSpec(_Strict):

@@ -30,6 +30,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from snn.training import DIVERGED, EPOCH, TEST_ACC, TrainConfig
 from study import baselines as _baselines
+from study.spec import is_tracking_server
 from trainables import NODE_ID
 
 __all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent_run", "log_baselines",
@@ -55,7 +56,7 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
     Raises:
         ConnectionError: One line naming the URI and how to fix it.
     """
-    if not tracking_uri.startswith(("http://", "https://")):
+    if not is_tracking_server(tracking_uri):
         return
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from study.spec import StudySpec, parse_spec
+from study.spec import StudySpec, is_tracking_server, parse_spec
 
 __all__ = ["StudyError", "StudyResult", "build_tuner", "resume_study", "run_study", "study_paths"]
 
@@ -220,7 +220,7 @@ def _finish(spec: StudySpec, results, state: dict[str, Any]) -> StudyResult:
 
 def _check_server(uri: str) -> None:
     """Fail before Ray starts when an MLflow server cannot be reached (a local store always can)."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_tracking_server(uri):
         return  # nothing to reach; importing MLflow for nothing would cost the seconds saved below
     from study.tracking import check_tracking_uri
 

@@ -25,6 +25,7 @@ from torch import Tensor
 import torch
 
 from benchmarks import _direct, _sj
+from benchmarks._worker import fused_lif
 from snn import _malloc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +47,10 @@ def _interleaved(fns: dict[str, Callable[[], None]], rounds: int, warmup: int = 
 
 # -- 4. the LIF layer alone ---------------------------------------------------------------------
 def _tensor_ops(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``f`` with the fused LIF kernels switched off (SNN_FUSED_LIF is read at each call)."""
+    """``f`` with the fused LIF kernels switched off; the other candidates run as the process was started."""
     def call(c: Tensor) -> Tensor:
-        before = os.environ.get("SNN_FUSED_LIF")
-        os.environ["SNN_FUSED_LIF"] = "0"
-        try:
+        with fused_lif(False):
             return f(c)
-        finally:  # as it was: the other candidates run as the process was started
-            if before is None:
-                del os.environ["SNN_FUSED_LIF"]
-            else:
-                os.environ["SNN_FUSED_LIF"] = before
     return call
 
 

@@ -15,10 +15,12 @@ JSON line: seconds per training step (median), images/s and peak RSS in MiB.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def _status_mib(key: str) -> float:
@@ -39,6 +41,21 @@ def _peak_rss_mib() -> float:
     return _status_mib("VmHWM")
 
 
+@contextmanager
+def fused_lif(on: bool) -> Iterator[None]:
+    """The fused LIF kernels switched on or off for the block (``SNN_FUSED_LIF``, which the LIF
+    reads at each call), then the variable as it was."""
+    before = os.environ.get("SNN_FUSED_LIF")
+    os.environ["SNN_FUSED_LIF"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["SNN_FUSED_LIF"]
+        else:
+            os.environ["SNN_FUSED_LIF"] = before
+
+
 OPTIONS = {"contiguous", "tensor-lif", "amp", "system-malloc", "retain-memory", "cudnn-default"}
 
 
@@ -49,8 +66,6 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
     trains with there (bfloat16 where supported), and ``+cudnn-default`` turns off the cuDNN
     autotuning that the Trainer turns on. Malloc options only apply to CPU processes.
     """
-    import os
-
     base, *options = impl.split("+")
     if base not in ("ours", "spikingjelly") or set(options) - OPTIONS:
         raise SystemExit(f"IMPL: unknown {impl!r}")
@@ -78,16 +93,16 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
             x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.02)
     dtype = (amp_dtype(dev) or torch.bfloat16) if "amp" in options else None
-    fused = "0" if "tensor-lif" in options else "1"  # read by the LIF at each call
+    fused = "tensor-lif" not in options
     autotune = "cudnn-default" not in options
 
     def step() -> None:
-        os.environ["SNN_FUSED_LIF"] = fused
         torch.backends.cudnn.benchmark = autotune
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits = net(x).main
-        F.cross_entropy(logits.float(), y).backward()
+        with fused_lif(fused):
+            with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = net(x).main
+            F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     return step

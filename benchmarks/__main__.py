@@ -266,6 +266,7 @@ def _shortcut_row(arch: str, batch: int, quick: bool, device: str) -> dict:
         return step
 
     med = _interleaved({b: train(b) for b in nets}, rounds=5 if quick else (30 if cuda else 10))
+    ops = {b: _count_ops(train(b)) for b in nets}
     stripped = models.strip_shortcuts(nets["all"]).eval()
     vanilla = nets["none"].eval()
 
@@ -280,8 +281,29 @@ def _shortcut_row(arch: str, batch: int, quick: bool, device: str) -> dict:
                        rounds=10 if quick else (100 if cuda else 30))
     return {"device": device, "arch": arch, "T": t, "batch": batch, "train step, all branches (s)": med["all"],
             "train step, vanilla (s)": med["none"], "training overhead": med["all"] / med["none"] - 1,
+            "ops per step, all branches": ops["all"], "ops per step, vanilla": ops["none"],
             "inference, stripped (s)": inf["stripped"], "inference, vanilla (s)": inf["vanilla"],
             "stripped / vanilla (inference)": inf["stripped"] / inf["vanilla"]}
+
+
+def _count_ops(fn: Callable[[], None]) -> int:
+    """How many aten operators one call of ``fn`` dispatches (views included): on a GPU at small
+    batches, where a step waits on launching its kernels rather than on running them, each costs
+    about as much as the next, so this count is what the step time follows there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as count:
+        fn()
+    return count.n
 
 
 # -- 3. study orchestration overhead ------------------------------------------------------------
@@ -389,7 +411,8 @@ NOTES = {
                     "weights (float32, eval).",
     "shortcuts": "Training step with a shortcut head after every stage against none; inference of "
                  "`strip_shortcuts(model)` against a vanilla model. On CUDA both run as training does there "
-                 "(channels-last, autocast).",
+                 "(channels-last, autocast). Ops per step: the aten operators one training step dispatches "
+                 "(a count, the same on every run), which is what a step bound by launching kernels follows.",
     "study": "Study wall: `run_study` with Ray already up (MLflow runs, Optuna, Tune, trials, callbacks). "
              "MLflow store `new`: the study also creates the SQLite store, as the first study against it "
              "does; `existing`: a previous study left it (with the paper's baselines). "

@@ -9,6 +9,9 @@ Two readings of Eq. 10 are offered so a study can compare them:
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -37,10 +40,12 @@ def shortcut_loss(output: ModelOutput, target: Tensor, lam: float, mode: str = "
         ValueError: For an unknown mode.
     """
     if mode == "logit_sum":
-        logits = output.main
-        for b in output.branches:
-            logits = logits + lam * b
-        return F.cross_entropy(logits, target)
+        if not output.branches:
+            return F.cross_entropy(output.main, target)
+        # b_n + λ·Σ b_l: the branches summed first, then one scaled add (λ as alpha), so
+        # n ops forward for n branches instead of 2n: fewer kernels on a GPU
+        branch_sum = functools.reduce(torch.add, output.branches)
+        return F.cross_entropy(torch.add(output.main, branch_sum, alpha=lam), target)
     if mode == "deep_supervision":
         loss = F.cross_entropy(output.main, target)
         for b in output.branches:

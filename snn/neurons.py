@@ -46,14 +46,15 @@ def _empty_steps(x: Tensor) -> Tensor:
 
 def _fused_kernels(x: Tensor):
     """The module of fused kernels that takes ``x`` (:mod:`snn._lif_cpu` or :mod:`snn._lif_cuda`), or None
-    where none does or ``SNN_FUSED_LIF=0`` switches them off (read at each call).
+    where none does, ``SNN_FUSED_LIF=0`` switches them off (read at each call) or ``torch.compile``
+    is tracing the model.
 
     Both modules offer ``forward(current, tau, v_threshold) -> (spikes, saved)`` and
     ``backward(saved, grad_spikes, ...)``. Triton is imported only for CUDA tensors: CPU
     trials do not pay for its import.
     """
-    if os.environ.get("SNN_FUSED_LIF", "1") == "0":
-        return None
+    if os.environ.get("SNN_FUSED_LIF", "1") == "0" or torch.compiler.is_compiling():
+        return None  # torch.compile traces the tensor ops (dynamo cannot trace into numba's kernels)
     if _lif_cpu.available(x):
         return _lif_cpu
     if x.is_cuda:

@@ -175,6 +175,25 @@ def test_fused_rounds_the_potential_to_float32_before_the_threshold():
     assert LIF()(c.double()).view(-1).tolist() == [0.0, 1.0]
 
 
+def test_torch_compile_traces_the_tensor_ops_and_matches_eager(monkeypatch):
+    # dynamo cannot trace into numba's kernels (it failed inside the kernel call): under
+    # torch.compile the LIF takes its tensor-op path, which gives the eager fused kernels' result
+    torch._dynamo.reset()
+    monkeypatch.setenv("SNN_FUSED_LIF", "1")
+    torch.manual_seed(5)
+    c = torch.randn(3, 4, 2000) * 1.5 + 0.3
+    w = torch.randn_like(c)
+    lif = LIF(surrogate="atan", surrogate_param=2.0)
+    out = {}
+    for name, f in (("eager", lif), ("compiled", torch.compile(lif, backend="aot_eager", fullgraph=True))):
+        x = c.clone().requires_grad_()
+        y = f(x)
+        (y * w).sum().backward()
+        out[name] = (y.detach(), x.grad)
+    assert torch.equal(out["compiled"][0], out["eager"][0])
+    torch.testing.assert_close(out["compiled"][1], out["eager"][1], rtol=1e-4, atol=1e-5)
+
+
 # -- the fused GPU kernels (snn._lif_cuda, Triton) ----------------------------------------------
 import os
 import subprocess

@@ -184,7 +184,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                          tags={"mlflow.parentRunId": parent_run_id, "study": study, KIND: "trial"})
         self.study = study
         self._node_tagged: set[str] = set()
-        self._logged_upto: dict[str, int] = {}  # run id -> last epoch already in MLflow (re-attached runs)
+        self._logged_upto: dict[str, int] = {}  # run id -> last epoch already in MLflow
         self._was_finished: set[str] = set()  # re-attached runs that had already ended FINISHED
         self._pending: dict[Any, list] = {}  # trial -> metrics the store has not taken yet (it was down)
         self._unended: dict[Any, bool] = {}  # trial -> failed, for trials whose run could not be ended yet
@@ -268,14 +268,20 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             run_id = self._trial_runs.get(trial)
             if run_id is None:
                 raise ConnectionError("the trial's MLflow run could not be created")
-        # Epochs re-run from the previous checkpoint after a driver restart are already in
-        # MLflow with the same values (the loop is deterministic): keep one history.
-        pending = [m for m in self._pending.get(trial, []) if m.step > self._logged_upto.get(run_id, 0)]
+        # Epochs re-run from an earlier checkpoint are already in MLflow with the same values
+        # (the loop is deterministic): keep one history. A driver restart re-runs the epochs
+        # after Tune's last saved state; a restarted trial worker re-runs the epoch whose
+        # result Tune had taken but whose checkpoint it had not yet registered (Tune saves a
+        # reported checkpoint only after the result's callbacks have run).
+        upto = self._logged_upto.get(run_id, 0)
+        pending = [m for m in self._pending.get(trial, []) if m.step > upto]
+        last = max((m.step for m in pending), default=upto)
         c = self._client()
         while pending:  # MLflow takes at most 1000 metrics per batch
             c.log_batch(run_id, metrics=pending[:1000])
             pending = self._pending[trial] = pending[1000:]
         self._pending.pop(trial, None)
+        self._logged_upto[run_id] = last  # only once all are in: what a failed batch left pending stays
         return run_id
 
     @_tolerant

@@ -30,3 +30,36 @@ def test_unreachable_tracking_server_fails_fast():
     with pytest.raises(ConnectionError, match=f"mlflow.tracking_uri: cannot reach the MLflow server at http://127.0.0.1:{port}"):
         check_tracking_uri(f"http://127.0.0.1:{port}")
     assert time.perf_counter() - t < 10
+
+
+class _Trial:
+    """What StudyMLflowCallback reads of a Tune trial."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id, self.config = trial_id, {"dataset": "digits", "arch": "resnet-tiny", "timesteps": 2}
+        self.last_result, self.checkpoint, self.error_file = {}, None, None
+
+    def __str__(self) -> str:
+        return f"trial_{self.trial_id}"
+
+
+def test_an_epoch_reported_again_after_a_restart_is_logged_once(tmp_path):
+    # Tune runs a result's callbacks before it saves the result's checkpoint, so a trial worker
+    # that dies in between is restarted from the checkpoint before and reports that epoch again
+    from mlflow import MlflowClient
+
+    from study.tracking import StudyMLflowCallback, start_parent_run
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = start_parent_run(uri, "exp", "s", {})
+    cb = StudyMLflowCallback(uri, "exp", "s", parent)
+    cb.setup()
+    trial = _Trial("t1")
+    cb.log_trial_start(trial)
+    for i, epoch in enumerate([1, 2, 2, 3], start=1):
+        cb.log_trial_result(i, trial, {"epoch": epoch, "test_acc": epoch / 10, "timestamp": 1_700_000_000 + i})
+    cb.log_trial_end(trial)
+    c = MlflowClient(uri)
+    run = c.search_runs([c.get_experiment_by_name("exp").experiment_id], filter_string="tags.kind = 'trial'")[0]
+    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "test_acc")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert run.info.status == "FINISHED"

@@ -76,6 +76,9 @@ def train_snn(config: dict[str, Any]) -> None:
         config: The trial's hyperparameters: the fields of :class:`snn.training.TrainConfig`.
     """
     _threads()
+    # Ray logs "Checkpoint successfully created at: ..." for every report, one console line per
+    # trial and epoch; the status table and the trial folder say the same
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cfg = TrainConfig.from_dict(config)
     state = None
     checkpoint = tune.get_checkpoint()

@@ -81,3 +81,19 @@ def test_nothing_unsafe_in_the_code():
     assert loads >= 1  # the checkpoint loader is there and was checked
     assert 'default="127.0.0.1"' in code[ROOT / "study" / "cli.py"]  # snn-study ui
     assert 'dashboard_host="127.0.0.1"' in code[ROOT / "study" / "tuner.py"]  # Ray dashboard
+
+
+@pytest.mark.slow
+def test_run_shows_progress_without_a_line_per_checkpoint(ray_session, tmp_path):
+    # Tune's status and the summary, but not Ray's "Checkpoint successfully created" for every
+    # trial and epoch, nor Tune's warning that forced experiment-state saves (num_to_keep) "may
+    # become a bottleneck", which epochs this short trigger
+    address = ray_session.get_runtime_context().gcs_address
+    r = snn_study("run", "--set", "trials=2", "--set", "train.epochs=4", "--set", "scheduler=fifo",
+                  "--set", f"storage={tmp_path / 'st'}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
+                  "--address", address, cwd=tmp_path, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "Trial status:" in out and "study quickstart: 2 trial(s), 0 errored" in out
+    assert "Checkpoint successfully created" not in out
+    assert "Experiment state snapshotting" not in out

@@ -240,13 +240,13 @@ def _shortcut_row(arch: str, batch: int, quick: bool, device: str) -> dict:
     import torch.nn.functional as F
 
     from snn import losses, models
-    from snn.training import amp_dtype
+    from snn.training import adamw, amp_dtype
 
     t = 2
     torch.manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     nets = {b: models.build(arch, 10, t, surrogate="atan", branches=b).to(device) for b in ("all", "none")}
-    opts = {b: torch.optim.AdamW(n.parameters(), lr=1e-3) for b, n in nets.items()}
+    opts = {b: adamw(n.parameters(), 1e-3, 0.01, torch.device(device)) for b, n in nets.items()}
     cuda = device == "cuda"
     if cuda:  # the training defaults there: channels-last under autocast
         nets = {b: n.to(memory_format=torch.channels_last) for b, n in nets.items()}
@@ -405,7 +405,8 @@ NOTES = {
                     "GPU has it; channels-last; the fused Triton LIF; cuDNN autotuning). `+tensor-lif`, "
                     "`+contiguous` and `+cudnn-default` switch one of them off; `ours` is float32. spikingjelly: its "
                     "multi-step LIFNode, torch backend, in the same network, under the same autocast (`+amp`) "
-                    "or in float32. All candidates live in one process and are timed round by round, 10 steps "
+                    "or in float32. Every candidate steps the Trainer's optimizer (`snn.training.adamw`: AdamW, "
+                    "fused on CUDA). All candidates live in one process and are timed round by round, 10 steps "
                     "a round; step MiB is what one training step allocates on the GPU above what was held "
                     "before it. The run first checks that both networks give the same logits on the same "
                     "weights (float32, eval).",

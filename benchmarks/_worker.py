@@ -74,7 +74,7 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
 
     from benchmarks import _sj
     from snn import _malloc, models
-    from snn.training import amp_dtype
+    from snn.training import adamw, amp_dtype
 
     dev = torch.device(device)
     # What the Trainer does on CPU (ours by default); spikingjelly gets it only when asked.
@@ -91,7 +91,7 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
         if "contiguous" not in options:
             net = net.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.02)
+    opt = adamw(net.parameters(), 1e-3, 0.02, dev)  # the Trainer's optimizer, for every candidate
     dtype = (amp_dtype(dev) or torch.bfloat16) if "amp" in options else None
     fused = "tensor-lif" not in options
     autotune = "cudnn-default" not in options

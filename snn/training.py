@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from snn import diagnostics, losses, models, registry, schedules
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
     "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged",
-    "amp_dtype", "branch_acc_metric", "data_workers", "fit",
+    "adamw", "amp_dtype", "branch_acc_metric", "data_workers", "fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def adamw(params: Iterable[Tensor], lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """The optimizer of Algorithm 1's update step: AdamW, in its fused form on CUDA.
+
+    A foreach AdamW steps every parameter with a dozen multi-tensor kernels; the fused one
+    with one. A ResNet-18 step at batch 64 on a GPU is bound by launching kernels, and
+    there it took 7 % less time (H200, benchmarks/). Elsewhere torch's default is kept.
+    The update is the same either way (``tests/snn/test_training.py`` checks it on CUDA).
+    """
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if device.type == "cuda" else None)
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype ``amp: true`` uses on ``device``, or None where it would not pay.
 
@@ -233,7 +244,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader) if cfg.max_batches is None else min(
             len(self.train_loader), cfg.max_batches)
         self.total_steps = max(1, cfg.epochs * self.steps_per_epoch)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), cfg.lr, cfg.weight_decay, self.device)
         self.lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps,
                                                                       eta_min=0.0)
         self.amp_dtype = amp_dtype(self.device) if cfg.amp else None

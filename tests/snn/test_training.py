@@ -141,3 +141,24 @@ def test_learns_on_cuda_with_amp_and_the_fused_lif():
     out = fit(cfg(epochs=2, max_batches=None, arch_kwargs={}, device="cuda"))
     assert out[TEST_ACC] > 0.5 and torch.isfinite(torch.tensor(out[TRAIN_LOSS]))
     assert torch.backends.cudnn.benchmark
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_fused_adamw_on_cuda_makes_the_updates_of_torch_s_reference_adamw():
+    from snn.training import adamw
+
+    torch.manual_seed(0)
+    w = [torch.randn(64, 32, device="cuda", requires_grad=True), torch.randn(10, device="cuda", requires_grad=True)]
+    ref = [p.detach().clone().requires_grad_() for p in w]
+    fused = adamw(w, 0.01, 0.02, torch.device("cuda"))
+    plain = torch.optim.AdamW(ref, lr=0.01, weight_decay=0.02, foreach=False)  # one parameter at a time
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(5):
+        g = [torch.randn_like(p) for p in w]
+        for params, opt in ((w, fused), (ref, plain)):
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            opt.step()
+    for a, b in zip(w, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert Trainer(cfg(device="cuda")).optimizer.defaults["fused"]

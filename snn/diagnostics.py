@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from snn.neurons import LIF
 
-__all__ = ["ActivityMonitor", "first_conv", "grad_histogram", "grad_norms", "stage_of"]
+__all__ = ["ActivityMonitor", "first_conv", "grad_histogram", "grad_norm_vector", "grad_norms", "stage_of"]
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -46,11 +46,24 @@ def grad_norms(model: nn.Module) -> dict[str, float]:
 
     Call after ``backward()``. Layers with no gradient are left out.
     """
-    out: dict[str, float] = {}
+    names, norms = grad_norm_vector(model)
+    return dict(zip(names, norms.tolist()))
+
+
+def grad_norm_vector(model: nn.Module) -> tuple[tuple[str, ...], Tensor]:
+    """The norms of :func:`grad_norms` as one tensor on the gradients' device, with their names.
+
+    Nothing is read back to the host, so a training step on a GPU that calls this does not
+    wait for the GPU; the norms come from one multi-tensor kernel.
+    """
+    names, grads = [], []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None:
-            out[f"{name}.weight"] = float(m.weight.grad.detach().norm())
-    return out
+            names.append(f"{name}.weight")
+            grads.append(m.weight.grad.detach())
+    if not grads:
+        return (), torch.zeros(0)
+    return tuple(names), torch.stack(torch._foreach_norm(grads))
 
 
 def grad_histogram(grads: Tensor | np.ndarray, bins: int = 50,
@@ -82,9 +95,11 @@ class ActivityMonitor:
         self.reset()
 
     def reset(self) -> None:
-        self._spikes: dict[str, float] = defaultdict(float)
+        # Spike counts and SOPs are summed on the activations' device, as tensors, and read
+        # back only by the accessors: a GPU evaluation is not held up after every layer.
+        self._spikes: dict[str, Tensor | float] = defaultdict(float)
         self._neurons: dict[str, float] = defaultdict(float)
-        self._sops = 0.0
+        self._sops: Tensor | float = 0.0
         self._stem_macs = 0.0
         self._images = 0
 
@@ -112,7 +127,8 @@ class ActivityMonitor:
 
     def _lif_hook(self, stage: str):
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            self._spikes[stage] += float(out.detach().sum())
+            # spikes are 0 or 1: their count is their sum, exact in int64 whatever the dtype
+            self._spikes[stage] = self._spikes[stage] + torch.count_nonzero(out.detach())
             self._neurons[stage] += out.numel()
         return hook
 
@@ -123,22 +139,22 @@ class ActivityMonitor:
             macs = out.numel() * (module.in_channels // module.groups) * kh * kw
             if is_stem:
                 self._stem_macs += macs
-            else:
-                self._sops += macs * float((x.detach() != 0).float().mean())
+            else:  # MACs x the input's firing rate (the share of non-zero inputs)
+                self._sops = self._sops + torch.count_nonzero(x.detach()).double() * (macs / x.numel())
         return hook
 
     def firing_rates(self) -> dict[str, float]:
         """Mean spikes per neuron and time step, for each stage (``stem``, ``stage1``, ...)."""
-        return {k: self._spikes[k] / self._neurons[k] for k in self._neurons if self._neurons[k]}
+        return {k: float(self._spikes[k]) / self._neurons[k] for k in self._neurons if self._neurons[k]}
 
     def mean_firing_rate(self) -> float:
         """Mean spikes per neuron and time step over the whole network."""
         n = sum(self._neurons.values())
-        return sum(self._spikes.values()) / n if n else 0.0
+        return sum(float(v) for v in self._spikes.values()) / n if n else 0.0
 
     def synops_per_image(self) -> float:
         """Synaptic operations per image, summed over the T time steps."""
-        return self._sops / self._images if self._images else 0.0
+        return float(self._sops) / self._images if self._images else 0.0
 
     def stem_macs_per_image(self) -> float:
         """Multiply-accumulates of the stem conv per image (it reads the analog input)."""

@@ -254,6 +254,7 @@ class Trainer:
         self.epoch = 0  # epochs done
         self.first_grad: Tensor | None = None  # dL/dW1 at the last iteration of the last epoch (Fig. 2)
         self.layer_grad_norms: dict[str, float] = {}  # mean over the last epoch, per layer
+        self._check_each_step = self.device.type == "cpu"  # see train_epoch
 
     # -- one epoch ---------------------------------------------------------------------------
     def _lambda(self) -> float:
@@ -267,11 +268,21 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def train_epoch(self) -> dict[str, float]:
-        """Train one epoch (Algorithm 1, lines 1-9) and return its training metrics."""
+        """Train one epoch (Algorithm 1, lines 1-9) and return its training metrics.
+
+        The step's values (loss, correct predictions, per-layer gradient norms) stay on the
+        device until the epoch ends: reading one back makes the host wait for the GPU, and a
+        GPU step at small batches is bound by how fast the host launches its kernels. A
+        non-finite loss therefore stops a GPU trial when its epoch ends (naming the iteration
+        where it happened); a CPU trial, where reading a value costs nothing, stops at once.
+        """
         self.model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        norm_sums: dict[str, float] = {}
+        sizes: list[int] = []
+        step_losses: list[Tensor] = []
+        step_norms: dict[tuple[str, ...], list[Tensor]] = {}
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
         stem = diagnostics.first_conv(self.model)
+        first_step = self.step
         lam = self._lambda()
         for b, (x, y) in enumerate(self.train_loader):
             if b >= self.steps_per_epoch:
@@ -281,28 +292,35 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 out = self.model(x)
                 loss = losses.shortcut_loss(out, y, lam, self.cfg.loss_mode)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training loss became {loss.item()} at iteration {self.step} "
-                                       f"(epoch {self.epoch + 1}); lower lr (now {self.cfg.lr})",
-                                       epoch=self.epoch + 1, step=self.step)
+            if self._check_each_step and not torch.isfinite(loss):
+                raise self._diverged(loss.item(), self.step)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            for k, v in diagnostics.grad_norms(self.model).items():
-                norm_sums[k] = norm_sums.get(k, 0.0) + v
+            names, norms = diagnostics.grad_norm_vector(self.model)
+            step_norms.setdefault(names, []).append(norms)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.lr_schedule.step()
             self.step += 1
-            n = y.shape[0]
-            loss_sum += loss.item() * n
-            correct += int((out.main.argmax(1) == y).sum())
-            seen += n
+            sizes.append(y.shape[0])
+            step_losses.append(loss.detach())
+            correct += (out.main.argmax(1) == y).sum()
+        loss_values = torch.stack(step_losses).float().tolist() if step_losses else []  # the one wait per epoch
+        for i, v in enumerate(loss_values):
+            if not math.isfinite(v):
+                raise self._diverged(v, first_step + i)
+        seen = sum(sizes)
         if stem.weight.grad is not None:
             self.first_grad = stem.weight.grad.detach().float().cpu().clone()
-        steps = max(1, min(self.steps_per_epoch, len(self.train_loader)))
+        steps = max(1, len(sizes))
+        norm_sums: dict[str, float] = {}
+        for names, values in step_norms.items():
+            for k, v in zip(names, torch.stack(values).double().sum(0).tolist()):
+                norm_sums[k] = norm_sums.get(k, 0.0) + v
         self.layer_grad_norms = {k: v / steps for k, v in norm_sums.items()}
-        metrics = {TRAIN_LOSS: loss_sum / max(seen, 1), TRAIN_ACC: correct / max(seen, 1), LAMBDA: lam}
+        loss_sum = sum(v * n for v, n in zip(loss_values, sizes))
+        metrics = {TRAIN_LOSS: loss_sum / max(seen, 1), TRAIN_ACC: int(correct) / max(seen, 1), LAMBDA: lam}
         stem_name = next(n for n, m in self.model.named_modules() if m is stem) + ".weight"
         metrics[GRAD_NORM_FIRST] = self.layer_grad_norms.get(stem_name, 0.0)
         by_stage: dict[str, list[float]] = {}
@@ -314,26 +332,32 @@ class Trainer:
         metrics["_images"] = seen
         return metrics
 
+    def _diverged(self, loss: float, step: int) -> TrainingDiverged:
+        return TrainingDiverged(f"training loss became {loss} at iteration {step} (epoch {self.epoch + 1}); "
+                                f"lower lr (now {self.cfg.lr})", epoch=self.epoch + 1, step=step)
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Test accuracy of the main branch (Algorithm 1, inference) and of each shortcut head."""
         self.model.eval()
-        loss_sum, correct, seen = 0.0, 0, 0
-        branch_correct = [0] * len(self.model.branch_stages)
+        seen = 0
+        # summed on the device and read once at the end, as in train_epoch
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros(1 + len(self.model.branch_stages), dtype=torch.int64, device=self.device)  # main, branches
         with diagnostics.ActivityMonitor(self.model) as mon:
             for x, y in self.test_loader:
                 x, y = self._inputs(x), y.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.model(x)
-                loss_sum += float(nn.functional.cross_entropy(out.main.float(), y, reduction="sum"))
-                correct += int((out.main.argmax(1) == y).sum())
-                for i, b in enumerate(out.branches):
-                    branch_correct[i] += int((b.argmax(1) == y).sum())
+                loss_sum += nn.functional.cross_entropy(out.main.float(), y, reduction="sum")
+                logits = torch.stack([out.main, *out.branches]) if out.branches else out.main[None]
+                correct += (logits.argmax(2) == y).sum(1)
                 seen += y.shape[0]
-        metrics = {TEST_ACC: correct / max(seen, 1), TEST_LOSS: loss_sum / max(seen, 1),
+        hits = correct.tolist()
+        metrics = {TEST_ACC: hits[0] / max(seen, 1), TEST_LOSS: float(loss_sum) / max(seen, 1),
                    FIRING_RATE: mon.mean_firing_rate(), SYNOPS: mon.synops_per_image()}
         metrics.update({firing_rate_metric(k): v for k, v in mon.firing_rates().items()})
-        for stage, c in zip(self.model.branch_stages, branch_correct):
+        for stage, c in zip(self.model.branch_stages, hits[1:]):
             metrics[branch_acc_metric(stage)] = c / max(seen, 1)
         return metrics
 

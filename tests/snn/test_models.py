@@ -102,3 +102,49 @@ def test_head_is_eq6_average_over_time_of_the_classifier():
     deep = _Head(16, 10, hidden=8)
     z = deep.lif(deep.fc1(s.mean(dim=(3, 4))))
     torch.testing.assert_close(deep(s), torch.stack([deep.fc(z[t]) for t in range(4)]).mean(0))
+
+
+def test_activity_monitor_counts_against_the_layers_own_outputs():
+    # firing rate = spikes / (neurons x T) per stage; SOPs = sum over non-stem convs of
+    # MACs x the share of non-zero inputs (diagnostics module docstring); counted here in
+    # float64 from each layer's tensors
+    from torch import nn
+
+    from snn.diagnostics import ActivityMonitor, first_conv, stage_of
+    from snn.neurons import LIF
+
+    torch.manual_seed(11)
+    model = models.build("resnet-tiny", 10, 2, in_channels=1, branches="all").eval()
+    stem = first_conv(model)
+    spikes, neurons, sops = {}, {}, [0.0]
+
+    def lif_hook(stage):
+        def hook(m, args, out):
+            spikes[stage] = spikes.get(stage, 0.0) + out.double().sum().item()
+            neurons[stage] = neurons.get(stage, 0) + out.numel()
+        return hook
+
+    def conv_hook(m, args, out):
+        if m is not stem:
+            x = args[0].double()
+            macs = out.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+            sops[0] += macs * (x != 0).sum().item() / x.numel()
+
+    handles = []
+    for name, m in model.named_modules():
+        if stage_of(name) is not None and isinstance(m, LIF):
+            handles.append(m.register_forward_hook(lif_hook(stage_of(name))))
+        elif stage_of(name) is not None and isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+    x = [torch.rand(5, 1, 8, 8) * 3, torch.rand(3, 1, 8, 8) * 3]
+    with torch.no_grad(), ActivityMonitor(model) as mon:
+        for xb in x:
+            model(xb)
+    for h in handles:
+        h.remove()
+    rates = mon.firing_rates()
+    assert set(rates) == set(spikes) and any(v > 0 for v in spikes.values())
+    for k in spikes:
+        assert rates[k] == pytest.approx(spikes[k] / neurons[k], rel=1e-12)
+    assert mon.mean_firing_rate() == pytest.approx(sum(spikes.values()) / sum(neurons.values()), rel=1e-12)
+    assert mon.synops_per_image() == pytest.approx(sops[0] / 8, rel=1e-12) and sops[0] > 0

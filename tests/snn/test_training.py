@@ -162,3 +162,60 @@ def test_the_fused_adamw_on_cuda_makes_the_updates_of_torch_s_reference_adamw():
     for a, b in zip(w, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert Trainer(cfg(device="cuda")).optimizer.defaults["fused"]
+
+
+def test_epoch_metrics_are_those_of_each_step_read_back_at_the_epoch_end(monkeypatch):
+    # the step's values stay on the device until the epoch ends; recorded here step by step
+    # with plain reads, they must average to what the epoch reports
+    import snn.training as training
+    from torch import nn
+
+    real_loss = training.losses.shortcut_loss
+    steps = []
+
+    def loss(out, y, lam, mode):
+        value = real_loss(out, y, lam, mode)
+        steps.append({"loss": value.item(), "n": y.shape[0], "correct": int((out.main.argmax(1) == y).sum())})
+        return value
+
+    monkeypatch.setattr(training.losses, "shortcut_loss", loss)
+    t = Trainer(cfg(epochs=1))
+
+    def before_step(optimizer, args, kwargs):  # after backward: every conv and linear weight's gradient norm
+        steps[-1]["norms"] = {f"{n}.weight": m.weight.grad.norm().item() for n, m in t.model.named_modules()
+                              if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+    t.optimizer.register_step_pre_hook(before_step)
+    m = t.train_epoch()
+    seen = sum(s["n"] for s in steps)
+    assert len(steps) == 6 and m["_images"] == seen
+    assert m[TRAIN_LOSS] == pytest.approx(sum(s["loss"] * s["n"] for s in steps) / seen, rel=1e-12)
+    assert m["train_acc"] == sum(s["correct"] for s in steps) / seen
+    assert set(t.layer_grad_norms) == set(steps[0]["norms"])
+    for k, v in t.layer_grad_norms.items():
+        assert v == pytest.approx(sum(s["norms"][k] for s in steps) / 6, rel=1e-5)
+    assert m["grad_norm_first"] == t.layer_grad_norms["conv1.weight"] > 0
+
+
+@pytest.mark.parametrize("each_step", [True, False])
+def test_a_non_finite_loss_names_its_iteration_whether_read_at_once_or_at_the_epoch_end(monkeypatch, each_step):
+    # CPU trials check every step; GPU trials read the losses back when the epoch ends
+    import snn.training as training
+    from snn.training import TrainingDiverged
+
+    real_loss = training.losses.shortcut_loss
+    calls = []
+
+    def loss(*a):
+        calls.append(1)
+        value = real_loss(*a)
+        return value * float("nan") if len(calls) == 9 else value  # iteration 8 (0-based), in epoch 2
+
+    monkeypatch.setattr(training.losses, "shortcut_loss", loss)
+    t = Trainer(cfg(epochs=3))
+    t._check_each_step = each_step
+    t.run_epoch()
+    with pytest.raises(TrainingDiverged, match="became nan at iteration 8 ") as e:
+        t.train_epoch()
+    assert (e.value.epoch, e.value.step) == (2, 8)
+    assert t.step == (8 if each_step else 12)  # read at the epoch end, the rest of the epoch has run

@@ -1,13 +1,18 @@
-"""The one error every loader raises when a dataset's files are missing."""
+"""The one error every loader raises when a dataset's files are missing, and the one way the
+loaders write files (whole or not at all)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["DatasetNotFoundError", "cleanup_on_failure", "not_found"]
+__all__ = ["DatasetNotFoundError", "cleanup_on_failure", "not_found", "write_whole"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -35,4 +40,19 @@ def cleanup_on_failure(root: str | os.PathLike):
         else:
             for p in set(root.iterdir()) - before:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise
+
+
+def write_whole(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(file)`` under a temporary name beside it, then rename it
+    into place: concurrent trials read the whole file or none, and a failed write leaves nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from snn.data._errors import cleanup_on_failure, not_found
+from snn.data._errors import cleanup_on_failure, not_found, write_whole
 
 __all__ = ["EVENT_DTYPE", "MAX_ROLL", "FrameDataset", "build_cifar10_dvs", "build_digits_dvs", "per_class_split",
            "simulate_saccade_events"]
@@ -84,11 +83,7 @@ class FrameDataset(Dataset):
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="area")  # [T, P, H, W]; area: averages event counts
         self.binned += 1
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, x.numpy())
-        os.replace(tmp, path)  # atomic: concurrent trials never read half a file
+        write_whole(path, lambda f: np.save(f, x.numpy()))
         return x
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

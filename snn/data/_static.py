@@ -9,13 +9,17 @@ testing. Samples are (float32 tensor [C, H, W], int label).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from snn.data._errors import cleanup_on_failure, not_found
+from snn.data._errors import cleanup_on_failure, not_found, write_whole
 
 __all__ = ["build_cifar", "build_digits", "build_imagenet"]
 
@@ -86,24 +90,48 @@ def build_digits(train: bool) -> Dataset:
     Scaled to [0, 1], then normalised with the training split's mean and std; [1, 8, 8].
     """
     if train not in _DIGITS_CACHE:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        d = load_digits()
-        x = d.images.astype(np.float32) / 16.0
-        xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
-        mean, std = float(xtr.mean()), float(xtr.std())
-        for flag, (xs, ys) in ((True, (xtr, ytr)), (False, (xte, yte))):
-            _DIGITS_CACHE[flag] = TensorDataset(torch.from_numpy((xs - mean) / std).unsqueeze(1),  # [N, 1, 8, 8]
+        splits = {flag: digits_split(flag) for flag in (True, False)}
+        scaled = {flag: x.astype(np.float32) / 16.0 for flag, (x, _) in splits.items()}
+        mean, std = float(scaled[True].mean()), float(scaled[True].std())
+        for flag, (_, ys) in splits.items():
+            _DIGITS_CACHE[flag] = TensorDataset(torch.from_numpy((scaled[flag] - mean) / std).unsqueeze(1),  # [N, 1, 8, 8]
                                                 torch.from_numpy(ys).long())
     return _DIGITS_CACHE[train]
 
 
 def digits_split(train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Raw digits images in [0, 16] ([N, 8, 8]) and labels of one split (for the event simulator)."""
+    """Raw digits images in [0, 16] ([N, 8, 8]) and labels of one split.
+
+    The split is scikit-learn's ``train_test_split(test_size=0.2, random_state=0)``,
+    stratified by label. It is kept in the user's cache folder (``$XDG_CACHE_HOME`` or
+    ``~/.cache``, then ``snn-study/``), keyed by scikit-learn's version: a fresh trial
+    process reads it there instead of importing scikit-learn, which cost about 1 s of CPU
+    per process (each trial slot of a study pays it once).
+    """
+    split = _digits_split_arrays()
+    return (split["xtr"], split["ytr"]) if train else (split["xte"], split["yte"])
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_split_arrays() -> dict[str, np.ndarray]:
+    from importlib.metadata import version
+
+    path = _cache_folder() / f"digits-split-sklearn-{version('scikit-learn')}.npz"
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in ("xtr", "ytr", "xte", "yte")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, unreadable, cut short: make it again
+        pass
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
     xtr, xte, ytr, yte = train_test_split(d.images, d.target, test_size=0.2, random_state=0, stratify=d.target)
-    return (xtr, ytr) if train else (xte, yte)
+    split = {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
+    with contextlib.suppress(OSError):  # a read-only home: every process computes the split itself
+        write_whole(path, lambda f: np.savez(f, **split))
+    return split
+
+
+def _cache_folder() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snn-study"

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,41 @@ def test_digits_split_and_normalisation():
 
     full = np.bincount(load_digits().target)
     assert np.all(np.abs(np.bincount(labels) - 0.8 * full) <= 1)  # stratified: 80% of every class
+
+
+def test_digits_split_is_scikit_learns_and_fresh_processes_read_it_from_the_cache(tmp_path, monkeypatch):
+    import subprocess
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from snn.data import _static
+
+    code = "import sys; from snn.data._static import build_digits; build_digits(True); print('sklearn' in sys.modules)"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert [r.strip() for r in runs] == ["True", "False"]  # the second process did not import scikit-learn
+    (cached,) = (tmp_path / "snn-study").iterdir()  # and no temporary file is left beside it
+    assert cached.name.startswith("digits-split-sklearn-")
+
+    d = load_digits()
+    want = train_test_split(d.images, d.target, test_size=0.2, random_state=0, stratify=d.target)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for damage in (lambda: None, lambda: cached.write_bytes(cached.read_bytes()[:1000])):  # a file cut short
+        damage()
+        _static._digits_split_arrays.cache_clear()
+        (xtr, ytr), (xte, yte) = _static.digits_split(True), _static.digits_split(False)
+        for got, expected in zip((xtr, xte, ytr, yte), want):
+            np.testing.assert_array_equal(got, expected)
+    assert len(np.load(cached)["xtr"]) == 1437  # made again, whole
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # the cache cannot be written: computed all the same
+    _static._digits_split_arrays.cache_clear()
+    np.testing.assert_array_equal(_static.digits_split(False)[1], want[3])
+    _static._digits_split_arrays.cache_clear()
 
 
 @pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])

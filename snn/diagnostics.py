@@ -127,8 +127,8 @@ class ActivityMonitor:
 
     def _lif_hook(self, stage: str):
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            # spikes are 0 or 1: their count is their sum, exact in int64 whatever the dtype
-            self._spikes[stage] = self._spikes[stage] + torch.count_nonzero(out.detach())
+            # summed in float32 whatever the dtype (a bfloat16 sum rounds), accumulated in float64
+            self._spikes[stage] = self._spikes[stage] + out.detach().sum(dtype=torch.float32).double()
             self._neurons[stage] += out.numel()
         return hook
 
@@ -139,8 +139,8 @@ class ActivityMonitor:
             macs = out.numel() * (module.in_channels // module.groups) * kh * kw
             if is_stem:
                 self._stem_macs += macs
-            else:  # MACs x the input's firing rate (the share of non-zero inputs)
-                self._sops = self._sops + torch.count_nonzero(x.detach()).double() * (macs / x.numel())
+            else:  # MACs x the input's firing rate: its input is spikes, so their sum counts the non-zero ones
+                self._sops = self._sops + x.detach().sum(dtype=torch.float32).double() * (macs / x.numel())
         return hook
 
     def firing_rates(self) -> dict[str, float]:

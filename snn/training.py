@@ -350,7 +350,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.model(x)
                 loss_sum += nn.functional.cross_entropy(out.main.float(), y, reduction="sum")
-                logits = torch.stack([out.main, *out.branches]) if out.branches else out.main[None]
+                logits = torch.stack([out.main, *out.branches])  # [1 + branches, B, K]
                 correct += (logits.argmax(2) == y).sum(1)
                 seen += y.shape[0]
         hits = correct.tolist()

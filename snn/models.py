@@ -97,6 +97,27 @@ class BasicBlock(nn.Module):
         return self.lif2(y.view(t, b, *y.shape[1:]))  # [T, B, C', H', W']
 
 
+class _SpikeMean(torch.autograd.Function):
+    """The mean of [T, B, C, H, W] spikes over T, H and W, whose gradient stays a broadcast view.
+
+    The gradient of a mean is the same value for every averaged element. Autograd's own mean
+    writes it out as a dense tensor of the input's size, which a shortcut head's stage output
+    then adds to the gradient from the next stage. Returned as a view instead, it is added
+    in place into that gradient (in the gradient's memory format), and nothing of the
+    stage's size is written for the head.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.shape = x.shape
+        return x.mean(dim=(0, 3, 4))  # [B, C]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        t, _, _, h, w = ctx.shape
+        return (grad / (t * h * w))[None, :, :, None, None].expand(ctx.shape)
+
+
 class _Head(nn.Module):
     """Global average pooling + linear classifier on spikes, averaged over T (Eq. 6)."""
 
@@ -116,7 +137,7 @@ class _Head(nn.Module):
             # Eq. 6 averages fc(GAP(s_t)) over T; fc is affine, so fc of the average over (T, H, W)
             # is the same, with one reduction and a T times smaller matmul: fewer kernels forward
             # and backward, what a GPU step at small batches is bound by (README, Performance).
-            return self.fc(x.mean(dim=(0, 3, 4)))  # [B, K]
+            return self.fc(_SpikeMean.apply(x))  # [B, K]
         z = self.lif(self.fc1(x.mean(dim=(3, 4))))  # [T, B, hidden]: the LIF needs every step
         return self.fc(z).mean(0)  # [B, K]
 

@@ -148,3 +148,32 @@ def test_activity_monitor_counts_against_the_layers_own_outputs():
         assert rates[k] == pytest.approx(spikes[k] / neurons[k], rel=1e-12)
     assert mon.mean_firing_rate() == pytest.approx(sum(spikes.values()) / sum(neurons.values()), rel=1e-12)
     assert mon.synops_per_image() == pytest.approx(sops[0] / 8, rel=1e-12) and sops[0] > 0
+
+
+def test_head_gradient_is_eq6_s_and_reaches_the_stage_without_a_dense_copy():
+    # the head's backward hands its stage the gradient of Eq. 6 as a broadcast view; where the
+    # stage output also feeds the next stage, autograd adds it into that gradient in place
+    from snn.models import _Head
+
+    torch.manual_seed(10)
+    head = _Head(16, 10)
+    s = (torch.rand(4, 3, 16, 5, 5) > 0.6).float().requires_grad_()
+    s_ref = s.detach().clone().requires_grad_()
+    w = torch.randn(3, 10)
+    (head(s) * w).sum().backward()
+    (torch.stack([head.fc(s_ref[t].mean(dim=(2, 3))) for t in range(4)]).mean(0) * w).sum().backward()
+    torch.testing.assert_close(s.grad, s_ref.grad)
+
+    seen = {}
+    x = torch.randn(4, 3, 16, 5, 5).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    x.register_hook(lambda g: seen.setdefault("x", g))
+    y = x * 2  # a stage output that both a head and the next stage read
+    y.register_hook(lambda g: seen.setdefault("y", g))
+    head(y).sum().backward(retain_graph=True)
+    assert seen["y"].stride()[3:] == (0, 0)  # from the head alone: a view, nothing written
+    seen.clear()
+    x.grad = None
+    z = torch.full_like(y, 3.0)  # channels-last, as a conv's input gradient is in training
+    (head(y).sum() + (y * z).sum()).backward()
+    torch.testing.assert_close(seen["y"], torch.full_like(y, 3) + head.fc.weight.sum(0)[None, None, :, None, None] / 100)
+    assert seen["y"].is_contiguous(memory_format=torch.channels_last_3d)  # the next stage's layout kept

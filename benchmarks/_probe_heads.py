@@ -1,0 +1,113 @@
+"""GPU probe for this branch: the shortcut heads' cost with the mean's gradient as a broadcast view (new) or
+autograd's dense one (cur), replayed as CUDA graphs (GPU time only; one process per candidate) and eager.
+Run: `python -m benchmarks._probe_heads graphs` and `python -m benchmarks._probe_heads eager` on a CUDA machine."""
+from __future__ import annotations
+
+import os, subprocess, sys, statistics
+import torch
+import torch.nn.functional as F
+from snn import models
+
+sync = torch.cuda.synchronize
+
+
+def gap(variant, x):
+    if variant == "cur":
+        return x.mean(dim=(0, 3, 4))
+    if variant == "new":
+        return models._SpikeMean.apply(x)
+    if variant == "pool":
+        t, b, c = x.shape[:3]
+        return F.adaptive_avg_pool2d(x.flatten(0, 1), 1).view(t, b, c).mean(0)
+    if variant == "hw":
+        return x.mean(dim=(3, 4)).mean(0)
+    raise ValueError(variant)
+
+
+def patch(variant):
+    def forward(self, x):
+        return self.fc(gap(variant, x))
+    models._Head.forward = forward
+
+
+def build(b, batch):
+    from snn import losses
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device="cuda")
+    net = models.build("resnet18", 10, 2, surrogate="atan", branches=b).cuda().to(memory_format=torch.channels_last)
+    return x, y, net, losses
+
+
+def graph_one(variant, b, batch):
+    patch(variant)
+    x, y, net, losses = build(b, batch)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, capturable=True)
+    def body():
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            out = net(x)
+            loss = losses.shortcut_loss(out, y, 0.25) if b == "all" else F.cross_entropy(out.main, y)
+        loss.backward()
+        opt.step()
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True); body()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(g):
+        body()
+    for _ in range(5):
+        g.replay()
+    sync()
+    ts = []
+    for _ in range(5):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        for _ in range(40):
+            g.replay()
+        e1.record(); sync()
+        ts.append(e0.elapsed_time(e1) / 40)
+    print(f"{statistics.median(ts):.4f}")
+
+
+def eager():
+    from benchmarks.__main__ import _interleaved
+    fns = {}
+    for variant in ("cur", "pool", "hw"):
+        for b in ("all", "none"):
+            x, y, net, losses = build(b, 64)
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+            def call(variant=variant, b=b, x=x, y=y, net=net, opt=opt):
+                patch(variant)
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = net(x)
+                    loss = losses.shortcut_loss(out, y, 0.25) if b == "all" else F.cross_entropy(out.main, y)
+                loss.backward()
+                opt.step()
+                sync()
+            fns[f"{variant}-{b}"] = call
+    med = _interleaved(fns, rounds=40)
+    for v in ("cur", "pool", "hw"):
+        print(f"eager fused-adamw b64 {v}: all {med[v+'-all']*1e3:.2f} none {med[v+'-none']*1e3:.2f} overhead {med[v+'-all']/med[v+'-none']-1:+.3f}")
+
+
+if __name__ == "__main__":
+    what = sys.argv[1]
+    if what == "graphs":
+        for variant, batch in (("cur", 64), ("new", 64), ("cur", 256), ("new", 256)):
+            res = {}
+            for b in ("all", "none"):
+                r = subprocess.run([sys.executable, "-m", "benchmarks._probe4", "graph_one", variant, b, str(batch)],
+                                   capture_output=True, text=True, timeout=120)
+                try:
+                    res[b] = float(r.stdout.strip().splitlines()[-1])
+                except Exception:
+                    print(variant, b, r.stdout[-300:], r.stderr[-600:]); res[b] = float("nan")
+            print(f"graph b{batch} {variant}: all {res['all']:.3f} none {res['none']:.3f} overhead {res['all']/res['none']-1:+.3f}", flush=True)
+    elif what == "graph_one":
+        graph_one(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        globals()[what]()

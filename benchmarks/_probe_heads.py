@@ -100,7 +100,7 @@ if __name__ == "__main__":
         for variant, batch in (("cur", 64), ("new", 64), ("cur", 256), ("new", 256)):
             res = {}
             for b in ("all", "none"):
-                r = subprocess.run([sys.executable, "-m", "benchmarks._probe4", "graph_one", variant, b, str(batch)],
+                r = subprocess.run([sys.executable, "-m", "benchmarks._probe_heads", "graph_one", variant, b, str(batch)],
                                    capture_output=True, text=True, timeout=120)
                 try:
                     res[b] = float(r.stdout.strip().splitlines()[-1])

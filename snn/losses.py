@@ -24,13 +24,14 @@ MODES: tuple[str, ...] = registry.LOSS_MODES
 """Valid loss modes."""
 
 
-def shortcut_loss(output: ModelOutput, target: Tensor, lam: float, mode: str = "logit_sum") -> Tensor:
+def shortcut_loss(output: ModelOutput, target: Tensor, lam: float | Tensor, mode: str = "logit_sum") -> Tensor:
     """Cross-entropy loss of Eq. 10 over the main and shortcut logits.
 
     Args:
         output: The model's :class:`~snn.models.ModelOutput` (``main`` [B, K], ``branches``).
         target: Class labels [B].
-        lam: The balance coefficient λ(i) (see :func:`snn.schedules.balance`).
+        lam: The balance coefficient λ(i) (see :func:`snn.schedules.balance`), or a scalar
+            tensor holding it (what a captured CUDA graph reads at every replay).
         mode: ``"logit_sum"`` (Eq. 10 as printed) or ``"deep_supervision"``.
 
     Returns:
@@ -45,6 +46,8 @@ def shortcut_loss(output: ModelOutput, target: Tensor, lam: float, mode: str = "
         # b_n + λ·Σ b_l: the branches summed first, then one scaled add (λ as alpha), so
         # n ops forward for n branches instead of 2n: fewer kernels on a GPU
         branch_sum = functools.reduce(torch.add, output.branches)
+        if isinstance(lam, Tensor):
+            return F.cross_entropy(output.main + branch_sum * lam, target)
         return F.cross_entropy(torch.add(output.main, branch_sum, alpha=lam), target)
     if mode == "deep_supervision":
         loss = F.cross_entropy(output.main, target)

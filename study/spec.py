@@ -72,6 +72,8 @@ class TrainSpec(_Strict):
     workers: int | str = Field("auto", description="DataLoader workers per trial; auto: the trial's "
                                           "CPUs but one on a GPU, none on a CPU")
     amp: bool = True
+    cuda_graphs: bool = Field(False, description="replay each full batch's forward and backward as a captured "
+                                                 "CUDA graph (GPU trials only)")
     max_batches: int | None = Field(None, ge=1, description="cap on training batches per epoch")
 
     @field_validator("loss_mode")
@@ -210,7 +212,7 @@ class StudySpec(_Strict):
             "arch_kwargs": dict(self.arch_kwargs), "timesteps": self.timesteps, "epochs": t.epochs,
             "batch_size": t.batch_size, "lr": lr, "weight_decay": t.weight_decay, "loss_mode": t.loss_mode,
             "tau": t.tau, "v_threshold": t.v_threshold, "workers": t.workers, "amp": t.amp,
-            "max_batches": t.max_batches, "seed": self.seed,
+            "cuda_graphs": t.cuda_graphs, "max_batches": t.max_batches, "seed": self.seed,
         }
 
 

@@ -219,3 +219,52 @@ def test_a_non_finite_loss_names_its_iteration_whether_read_at_once_or_at_the_ep
         t.train_epoch()
     assert (e.value.epoch, e.value.step) == (2, 8)
     assert t.step == (8 if each_step else 12)  # read at the epoch end, the rest of the epoch has run
+
+
+def test_cuda_graphs_need_a_cuda_device():
+    with pytest.raises(ValueError, match="cuda_graphs: needs a CUDA device, got cpu"):
+        Trainer(cfg(device="cpu", cuda_graphs=True))
+
+
+def test_the_loss_takes_lambda_as_a_device_scalar_as_a_captured_graph_reads_it():
+    from snn import losses, models
+
+    torch.manual_seed(3)
+    out = models.ModelOutput(torch.randn(8, 10), [torch.randn(8, 10), torch.randn(8, 10)], (1, 2))
+    y = torch.randint(0, 10, (8,))
+    for mode in losses.MODES:
+        torch.testing.assert_close(losses.shortcut_loss(out, y, torch.tensor(0.3), mode),
+                                   losses.shortcut_loss(out, y, 0.3, mode))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_steps_make_the_eager_steps_updates():
+    # 2 eager warm-up steps, the capture, then replays: float32, and deep supervision, whose
+    # λ·CE rounds alike with λ a float or a device scalar, so both runs do the same arithmetic
+    runs = {}
+    for graphs in (False, True):
+        t = Trainer(cfg(epochs=1, max_batches=6, arch_kwargs={}, device="cuda", amp=False, loss_mode="deep_supervision",
+                        cuda_graphs=graphs))
+        cudnn = torch.backends.cudnn
+        cudnn.benchmark, cudnn.deterministic = False, True  # the same convolution algorithms in both runs
+        try:
+            runs[graphs] = (t, t.train_epoch())
+        finally:
+            cudnn.benchmark, cudnn.deterministic = True, False
+    (eager, m0), (graphed, m1) = runs[False], runs[True]
+    assert graphed._graph.graph is not None and graphed._graph.eager_steps == 2
+    for (k, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=k)
+    assert m1[TRAIN_LOSS] == pytest.approx(m0[TRAIN_LOSS], rel=1e-4) and m1["train_acc"] == m0["train_acc"]
+    assert m1["grad_norm_first"] == pytest.approx(m0["grad_norm_first"], rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_training_learns_across_a_partial_batch_and_epochs():
+    # 1437 training digits at batch 64: 22 full batches and a partial one, which runs eagerly
+    # and leaves its gradients where the graph's optimizer reads them; the replays go on after it
+    t = Trainer(cfg(epochs=2, max_batches=None, arch_kwargs={}, device="cuda", cuda_graphs=True))
+    metrics = [t.run_epoch() for _ in range(2)]
+    assert t._graph.graph is not None and t.step == 46
+    assert metrics[-1][TEST_ACC] > 0.5 and metrics[-1][TRAIN_LOSS] < metrics[0][TRAIN_LOSS]

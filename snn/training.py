@@ -15,6 +15,7 @@ RNG states).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -301,19 +302,11 @@ class Trainer:
             if self._graph is not None and self._graph.takes(x, y):
                 loss, hits, names, norms = self._graph.replay(x, y, lam)
                 self.optimizer.step()
+            elif self._graph is not None:
+                with self._graph.eager(y):
+                    loss, hits, names, norms = self._eager_step(x, y, lam)
             else:
-                loss, out = self._forward_loss(x, y, lam)
-                if self._check_each_step and not torch.isfinite(loss):
-                    raise self._diverged(loss.item(), self.step)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-                names, norms = diagnostics.grad_norm_vector(self.model)
-                hits = (out.main.argmax(1) == y).sum()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self._graph is not None:
-                    self._graph.after_eager_step(y)
+                loss, hits, names, norms = self._eager_step(x, y, lam)
             step_norms.setdefault(names, []).append(norms)
             self.lr_schedule.step()
             self.step += 1
@@ -345,6 +338,20 @@ class Trainer:
         metrics.update({grad_norm_metric(s): float(np.mean(v)) for s, v in by_stage.items()})
         metrics["_images"] = seen
         return metrics
+
+    def _eager_step(self, x: Tensor, y: Tensor, lam: float) -> tuple[Tensor, Tensor, tuple[str, ...], Tensor]:
+        """One iteration of Algorithm 1 (lines 3-8); returns (loss, correct, layer names, their gradient norms)."""
+        loss, out = self._forward_loss(x, y, lam)
+        if self._check_each_step and not torch.isfinite(loss):
+            raise self._diverged(loss.item(), self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        names, norms = diagnostics.grad_norm_vector(self.model)
+        hits = (out.main.argmax(1) == y).sum()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, hits, names, norms
 
     def _forward_loss(self, x: Tensor, y: Tensor, lam: float | Tensor, *,
                       cache: bool = True) -> tuple[Tensor, models.ModelOutput]:
@@ -452,6 +459,7 @@ class _CapturedStep:
         self.trainer = trainer
         self.params = [p for p in trainer.model.parameters() if p.requires_grad]
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.stream = torch.cuda.Stream(trainer.device)  # warm-up and capture
         self.eager_steps = 0
 
     def takes(self, x: Tensor, y: Tensor) -> bool:
@@ -481,7 +489,7 @@ class _CapturedStep:
         graph = torch.cuda.CUDAGraph()
         # records the kernels, the replay after it runs them; thread_local: the DataLoader's
         # pin-memory thread may call CUDA meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             loss, out = t._forward_loss(self.x, self.y, self.lam, cache=False)
             loss.backward()
             self.names, self.norms = diagnostics.grad_norm_vector(t.model)
@@ -490,11 +498,18 @@ class _CapturedStep:
         self.graph = graph
         self.grads = [p.grad for p in self.params]
 
-    def after_eager_step(self, y: Tensor) -> None:
-        """After an eager step: count the warm-up, or move its gradients into the graph's."""
+    @contextlib.contextmanager
+    def eager(self, y: Tensor):
+        """Around an eager step: a warm-up step runs on the capture's side stream (as torch's
+        CUDA-graph recipe asks), a later one leaves its gradients where the graph's are."""
         if self.graph is None:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                yield
+            torch.cuda.current_stream().wait_stream(self.stream)
             self.eager_steps += y.shape[0] == self.trainer.cfg.batch_size
             return
+        yield
         for p, g in zip(self.params, self.grads):
             if g is not None and p.grad is not None:
                 g.copy_(p.grad)

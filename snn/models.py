@@ -105,17 +105,21 @@ class _SpikeMean(torch.autograd.Function):
     then adds to the gradient from the next stage. Returned as a view instead, it is added
     in place into that gradient (in the gradient's memory format), and nothing of the
     stage's size is written for the head.
+
+    The mean is taken and returned in float32 whatever the spikes' dtype (a spike rate k/(T H W)
+    is not rounded to bfloat16), and its gradient is rounded to the spikes' dtype before it is
+    broadcast, so that the broadcast stays a view.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.shape = x.shape
-        return x.mean(dim=(0, 3, 4))  # [B, C]
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return x.mean(dim=(0, 3, 4), dtype=torch.float32)  # [B, C]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         t, _, _, h, w = ctx.shape
-        return (grad / (t * h * w))[None, :, :, None, None].expand(ctx.shape)
+        return (grad / (t * h * w)).to(ctx.dtype)[None, :, :, None, None].expand(ctx.shape)
 
 
 class _Head(nn.Module):
@@ -137,7 +141,11 @@ class _Head(nn.Module):
             # Eq. 6 averages fc(GAP(s_t)) over T; fc is affine, so fc of the average over (T, H, W)
             # is the same, with one reduction and a T times smaller matmul: fewer kernels forward
             # and backward, what a GPU step at small batches is bound by (README, Performance).
-            return self.fc(_SpikeMean.apply(x))  # [B, K]
+            # For the same reason it runs in float32 outside autocast: a [B, C] x [C, K] product
+            # gains nothing from bfloat16, and autocast's casts of the weight, the bias and their
+            # gradients would be 4 more kernels per head and step.
+            with torch.autocast(x.device.type, enabled=False):
+                return self.fc(_SpikeMean.apply(x))  # [B, K]
         z = self.lif(self.fc1(x.mean(dim=(3, 4))))  # [T, B, hidden]: the LIF needs every step
         return self.fc(z).mean(0)  # [B, K]
 

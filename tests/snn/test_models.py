@@ -177,3 +177,24 @@ def test_head_gradient_is_eq6_s_and_reaches_the_stage_without_a_dense_copy():
     (head(y).sum() + (y * z).sum()).backward()
     torch.testing.assert_close(seen["y"], torch.full_like(y, 3) + head.fc.weight.sum(0)[None, None, :, None, None] / 100)
     assert seen["y"].is_contiguous(memory_format=torch.channels_last_3d)  # the next stage's layout kept
+
+
+def test_head_under_autocast_keeps_the_rate_in_float32_and_hands_back_a_bfloat16_view():
+    # Eq. 6 on bfloat16 spikes under autocast: the spike rate and the logits in float32 (as an
+    # exact float32 head computes them), the stage's gradient in the spikes' dtype, still a view
+    from snn.models import _Head
+
+    torch.manual_seed(11)
+    head = _Head(16, 10)
+    s32 = (torch.rand(2, 3, 16, 7, 7) > 0.6).float()
+    s = s32.to(torch.bfloat16).requires_grad_()
+    seen = {}
+    s.register_hook(lambda g: seen.setdefault("s", g))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(s)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, head.fc(s32.mean(dim=(0, 3, 4))))
+    out.sum().backward()
+    assert seen["s"].dtype == torch.bfloat16 and seen["s"].stride()[3:] == (0, 0)
+    torch.testing.assert_close(seen["s"][0, :, :, 0, 0].float(), head.fc.weight.sum(0).expand(3, 16) / 98,
+                               rtol=1e-2, atol=1e-4)

@@ -279,11 +279,47 @@ def _shortcut_row(arch: str, batch: int, quick: bool, device: str) -> dict:
 
     inf = _interleaved({"stripped": infer(stripped, False), "vanilla": infer(vanilla, True)},
                        rounds=10 if quick else (100 if cuda else 30))
-    return {"device": device, "arch": arch, "T": t, "batch": batch, "train step, all branches (s)": med["all"],
-            "train step, vanilla (s)": med["none"], "training overhead": med["all"] / med["none"] - 1,
-            "ops per step, all branches": ops["all"], "ops per step, vanilla": ops["none"],
-            "inference, stripped (s)": inf["stripped"], "inference, vanilla (s)": inf["vanilla"],
+    row = {"device": device, "arch": arch, "T": t, "batch": batch, "train step, all branches (s)": med["all"],
+           "train step, vanilla (s)": med["none"], "training overhead": med["all"] / med["none"] - 1,
+           "ops per step, all branches": ops["all"], "ops per step, vanilla": ops["none"]}
+    if cuda:
+        row.update(_graphed_overhead(arch, batch, quick))
+    return {**row, "inference, stripped (s)": inf["stripped"], "inference, vanilla (s)": inf["vanilla"],
             "stripped / vanilla (inference)": inf["stripped"] / inf["vanilla"]}
+
+
+def _graphed_overhead(arch: str, batch: int, quick: bool) -> dict:
+    """A step of ``snn.training.Trainer`` with ``cuda_graphs: true``, all branches against none.
+
+    Replayed as a CUDA graph, a step no longer waits on the host launching its kernels, so
+    what the heads add here is GPU time. Each Trainer trains on the same fixed batches (T = 2,
+    32x32 single-channel inputs, its loader replaced), its first epoch spent on cuDNN's and
+    Triton's warm-up and the capture.
+    """
+    from snn.training import TrainConfig, Trainer
+
+    steps = 20
+    torch.manual_seed(0)
+    data = [(torch.randn(batch, 1, 32, 32).pin_memory(), torch.randint(0, 10, (batch,)).pin_memory())
+            for _ in range(steps)]
+    trainers = {}
+    for b in ("all", "none"):
+        tr = Trainer(TrainConfig(dataset="digits", arch=arch, batch_size=batch, epochs=10_000, device="cuda",
+                                 branches=b, cuda_graphs=True, workers=0, seed=0))
+        tr.train_loader, tr.steps_per_epoch = data, steps
+        tr.train_epoch()
+        trainers[b] = tr
+
+    def epoch(tr):
+        def call():
+            tr.train_epoch()
+            torch.cuda.synchronize()
+        return call
+
+    med = _interleaved({b: epoch(tr) for b, tr in trainers.items()}, rounds=3 if quick else 10, warmup=0)
+    return {"Trainer step, cuda_graphs, all branches (s)": med["all"] / steps,
+            "Trainer step, cuda_graphs, vanilla (s)": med["none"] / steps,
+            "training overhead, cuda_graphs": med["all"] / med["none"] - 1}
 
 
 def _count_ops(fn: Callable[[], None]) -> int:
@@ -413,7 +449,10 @@ NOTES = {
     "shortcuts": "Training step with a shortcut head after every stage against none; inference of "
                  "`strip_shortcuts(model)` against a vanilla model. On CUDA both run as training does there "
                  "(channels-last, autocast). Ops per step: the aten operators one training step dispatches "
-                 "(a count, the same on every run), which is what a step bound by launching kernels follows.",
+                 "(a count, the same on every run), which is what a step bound by launching kernels follows. "
+                 "On CUDA, `cuda_graphs` columns: a step of `snn.training.Trainer` with `cuda_graphs: true` "
+                 "(its loader replaced by 20 fixed batches of 32x32 single-channel inputs), where the "
+                 "replayed graph leaves the GPU's own time, not the host's launches, to compare.",
     "study": "Study wall: `run_study` with Ray already up (MLflow runs, Optuna, Tune, trials, callbacks). "
              "MLflow store `new`: the study also creates the SQLite store, as the first study against it "
              "does; `existing`: a previous study left it (with the paper's baselines). "

@@ -181,6 +181,9 @@ class StudySpec(_Strict):
         if bad:
             raise _FieldError("search.fixed", f"unknown key(s) {bad}; allowed: {', '.join(sorted(_FIXABLE))}")
         _check_fixed(fixed, stages)
+        if self.train.cuda_graphs and not self.resources.gpu:
+            # checked here, not in each trial: a CPU trial's Trainer would refuse the setting
+            raise _FieldError("train.cuda_graphs", "true needs GPU trials; set resources.gpu > 0 or cuda_graphs: false")
         return self
 
     # -- derived values ---------------------------------------------------------------------

@@ -35,6 +35,7 @@ def spec(**kw):
     (spec(search={"preset": "fast"}), "search.preset: unknown value 'fast'; choose one of paper, ablation, full, quick"),
     (spec(search={"dims": ["epochs"]}), "search.dims: unknown value 'epochs'; choose one of timesteps, lr, weight_decay, loss_mode"),
     (spec(resources={"gpu": -1}), "resources.gpu: Input should be greater than or equal to 0"),
+    (spec(train={"cuda_graphs": True}), "train.cuda_graphs: true needs GPU trials; set resources.gpu > 0"),
     (spec(arch="resnet18", arch_kwargs={"width": 8}), "arch_kwargs: unknown option(s) ['width'] for resnet18"),
     ({"dataset": "digits"}, "name: Field required"),
     (spec(name="a b"), "name: String should match pattern"),

@@ -86,21 +86,31 @@ def graph_one(variant, b, batch):
     print(f"{statistics.median(ts):.4f}")
 
 
+def eager_step(b, batch):
+    """One eager training step (bfloat16 autocast, fused AdamW) of a fresh network with branches ``b``."""
+    x, y, net, losses = build(b, batch)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = net(x)
+            loss = losses.shortcut_loss(out, y, 0.25) if b == "all" else F.cross_entropy(out.main, y)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def eager():
     from benchmarks.__main__ import _interleaved
     fns = {}
     for variant in ("main", "cur", "pool", "hw"):
         for b in ("all", "none"):
-            x, y, net, losses = build(b, 64)
-            opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
-            def call(variant=variant, b=b, x=x, y=y, net=net, opt=opt):
+            step = eager_step(b, 64)
+
+            def call(variant=variant, step=step):
                 patch(variant)
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    out = net(x)
-                    loss = losses.shortcut_loss(out, y, 0.25) if b == "all" else F.cross_entropy(out.main, y)
-                loss.backward()
-                opt.step()
+                step()
                 sync()
             fns[f"{variant}-{b}"] = call
     med = _interleaved(fns, rounds=40)
@@ -115,16 +125,7 @@ def profile(batch: int = 64, steps: int = 20) -> None:
     patch("main")
     per = {}
     for b in ("all", "none"):
-        x, y, net, losses = build(b, batch)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = net(x)
-                loss = losses.shortcut_loss(out, y, 0.25) if b == "all" else F.cross_entropy(out.main, y)
-            loss.backward()
-            opt.step()
+        step = eager_step(b, batch)
         for _ in range(5):
             step()
         sync()

@@ -106,15 +106,15 @@ class _SpikeMean(torch.autograd.Function):
     in place into that gradient (in the gradient's memory format), and nothing of the
     stage's size is written for the head.
 
-    The mean is taken and returned in float32 whatever the spikes' dtype (a spike rate k/(T H W)
-    is not rounded to bfloat16), and its gradient is rounded to the spikes' dtype before it is
-    broadcast, so that the broadcast stays a view.
+    The mean is taken and returned in at least float32 (a spike rate k/(T H W) is not rounded
+    to bfloat16), and its gradient is rounded to the spikes' dtype before it is broadcast, so
+    that the broadcast stays a view.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.shape, ctx.dtype = x.shape, x.dtype
-        return x.mean(dim=(0, 3, 4), dtype=torch.float32)  # [B, C]
+        return x.mean(dim=(0, 3, 4), dtype=torch.promote_types(x.dtype, torch.float32))  # [B, C]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
@@ -144,8 +144,8 @@ class _Head(nn.Module):
             # For the same reason it runs in float32 outside autocast: a [B, C] x [C, K] product
             # gains nothing from bfloat16, and autocast's casts of the weight, the bias and their
             # gradients would be 4 more kernels per head and step.
-            with torch.autocast(x.device.type, enabled=False):
-                return self.fc(_SpikeMean.apply(x))  # [B, K]
+            with torch.autocast(x.device.type, enabled=False):  # in the classifier's own dtype
+                return self.fc(_SpikeMean.apply(x).to(self.fc.weight.dtype))  # [B, K]
         z = self.lif(self.fc1(x.mean(dim=(3, 4))))  # [T, B, hidden]: the LIF needs every step
         return self.fc(z).mean(0)  # [B, K]
 

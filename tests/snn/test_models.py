@@ -198,3 +198,19 @@ def test_head_under_autocast_keeps_the_rate_in_float32_and_hands_back_a_bfloat16
     assert seen["s"].dtype == torch.bfloat16 and seen["s"].stride()[3:] == (0, 0)
     torch.testing.assert_close(seen["s"][0, :, :, 0, 0].float(), head.fc.weight.sum(0).expand(3, 16) / 98,
                                rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_head_runs_in_a_model_converted_to_another_dtype(dtype):
+    # outside autocast the head computes in its classifier's dtype (a whole model in float64 for a
+    # gradient check, or cast to bfloat16), as nn.Linear on the spike rate would
+    from snn.models import _Head
+
+    torch.manual_seed(12)
+    head = _Head(16, 10).to(dtype)
+    s = (torch.rand(2, 3, 16, 5, 5) > 0.5).to(dtype).requires_grad_()
+    out = head(s)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, head.fc(s.detach().mean(dim=(0, 3, 4))))
+    out.sum().backward()
+    assert s.grad.dtype == dtype

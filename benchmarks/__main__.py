@@ -292,23 +292,36 @@ def _graphed_overhead(arch: str, batch: int, quick: bool) -> dict:
     """A step of ``snn.training.Trainer`` with ``cuda_graphs: true``, all branches against none.
 
     Replayed as a CUDA graph, a step no longer waits on the host launching its kernels, so
-    what the heads add here is GPU time. Each Trainer trains on the same fixed batches (T = 2,
-    32x32 single-channel inputs, its loader replaced), its first epoch spent on cuDNN's and
-    Triton's warm-up and the capture.
+    what the heads add here is GPU time.
+    """
+    steps = 20
+    med = trainer_steps({"all": {"branches": "all", "cuda_graphs": True},
+                         "none": {"branches": "none", "cuda_graphs": True}}, arch, batch, steps,
+                        rounds=3 if quick else 10)
+    return {"Trainer step, cuda_graphs, all branches (s)": med["all"],
+            "Trainer step, cuda_graphs, vanilla (s)": med["none"],
+            "training overhead, cuda_graphs": med["all"] / med["none"] - 1}
+
+
+def trainer_steps(candidates: dict[str, dict], arch: str, batch: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median seconds per training step of ``snn.training.Trainer`` on CUDA, one Trainer per candidate
+    (``TrainConfig`` fields beyond the shared ones), interleaved epoch by epoch.
+
+    Each Trainer trains on the same ``steps`` fixed batches (T = 2, 32x32 single-channel inputs, its
+    loader replaced); its first epoch goes to cuDNN's and Triton's warm-up and any capture.
     """
     from snn.training import TrainConfig, Trainer
 
-    steps = 20
     torch.manual_seed(0)
     data = [(torch.randn(batch, 1, 32, 32).pin_memory(), torch.randint(0, 10, (batch,)).pin_memory())
             for _ in range(steps)]
     trainers = {}
-    for b in ("all", "none"):
+    for name, options in candidates.items():
         tr = Trainer(TrainConfig(dataset="digits", arch=arch, batch_size=batch, epochs=10_000, device="cuda",
-                                 branches=b, cuda_graphs=True, workers=0, seed=0))
+                                 workers=0, seed=0, **options))
         tr.train_loader, tr.steps_per_epoch = data, steps
         tr.train_epoch()
-        trainers[b] = tr
+        trainers[name] = tr
 
     def epoch(tr):
         def call():
@@ -316,10 +329,8 @@ def _graphed_overhead(arch: str, batch: int, quick: bool) -> dict:
             torch.cuda.synchronize()
         return call
 
-    med = _interleaved({b: epoch(tr) for b, tr in trainers.items()}, rounds=3 if quick else 10, warmup=0)
-    return {"Trainer step, cuda_graphs, all branches (s)": med["all"] / steps,
-            "Trainer step, cuda_graphs, vanilla (s)": med["none"] / steps,
-            "training overhead, cuda_graphs": med["all"] / med["none"] - 1}
+    med = _interleaved({name: epoch(tr) for name, tr in trainers.items()}, rounds=rounds, warmup=0)
+    return {name: t / steps for name, t in med.items()}
 
 
 def _count_ops(fn: Callable[[], None]) -> int:

@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 _COLUMNS = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
 
 
-def _plt():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    """A matplotlib Figure outside pyplot: no global figure list to close, no GUI backend to
+    pick, and about 0.2 s less to import, which the first trial of every trial process pays
+    (it draws its gradient histogram; measured 0.42 s against 0.60 s with pyplot)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins: int = 50) -> Path:
@@ -43,17 +43,15 @@ def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins:
     from snn.diagnostics import grad_histogram
 
     counts, edges = grad_histogram(grad, bins=bins)
-    plt = _plt()
     # One filled step patch and fixed margins: drawn at the end of every trial, so it is kept
     # cheap (a bar per bin plus tight_layout took 4x as long).
-    fig = plt.figure(figsize=(5, 3.2))
+    fig = _figure((5, 3.2))
     ax = fig.add_axes((0.14, 0.16, 0.82, 0.74))
     ax.stairs(counts, edges, fill=True, color="#4477aa")
     ax.set_xlabel("gradient of first-layer weights")
     ax.set_ylabel("count")
     ax.set_title(title or "first-layer gradients", fontsize=9)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -97,11 +95,13 @@ def _fmt(v: Any) -> str:
 
 
 def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    plt = _plt()
+    from matplotlib import colormaps
+
     files = []
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = _figure((5.5, 3.6))
+    ax = fig.add_subplot()
     shapes = sorted({r["schedule"] for r in rows})
-    cmap = plt.get_cmap("tab10")
+    cmap = colormaps["tab10"]
     for i, s in enumerate(shapes):
         pts = [(float(r["lambda0"]), r["final"]) for r in rows if r["schedule"] == s and r["final"] is not None
                and r["lambda0"] not in ("", None)]
@@ -115,9 +115,9 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     fig.tight_layout()
     files.append(out / "acc_vs_lambda0.png")
     fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = _figure((5.5, 3.6))
+    ax = fig.add_subplot()
     for r in rows:
         if r["curve"]:
             ax.plot(*zip(*r["curve"]), marker="o", ms=3, lw=1, label=r["trial_id"])
@@ -129,7 +129,6 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     fig.tight_layout()
     files.append(out / "acc_curves.png")
     fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
     return files
 
 

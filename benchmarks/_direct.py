@@ -5,7 +5,9 @@ ideal is their sum divided by the concurrency), and ``concurrency`` spawned proc
 once (one thread each, as a trial gets one CPU), each warmed up first, taking the trials
 one at a time, as Tune's reused actors do. What the study costs beyond the second's wall
 time is orchestration; what that wall time costs beyond the ideal is the machine, whose
-cores slow each other down when they all train.
+cores slow each other down when they all train. The second also times how long its
+processes take to start (spawn, import torch and the project, train one batch): what any
+study whose trials run in fresh processes pays before its first epoch.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ def one_after_another(configs: list[dict[str, Any]]) -> list[float]:
     return [_fit(config) for config in configs]
 
 
-def wall(configs: list[dict[str, Any]], concurrency: int) -> float:
-    """Seconds from the moment every process is warmed up until the last trial has ended."""
+def wall(configs: list[dict[str, Any]], concurrency: int) -> tuple[float, float]:
+    """Seconds from spawning ``concurrency`` processes until every one is warmed up, and
+    seconds from then until the last trial has ended."""
     ctx = mp.get_context("spawn")
     ready = ctx.Queue()
+    t0 = time.perf_counter()
     with ctx.Pool(concurrency, initializer=_warm_up_then_signal, initargs=(ready, configs[0])) as pool:
         for _ in range(concurrency):
             ready.get()
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         pool.map(_fit, configs, chunksize=1)
-        return time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t1

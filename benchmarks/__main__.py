@@ -474,9 +474,10 @@ NOTES = {
              "`study / direct N at once` is what the orchestration costs and `direct N at once / ideal` "
              "what the machine costs when all its cores train at once (shared caches and memory bandwidth). "
              "Fresh processes: the wall time for those N processes to start (spawn, import torch and the "
-             "project, train one batch, which imports torch's compiler stack through the optimizer) before "
-             "their clock starts; `(ideal + fresh processes) / ideal` is the least that a study whose trials "
-             "run in fresh processes, as Tune's actors are, can reach with no orchestration cost at all.",
+             "project, train one batch, which imports torch's compiler stack through the optimizer, and "
+             "evaluate once) before their clock starts; `(ideal + fresh processes) / ideal` is about the least "
+             "that a study whose trials run in fresh processes, as Tune's actors are, can reach with no "
+             "orchestration cost at all.",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,78 @@ def test_publishing_on_a_filesystem_without_hard_links_moves_the_store(tmp_path,
     c = client(f"sqlite:///{final}")
     rows = c.search_runs([c.get_experiment_by_name("s").experiment_id], "tags.kind = 'baseline'", max_results=500)
     assert len(rows) == n > 0
+
+
+def test_trial_actors_get_no_runtime_env_of_their_own(monkeypatch):
+    # Tune's actor class for a trainable carries Tune's default runtime_env; a non-empty one
+    # keeps the trial off the worker processes Ray started ahead (see the next test).
+    from ray.tune.execution import class_cache
+
+    from study.spec import parse_spec
+
+    for name in class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(class_cache, "DEFAULT_ENV_VARS", {"PL_DISABLE_FORK": "1"})
+    tuner._trainable(parse_spec({"name": "s", "dataset": "digits"}, "spec.yaml"))
+    actor_cls = class_cache._ActorClassCache().get(type("Probe", (), {}))
+    assert not (actor_cls._default_options.get("runtime_env") or {}).get("env_vars")
+
+
+_ACTOR_ON_A_STARTED_WORKER = """
+import logging, os, sys, time
+
+import ray
+from ray.tune.execution import class_cache
+
+from study import tuner
+
+def idle_workers():  # Ray names a worker process that waits for work "ray::IDLE"
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::IDLE"):
+                    found.add(int(pid))
+        except OSError:
+            pass
+    return found
+
+tuner._trial_actors_without_runtime_env()  # without it: "in a new process"
+ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
+         logging_level=logging.ERROR)
+end = time.time() + 60
+while not idle_workers() and time.time() < end:
+    time.sleep(0.2)
+time.sleep(1)
+started = idle_workers()
+
+class Probe:
+    def pid(self):
+        return os.getpid()
+
+actor = class_cache._ActorClassCache().get(Probe).options(num_cpus=1).remote()  # as a trial asks
+print("on a started worker" if ray.get(actor.pid.remote()) in started else "in a new process")
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_actor_starts_on_a_worker_ray_already_started(tmp_path):
+    # What the previous test is for. A local Ray (one started without a job runtime_env, as
+    # `snn-study run` starts it) starts an idle worker process per CPU at once, and hands an
+    # actor one of them only when their runtime_envs match; Tune's actor class, as a study
+    # leaves it, must get one. (The test's own Ray has a job runtime_env: a new Ray, here.)
+    import os
+    import subprocess
+    import sys
+
+    from ray.tune.execution import class_cache
+
+    env = {k: v for k, v in os.environ.items() if k not in class_cache.ENV_VARS_TO_PROPAGATE and k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(tuner.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    script = tmp_path / "probe.py"
+    script.write_text(_ACTOR_ON_A_STARTED_WORKER)
+    out = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "on a started worker"

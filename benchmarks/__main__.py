@@ -476,8 +476,9 @@ NOTES = {
              "Fresh processes: the wall time for those N processes to start (spawn, import torch and the "
              "project, train one batch, which imports torch's compiler stack through the optimizer, and "
              "evaluate once) before their clock starts; `(ideal + fresh processes) / ideal` is about the least "
-             "that a study whose trials run in fresh processes, as Tune's actors are, can reach with no "
-             "orchestration cost at all.",
+             "that a study whose trials import torch and the project in its time, as Tune's actors do, can "
+             "reach with no orchestration cost at all (with Ray up, as here, the trials start on workers Ray "
+             "has already spawned, so this slightly overstates that least).",
 }
 
 

@@ -108,8 +108,10 @@ def _trial_actors_without_runtime_env() -> None:
     ``ray/tune/execution/class_cache.py``; the variable is for PyTorch Lightning, which the
     trials do not use), so each trial slot started a new process while the ones ready stayed
     idle. Without it, an 8 x 2 digits study on 2 cores took 1.3 s less on average over six
-    interleaved pairs, in 9-12 s (README, Performance). Tune still adds the variables it propagates (AWS credentials, Ray Train's
-    settings) when the driver has them set; its trials then start as before.
+    interleaved pairs, in 9-12 s (README, Performance). Tune still adds the variables it
+    propagates (AWS credentials, Ray Train's settings) when the driver has them set; its
+    trials then start as before, and so do those of a Ray joined with an address, which
+    ``_init_ray`` starts with a job ``runtime_env``.
     """
     from ray.tune.execution import class_cache
 

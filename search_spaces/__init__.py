@@ -2,6 +2,7 @@
 placement and the surrogate gradient (Guo et al., NeurIPS 2024, Eq. 4 and 10)."""
 
 from search_spaces._spaces import (
+    FIXABLE,
     METHODS,
     SearchSpace,
     OPTIONAL,
@@ -18,6 +19,6 @@ from search_spaces._spaces import (
 )
 
 __all__ = [
-    "METHODS", "OPTIONAL", "SearchSpace", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
+    "FIXABLE", "METHODS", "OPTIONAL", "SearchSpace", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
     "build_space", "dims_of", "first_points", "method_setting", "paper_setting",
 ]

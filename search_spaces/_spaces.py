@@ -22,11 +22,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from snn import registry
+from snn.config import METHODS as _METHODS
+from snn.config import TrainConfig
 
 if TYPE_CHECKING:  # optuna is only needed by whoever calls the space; keep spec validation light
     import optuna
@@ -47,13 +47,14 @@ SEARCHED: tuple[str, ...] = ("lambda0", "schedule", "branches", "surrogate")
 OPTIONAL: tuple[str, ...] = ("timesteps", "lr", "weight_decay", "loss_mode")
 """Dimensions a spec may switch on in addition to a preset's."""
 
-METHODS: tuple[str, ...] = ("evolutionary", "shortcut", "vanilla")
-"""The settings of the paper's ablation (Table 1), the paper's own first."""
+FIXABLE: tuple[str, ...] = SEARCHED + ("surrogate_param",) + OPTIONAL
+"""The trial parameters a spec's ``search.fixed`` may set instead of searching them."""
+
+METHODS: tuple[str, ...] = tuple(_METHODS)
+"""The settings of the paper's ablation (Table 1, :data:`snn.config.METHODS`), the paper's own first."""
 
 PRESETS: tuple[str, ...] = ("paper", "ablation", "full", "quick")
 """Named search presets a spec refers to."""
-
-PAPER_SURROGATE = "triangle"
 
 # Choices of the quick preset: a small space a laptop explores in a few trials.
 _QUICK = {"schedule": ("constant", "linear", "cosine"), "surrogate": ("atan", "sigmoid", "triangle")}
@@ -72,21 +73,29 @@ def all_branches(stages: int) -> str:
     return ",".join(str(i) for i in range(1, stages)) or "none"
 
 
+def _spelled(branches: Any, stages: int) -> str:
+    """A branch placement in the search's spelling: ``"1,2"``, or ``"none"``."""
+    return ",".join(map(str, registry.resolve_branches(branches, stages))) or "none"
+
+
 def method_setting(method: str, stages: int) -> dict[str, Any]:
-    """The hyperparameters of one row of the paper's ablation (Table 1)."""
-    if method == "vanilla":
-        return {"lambda0": 0.0, "schedule": "constant", "branches": "none"}
-    if method == "shortcut":  # Eq. 6: every head added to the output with weight 1
-        return {"lambda0": 1.0, "schedule": "constant", "branches": all_branches(stages)}
-    if method == "evolutionary":  # Eq. 10 with λ = 0.25
-        return paper_setting(stages, dims=("lambda0", "schedule", "branches"))
-    raise ValueError(f"method: unknown name {method!r}; choose one of {', '.join(METHODS)}")
+    """The hyperparameters of one row of the paper's ablation (Table 1, :data:`snn.config.METHODS`)."""
+    if method not in _METHODS:
+        raise ValueError(f"method: unknown name {method!r}; choose one of {', '.join(METHODS)}")
+    setting = dict(_METHODS[method])
+    setting["branches"] = _spelled(setting["branches"], stages)
+    return setting
 
 
 def paper_setting(stages: int, dims: Sequence[str] = SEARCHED + ("surrogate_param",)) -> dict[str, Any]:
-    """The paper's published point (λ₀ = 0.25, linear, all stages, triangle surrogate), in ``dims``."""
-    point = {"lambda0": 0.25, "schedule": "linear", "branches": all_branches(stages),
-             "surrogate": PAPER_SURROGATE, "surrogate_param": registry.SURROGATE_DEFAULTS[PAPER_SURROGATE]}
+    """The paper's published point in ``dims``: :class:`snn.config.TrainConfig`'s defaults
+    (λ₀ = 0.25, linear, a head after every stage but the last, the triangle surrogate with
+    its default parameter)."""
+    d = TrainConfig.model_fields
+    surrogate = d["surrogate"].default
+    point = {"lambda0": d["lambda0"].default, "schedule": d["schedule"].default,
+             "branches": _spelled(d["branches"].default, stages), "surrogate": surrogate,
+             "surrogate_param": registry.SURROGATE_DEFAULTS[surrogate]}
     return {k: v for k, v in point.items() if k in dims}
 
 
@@ -166,7 +175,7 @@ class SearchSpace:
         if "surrogate" in dims:
             name = trial.suggest_categorical("surrogate", list(_QUICK["surrogate"] if quick else registry.SURROGATES))
         else:
-            name = fixed.get("surrogate", out.get("surrogate", PAPER_SURROGATE))
+            name = fixed.get("surrogate", out.get("surrogate", TrainConfig.model_fields["surrogate"].default))
         if "surrogate_param" in dims:
             lo, hi = SURROGATE_RANGES[name]
             trial.suggest_float("surrogate_param", lo, hi, log=True)

@@ -315,11 +315,10 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
     spec = registry.layout(arch, **tiny)
     blocks, widths = spec.blocks, spec.widths
     options = {**spec.options, **kw}
-    unknown = set(options) - {"stem", "stem_width", "head_hidden"}
+    unknown = set(kw) - set(registry.arch_options(arch))
     if unknown:
         raise ValueError(f"arch_kwargs: unknown option(s) {sorted(unknown)} for {arch!r}; allowed: tau, "
-                         f"v_threshold, detach_reset, stem, stem_width, head_hidden"
-                         + (", width, blocks" if arch == "resnet-tiny" else ""))
+                         f"v_threshold, {', '.join(registry.arch_options(arch))}")
     if num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     return SpikingResNet(blocks, widths, num_classes, timesteps, in_channels=in_channels, neuron=neuron,

@@ -16,7 +16,7 @@ from typing import Any
 from snn.schedules import SHAPES
 
 __all__ = ["ARCHS", "DATASETS", "LOSS_MODES", "SHAPES", "SURROGATES", "SURROGATE_DEFAULTS", "ArchLayout",
-           "check_workers", "layout", "num_stages", "resolve_branches"]
+           "arch_options", "check_workers", "layout", "num_stages", "resolve_branches"]
 
 SURROGATES: tuple[str, ...] = ("atan", "rectangle", "sigmoid", "tanh", "triangle")
 """Surrogate gradient names (Eq. 4); see :mod:`snn.surrogates`."""
@@ -59,6 +59,18 @@ ARCHS: tuple[str, ...] = tuple(_LAYOUTS)
 """Architecture names; see :mod:`snn.models`."""
 
 TINY_OPTIONS = ("width", "blocks")
+_OPTIONS = ("detach_reset", "stem", "stem_width", "head_hidden")
+
+
+def arch_options(arch: str) -> tuple[str, ...]:
+    """The ``arch_kwargs`` an architecture accepts (the neuron's tau and threshold are
+    trial parameters of their own).
+
+    Raises:
+        ValueError: Unknown architecture.
+    """
+    _check_arch(arch)
+    return _OPTIONS + (TINY_OPTIONS if arch == "resnet-tiny" else ())
 
 
 def _check_arch(arch: str) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from snn.config import PAPER_NAMES
+
 __all__ = ["BASELINES", "DATASETS", "Baseline", "rows"]
 
-_OURS = {"Vanilla Training": "vanilla", "Shortcut Back-propagation": "shortcut",
-         "Evolutionary Training": "evolutionary"}
+_OURS = {paper: method for method, paper in PAPER_NAMES.items()}  # the paper's name -> the project's
 
 
 @dataclass(frozen=True)

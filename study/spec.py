@@ -18,17 +18,19 @@ Example (the built-in quick-start, ``snn-study run`` with no file)::
 
 from __future__ import annotations
 
-import math
+import copy
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
+                      model_validator)
 
-from search_spaces import OPTIONAL, PRESETS, SURROGATE_RANGES
+from search_spaces import FIXABLE, OPTIONAL, PRESETS
 from snn import registry
+from snn.config import TrainConfig, first_error
 
 __all__ = ["QUICKSTART", "SpecError", "StudySpec", "is_tracking_server", "load_spec", "parse_spec", "quickstart_spec"]
 
@@ -41,6 +43,9 @@ QUICKSTART: dict[str, Any] = {
     "search": {"preset": "quick"},
     "trials": 8,
     "scheduler": "asha",
+    # glibc keeps freed activations for the next step instead of faulting them in again:
+    # about 1.1x on CPU trials (docs/performance.md)
+    "env_vars": {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"},
 }
 """The built-in quick-start study: a few minutes on a 2-core laptop CPU."""
 
@@ -49,42 +54,44 @@ class SpecError(ValueError):
     """A study spec is invalid; the message is one line naming the field."""
 
 
-def _choose(field: str, value: Any, allowed: tuple[str, ...] | list[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"unknown value {value!r}; choose one of {', '.join(map(str, allowed))}")
-    return value
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class TrainSpec(_Strict):
-    """Training recipe; the defaults are the paper's CIFAR recipe (section 5.2)."""
+# Which of the trial's parameters (snn.config.TrainConfig) a spec sets where. Their types,
+# defaults, ranges and allowed values are TrainConfig's: copied from it, never restated.
+_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed")
+_RECIPE = ("epochs", "batch_size", "lr", "weight_decay", "loss_mode", "tau", "v_threshold", "workers", "amp",
+           "cuda_graphs", "max_batches")
 
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float | None = Field(None, gt=0, description="None: 0.01, or 4e-3 for ImageNet (the paper's)")
-    weight_decay: float = Field(0.02, ge=0)
-    loss_mode: str = "logit_sum"
-    tau: float = Field(0.5, gt=0, le=1)
-    v_threshold: float = Field(1.0, gt=0)
-    workers: int | str = Field("auto", description="DataLoader workers per trial; auto: the trial's "
-                                          "CPUs but one on a GPU, none on a CPU")
-    amp: bool = True
-    cuda_graphs: bool = Field(False, description="replay each full batch's forward and backward as a captured "
-                                                 "CUDA graph (GPU trials only)")
-    max_batches: int | None = Field(None, ge=1, description="cap on training batches per epoch")
 
-    @field_validator("loss_mode")
-    @classmethod
-    def _mode(cls, v: str) -> str:
-        return _choose("loss_mode", v, registry.LOSS_MODES)
+def _fields(names: tuple[str, ...], *, optional: bool = False) -> dict[str, Any]:
+    """``create_model`` fields of TrainConfig's ``names``; ``optional``: default None, meaning unset."""
+    out = {}
+    for name in names:
+        info = copy.copy(TrainConfig.model_fields[name])
+        if optional:
+            info.default, info.default_factory = None, None
+            info.annotation = info.annotation | None
+        out[name] = (info.annotation, info)
+    return out
 
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _workers(cls, v: Any) -> int | str:
-        return registry.check_workers(v)
+
+TrainSpec = create_model("TrainSpec", __base__=_Strict, __module__=__name__, **_fields(_RECIPE))
+TrainSpec.__doc__ = "The training recipe: TrainConfig's fields, the paper's CIFAR recipe (section 5.2) by default."
+
+class _Unset(_Strict):
+    """Fields whose None means "not set": left out when the model is written out."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=False)
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+FixedSpec = create_model("FixedSpec", __base__=_Unset, __module__=__name__, **_fields(FIXABLE, optional=True))
+FixedSpec.__doc__ = "Trial parameters that are not searched (TrainConfig's fields; unset ones are searched)."
 
 
 class SearchSpec(_Strict):
@@ -92,19 +99,23 @@ class SearchSpec(_Strict):
 
     preset: str = "quick"
     dims: list[str] = Field(default_factory=list, description=f"extra dimensions: {', '.join(OPTIONAL)}")
-    fixed: dict[str, Any] = Field(default_factory=dict, description="values that are not searched")
+    fixed: FixedSpec = Field(default_factory=FixedSpec, description="values that are not searched")
 
     @field_validator("preset")
     @classmethod
     def _preset(cls, v: str) -> str:
-        return _choose("preset", v, PRESETS)
+        return _choose(v, PRESETS)
 
     @field_validator("dims")
     @classmethod
     def _dims(cls, v: list[str]) -> list[str]:
         for d in v:
-            _choose("dims", d, OPTIONAL)
+            _choose(d, OPTIONAL)
         return v
+
+    def fixed_values(self) -> dict[str, Any]:
+        """The fixed parameters the spec sets, by name."""
+        return self.fixed.model_dump()
 
 
 class ResourcesSpec(_Strict):
@@ -127,20 +138,16 @@ class MlflowSpec(_Strict):
     experiment: str | None = Field(None, description="default: the study's name")
 
 
-_FIXABLE = {"lambda0", "schedule", "branches", "surrogate", "surrogate_param", "timesteps", "lr",
-            "weight_decay", "loss_mode"}
+def _choose(value: Any, allowed: tuple[str, ...] | list[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown value {value!r}; choose one of {', '.join(map(str, allowed))}")
+    return value
 
 
-class StudySpec(_Strict):
+class _Study(_Strict):
     """A whole study: data, network, recipe, search, resources, storage and tracking."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    dataset: str = "digits"
-    data_root: str = "data"
-    download: bool = False
-    arch: str = "resnet-tiny"
-    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
-    timesteps: int = Field(2, ge=1)
     train: TrainSpec = Field(default_factory=TrainSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     trials: int = Field(8, ge=1)
@@ -148,43 +155,29 @@ class StudySpec(_Strict):
     scheduler: Literal["fifo", "asha"] = "asha"
     objective: Literal["test_acc", "test_acc+firing_rate"] = "test_acc"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    seed: int = Field(0, ge=0)
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment of the trial processes "
+                                                                       "(Ray's runtime_env)")
     storage: str = Field("studies", description="local folder or URI (s3://, gs://) for Tune's results")
     max_failures: int = Field(2, ge=0, description="retries of a trial whose worker died")
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
 
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, v: str) -> str:
-        return _choose("dataset", v, registry.DATASETS)
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        return _choose("arch", v, registry.ARCHS)
-
     @model_validator(mode="after")
-    def _cross_checks(self) -> "StudySpec":
-        allowed = {"tau", "v_threshold", "detach_reset", "stem", "stem_width", "head_hidden"}
-        if self.arch == "resnet-tiny":
-            allowed |= set(registry.TINY_OPTIONS)
-        unknown = sorted(set(self.arch_kwargs) - allowed)
-        if unknown:
-            raise _FieldError("arch_kwargs", f"unknown option(s) {unknown} for {self.arch}; allowed: "
-                                             f"{', '.join(sorted(allowed))}")
+    def _trial_checks(self) -> "_Study":
         try:
-            stages = registry.num_stages(self.arch, **self.arch_kwargs)
-        except ValueError as e:
-            raise _FieldError("arch_kwargs", str(e).split(": ", 1)[-1]) from None
-        fixed = self.search.fixed
-        bad = sorted(set(fixed) - _FIXABLE)
-        if bad:
-            raise _FieldError("search.fixed", f"unknown key(s) {bad}; allowed: {', '.join(sorted(_FIXABLE))}")
-        _check_fixed(fixed, stages)
+            self.trial_config()
+        except ValidationError as err:  # a combination TrainConfig refuses: name the spec's own key
+            field, message = first_error(err)
+            raise _FieldError(self._spec_key(field), message) from None
         if self.train.cuda_graphs and not self.resources.gpu:
             # checked here, not in each trial: a CPU trial's Trainer would refuse the setting
             raise _FieldError("train.cuda_graphs", "true needs GPU trials; set resources.gpu > 0 or cuda_graphs: false")
         return self
+
+    def _spec_key(self, field: str) -> str:
+        name = field.split(".")[0]
+        if name in self.search.fixed_values():
+            return f"search.fixed.{field}"
+        return f"train.{field}" if name in _RECIPE else field
 
     # -- derived values ---------------------------------------------------------------------
     @property
@@ -205,18 +198,28 @@ class StudySpec(_Strict):
             return Path(os.environ.get("SNN_STUDY_LOCAL", ".snn-study")).resolve() / self.name
         return Path(self.storage_uri()) / self.name
 
+    def trial_config(self, **overrides: Any) -> TrainConfig:
+        """The trial this spec describes: its top-level keys, ``train:`` and ``search.fixed``
+        over TrainConfig's defaults (the paper's setting in every searched dimension).
+
+        Raises:
+            pydantic.ValidationError: A combination TrainConfig refuses.
+        """
+        values = {k: getattr(self, k) for k in _TOP}
+        if "://" not in self.data_root:  # trials run elsewhere: the folder as the spec's reader meant it
+            values["data_root"] = str(Path(self.data_root).expanduser().resolve())
+        values.update(self.train.model_dump(exclude_unset=False))
+        values.update(self.search.fixed_values())
+        values.update(overrides)
+        return TrainConfig.model_validate(values)
+
     def train_constants(self) -> dict[str, Any]:
-        """The fields of :class:`snn.training.TrainConfig` that the search does not choose."""
-        t = self.train
-        lr = t.lr if t.lr is not None else (4e-3 if self.dataset == "imagenet" else 0.01)
-        data_root = self.data_root if "://" in self.data_root else str(Path(self.data_root).expanduser().resolve())
-        return {
-            "dataset": self.dataset, "data_root": data_root, "download": self.download, "arch": self.arch,
-            "arch_kwargs": dict(self.arch_kwargs), "timesteps": self.timesteps, "epochs": t.epochs,
-            "batch_size": t.batch_size, "lr": lr, "weight_decay": t.weight_decay, "loss_mode": t.loss_mode,
-            "tau": t.tau, "v_threshold": t.v_threshold, "workers": t.workers, "amp": t.amp,
-            "cuda_graphs": t.cuda_graphs, "max_batches": t.max_batches, "seed": self.seed,
-        }
+        """The trial's parameters as plain data (Tune's config before the search adds its own)."""
+        return self.trial_config().to_dict()
+
+
+StudySpec = create_model("StudySpec", __base__=_Study, __module__=__name__, **_fields(_TOP))
+StudySpec.__doc__ = _Study.__doc__
 
 
 class _FieldError(ValueError):
@@ -227,56 +230,15 @@ class _FieldError(ValueError):
         self.field = field
 
 
-def _check_fixed(fixed: dict[str, Any], stages: int) -> None:
-    f = "search.fixed"
-    if "lambda0" in fixed:
-        v = fixed["lambda0"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-            raise _FieldError(f"{f}.lambda0", f"must be a number in [0, 1], got {v!r}")
-    if "schedule" in fixed and fixed["schedule"] not in registry.SHAPES:
-        raise _FieldError(f"{f}.schedule", f"unknown value {fixed['schedule']!r}; choose one of "
-                                           f"{', '.join(registry.SHAPES)}")
-    if "branches" in fixed:
-        try:
-            registry.resolve_branches(fixed["branches"], stages)
-        except (ValueError, TypeError) as e:
-            raise _FieldError(f"{f}.branches", str(e).split(": ", 1)[-1]) from None
-    if "surrogate" in fixed and fixed["surrogate"] not in SURROGATE_RANGES:
-        raise _FieldError(f"{f}.surrogate", f"unknown value {fixed['surrogate']!r}; choose one of "
-                                            f"{', '.join(registry.SURROGATES)}")
-    if "surrogate_param" in fixed:
-        v = fixed["surrogate_param"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-            raise _FieldError(f"{f}.surrogate_param", f"must be a number > 0, got {v!r}")
-    if "timesteps" in fixed and not (isinstance(fixed["timesteps"], int) and fixed["timesteps"] >= 1):
-        raise _FieldError(f"{f}.timesteps", f"must be an integer >= 1, got {fixed['timesteps']!r}")
-    if "loss_mode" in fixed and fixed["loss_mode"] not in registry.LOSS_MODES:
-        raise _FieldError(f"{f}.loss_mode", f"unknown value {fixed['loss_mode']!r}; choose one of "
-                                            f"{', '.join(registry.LOSS_MODES)}")
-    for k in ("lr", "weight_decay"):
-        if k in fixed:
-            v = fixed[k]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "lr" and v == 0):
-                raise _FieldError(f"{f}.{k}", f"must be a number {'> 0' if k == 'lr' else '>= 0'}, got {v!r}")
-
-
 def _one_line(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     ctx_err = (e.get("ctx") or {}).get("error")
-    loc = ".".join(str(p) for p in e["loc"])
     if isinstance(ctx_err, _FieldError):
         loc, msg = ctx_err.field, str(ctx_err)
-    elif e["type"] == "extra_forbidden":
-        msg = "unknown key (a typo?)"
-    elif isinstance(ctx_err, ValueError):
-        msg = str(ctx_err)
     else:
-        msg = e["msg"]
-        if "input" in e and e["type"] != "missing":
-            msg += f", got {e['input']!r}"
-    msg = msg.removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc or 'spec'}: {msg}{more}".replace("\n", " ")
+        loc, msg = first_error(err)
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 and " more)" not in msg else ""
+    return f"{source}: {loc or 'spec'}: {msg.removeprefix('Value error, ')}{more}".replace("\n", " ")
 
 
 def parse_spec(data: Any, source: str = "spec") -> StudySpec:

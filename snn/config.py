@@ -1,0 +1,210 @@
+"""One typed model of a trial's parameters, importable without torch.
+
+:class:`TrainConfig` holds every hyperparameter of one trial of Algorithm 1 (Guo et al.,
+NeurIPS 2024) with its default, range and allowed values, each written once. Everything
+else derives from it: the study spec's ``train:`` section and ``search.fixed``, the search
+space's constants, ``snn-study train --set``, the Ray Tune config of a trial and its MLflow
+params. A field's name is the hyperparameter's one spelling everywhere.
+
+The allowed names come from :mod:`snn.registry` (plain Python), so a spec is validated
+in milliseconds, before Ray or torch start.
+
+The paper's own settings (Table 1: vanilla, shortcut and evolutionary training) live in
+one table, :data:`METHODS`; the defaults of :class:`TrainConfig` are its evolutionary row
+(Eq. 10 with λ₀ = 0.25) and the paper's CIFAR recipe (section 5.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from snn import registry
+
+__all__ = ["METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "default_lr", "first_error", "method_of"]
+
+
+METHODS: dict[str, dict[str, Any]] = {
+    # Eq. 10 as published: λ(i) = 0.25·(1 - i/I), a head after every stage but the last.
+    "evolutionary": {"lambda0": 0.25, "schedule": "linear", "branches": "all"},
+    # Eq. 6: every head added to the output with weight 1 for all of training.
+    "shortcut": {"lambda0": 1.0, "schedule": "constant", "branches": "all"},
+    # No shortcut heads: plain back-propagation through the whole network.
+    "vanilla": {"lambda0": 0.0, "schedule": "constant", "branches": "none"},
+}
+"""The settings of the paper's ablation (Table 1), the paper's own method first."""
+
+PAPER_NAMES: dict[str, str] = {"evolutionary": "Evolutionary Training", "shortcut": "Shortcut Back-propagation",
+                               "vanilla": "Vanilla Training"}
+"""What the paper's tables call each of :data:`METHODS`."""
+
+PAPER_METHOD = "evolutionary"
+PAPER_SURROGATE = "triangle"  # the surrogate of the paper's experiments (Eq. 4)
+_PAPER = METHODS[PAPER_METHOD]
+
+
+def default_lr(dataset: str) -> float:
+    """The paper's AdamW learning rate: 4e-3 on ImageNet, 0.01 on the other datasets."""
+    return 4e-3 if dataset == "imagenet" else 0.01
+
+
+def _one_of(names: tuple[str, ...]) -> AfterValidator:
+    def check(value: Any) -> Any:
+        if value not in names:
+            raise ValueError(f"unknown value {value!r}; choose one of {', '.join(names)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _workers(value: Any) -> int | str:
+    return registry.check_workers(value)
+
+
+def _branches(value: Any) -> str | list[int]:
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in value):
+            raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {value!r}")
+        return [int(b) for b in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {value!r}")
+
+
+Dataset = Annotated[str, _one_of(registry.DATASETS)]
+Arch = Annotated[str, _one_of(registry.ARCHS)]
+Shape = Annotated[str, _one_of(registry.SHAPES)]
+Surrogate = Annotated[str, _one_of(registry.SURROGATES)]
+LossMode = Annotated[str, _one_of(registry.LOSS_MODES)]
+Workers = Annotated[int | str, BeforeValidator(_workers)]
+Branches = Annotated[str | list[int], BeforeValidator(_branches)]
+
+
+class TrainConfig(BaseModel):
+    """Everything one trial needs; defaults are the paper's setting and CIFAR recipe.
+
+    Validation checks each field (ranges, names from :mod:`snn.registry`) and the fields
+    together (branch stages against the architecture, its options). ``lr=None`` becomes
+    the paper's rate for the dataset (:func:`default_lr`) once validated.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    # -- data ------------------------------------------------------------------------------
+    dataset: Dataset = Field("digits", description="a name from snn.data.NAMES")
+    data_root: str = Field("data", description="folder (or URI) holding the dataset's files")
+    download: bool = Field(False, description="download missing dataset files")
+    # -- network ---------------------------------------------------------------------------
+    arch: Arch = Field("resnet-tiny", description="a name from snn.models.ARCHS")
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                        description="options of the architecture, e.g. width/blocks of resnet-tiny")
+    timesteps: int = Field(2, ge=1, description="T, simulation time steps")
+    tau: float = Field(0.5, gt=0, le=1, description="LIF membrane time constant factor (Eq. 1)")
+    v_threshold: float = Field(1.0, gt=0, description="LIF firing threshold (Eq. 2)")
+    surrogate: Surrogate = Field(PAPER_SURROGATE, description="surrogate gradient of the spike (Eq. 4)")
+    surrogate_param: float | None = Field(None, gt=0, description="its parameter; None: the surrogate's default")
+    # -- shortcut back-propagation (Eq. 6-10) ------------------------------------------------
+    branches: Branches = Field(_PAPER["branches"], description="stages with a shortcut head: 'all', 'none', "
+                                                               "a list or a comma-separated string ('1,3')")
+    lambda0: float = Field(_PAPER["lambda0"], ge=0, le=1, description="λ₀, the balance coefficient of Eq. 10")
+    schedule: Shape = Field(_PAPER["schedule"], description="shape of λ(i); linear is Eq. 10")
+    loss_mode: LossMode = Field("logit_sum", description="Eq. 10 as printed, or deep_supervision")
+    # -- recipe (section 5.2) ----------------------------------------------------------------
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float | None = Field(None, gt=0, description="AdamW, cosine decay to 0; None: 0.01, or 4e-3 on ImageNet")
+    weight_decay: float = Field(0.02, ge=0)
+    seed: int = Field(0, ge=0)
+    # -- how it runs (no effect on the result beyond floating-point rounding) -----------------
+    workers: Workers = Field("auto", description="DataLoader workers; auto: the trial's CPUs but one on a GPU, "
+                                                 "none on a CPU")
+    amp: bool = Field(True, description="mixed precision where native: CUDA, CPUs with bfloat16 units")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, ...")
+    max_batches: int | None = Field(None, ge=1, description="cap on training batches per epoch")
+    channels_last: bool = Field(True, description="NHWC convolutions")
+    cuda_graphs: bool = Field(False, description="replay each full batch's forward and backward as a captured "
+                                                 "CUDA graph (GPU trials only)")
+
+    @model_validator(mode="after")
+    def _together(self) -> "TrainConfig":
+        allowed = registry.arch_options(self.arch)
+        unknown = sorted(set(self.arch_kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"arch_kwargs: unknown option(s) {unknown} for {self.arch}; allowed: "
+                             f"{', '.join(allowed)}")
+        stages = registry.num_stages(self.arch, **self.arch_kwargs)
+        try:
+            registry.resolve_branches(self.branches, stages)
+        except ValueError as e:
+            raise ValueError(str(e)) from None  # "branches: ..." names the field
+        if self.lr is None:
+            self.lr = default_lr(self.dataset)
+        return self
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> "TrainConfig":
+        """Validate a flat dict such as Tune's ``config``.
+
+        Raises:
+            ValueError: One line naming the first bad field and what is allowed.
+        """
+        try:
+            return cls.model_validate(dict(config))
+        except ValidationError as err:
+            field, message = first_error(err)
+            raise ValueError(f"{field}: {message}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (Tune's config, a checkpoint, MLflow params)."""
+        return self.model_dump(mode="json")
+
+    def method(self) -> str:
+        """The paper's name for this setting (:data:`METHODS`), else ``searched``."""
+        return method_of(self.lambda0, self.schedule, self.branches)
+
+
+def method_of(lambda0: float, schedule: str, branches: Any) -> str:
+    """The row of :data:`METHODS` a setting is, else ``searched``.
+
+    No heads, or λ₀ = 0, is ``vanilla`` whatever the schedule; otherwise λ₀ and the
+    schedule decide, on any branch placement.
+    """
+    if branches in ("none", "", [], None) or lambda0 == 0:
+        return "vanilla"
+    for name, setting in METHODS.items():
+        if name != "vanilla" and (lambda0, schedule) == (setting["lambda0"], setting["schedule"]):
+            return name
+    return "searched"
+
+
+def first_error(err: ValidationError) -> tuple[str, str]:
+    """The first error of a validation as (dotted field name, message of one line).
+
+    A check of several fields (a model validator) says which field it concerns as the
+    prefix of its message (``"branches: ..."``); that field is returned.
+    """
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    ctx = (e.get("ctx") or {}).get("error")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key (a typo?)"
+    elif isinstance(ctx, ValueError):
+        msg = str(ctx)
+    else:
+        msg = e["msg"]
+        if "input" in e and e["type"] != "missing":
+            msg += f", got {_short(e['input'])}"
+    if not loc and ": " in msg:
+        loc, msg = msg.split(": ", 1)
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return loc, (msg + more).replace("\n", " ")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line stays readable."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

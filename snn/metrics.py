@@ -1,0 +1,40 @@
+"""Metric names of one epoch of Algorithm 1, defined once (importable without torch).
+
+The training loop (:mod:`snn.training`) reports them, the trainable passes them to Tune,
+and the study records, ranks and plots them under the same names.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DIVERGED", "EPOCH", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "SYNOPS",
+           "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "branch_acc_metric", "firing_rate_metric",
+           "grad_norm_metric"]
+
+EPOCH = "epoch"
+TEST_ACC = "test_acc"  # main branch only: what the stripped inference model sees
+TEST_LOSS = "test_loss"
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"  # main branch accuracy on the training batches
+LAMBDA = "lambda"  # λ(i) at the last iteration of the epoch
+GRAD_NORM_FIRST = "grad_norm_first"  # mean over the epoch's iterations of ||dL/dW1||
+FIRING_RATE = "firing_rate"  # mean spikes per neuron per time step, test set
+SYNOPS = "synops"  # synaptic operations per test image
+EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
+IMAGES_PER_S = "images_per_s"  # training throughput
+DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf
+
+
+def branch_acc_metric(stage: int) -> str:
+    """Metric name of the test accuracy of the shortcut head after ``stage``."""
+    return f"branch{stage}_acc"
+
+
+def firing_rate_metric(stage: str) -> str:
+    """Metric name of the firing rate of a stage (``stem``, ``stage1``, ...)."""
+    return f"firing_rate_{stage}"
+
+
+def grad_norm_metric(stage: str) -> str:
+    """Metric name of the mean weight-gradient norm of the layers of a stage."""
+    return f"grad_norm_{stage}"
+

@@ -16,22 +16,23 @@ RNG states).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from snn import _malloc
 from snn import data as snn_data
 from snn import diagnostics, losses, models, registry, schedules
+from snn.config import TrainConfig
+from snn.metrics import (DIVERGED, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST, IMAGES_PER_S, LAMBDA, SYNOPS,
+                         TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, branch_acc_metric, firing_rate_metric,
+                         grad_norm_metric)
 
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
@@ -40,35 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Metric names: defined once here, imported by the trainable, the tracking and the reports.
-EPOCH = "epoch"
-TEST_ACC = "test_acc"  # main branch only: what the stripped inference model sees
-TEST_LOSS = "test_loss"
-TRAIN_LOSS = "train_loss"
-TRAIN_ACC = "train_acc"  # main branch accuracy on the training batches
-LAMBDA = "lambda"  # λ(i) at the last iteration of the epoch
-GRAD_NORM_FIRST = "grad_norm_first"  # mean over the epoch's iterations of ||dL/dW1||
-FIRING_RATE = "firing_rate"  # mean spikes per neuron per time step, test set
-SYNOPS = "synops"  # synaptic operations per test image
-EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
-IMAGES_PER_S = "images_per_s"  # training throughput
-DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf
-
-
-def branch_acc_metric(stage: int) -> str:
-    """Metric name of the test accuracy of the shortcut head after ``stage``."""
-    return f"branch{stage}_acc"
-
-
-def firing_rate_metric(stage: str) -> str:
-    """Metric name of the firing rate of a stage (``stem``, ``stage1``, ...)."""
-    return f"firing_rate_{stage}"
-
-
-def grad_norm_metric(stage: str) -> str:
-    """Metric name of the mean weight-gradient norm of the layers of a stage."""
-    return f"grad_norm_{stage}"
 
 
 class TrainingDiverged(FloatingPointError):
@@ -82,70 +54,6 @@ class TrainingDiverged(FloatingPointError):
     def __init__(self, message: str, *, epoch: int, step: int) -> None:
         super().__init__(message)
         self.epoch, self.step = epoch, step
-
-
-@dataclass
-class TrainConfig:
-    """Everything one trial needs. Defaults follow the paper's CIFAR recipe (section 5.2).
-
-    The field names are the hyperparameter names used everywhere: spec keys, search
-    space names, Tune config keys and MLflow params.
-    """
-
-    dataset: str = "digits"
-    data_root: str = "data"
-    download: bool = False
-    arch: str = "resnet-tiny"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. width/blocks of resnet-tiny
-    timesteps: int = 2
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.01  # AdamW, cosine decay to 0 (ImageNet: 4e-3)
-    weight_decay: float = 0.02
-    lambda0: float = 0.25  # λ of Eq. 10; the paper uses 0.25
-    schedule: str = "linear"  # Eq. 10: evolutionary training
-    branches: str | list[int] = "all"  # stages with a shortcut head
-    surrogate: str = "triangle"
-    surrogate_param: float | None = None  # None: the surrogate's default
-    loss_mode: str = "logit_sum"  # Eq. 10 as printed; or "deep_supervision"
-    tau: float = 0.5
-    v_threshold: float = 1.0
-    seed: int = 0
-    workers: int | str = "auto"  # DataLoader worker processes; "auto": see data_workers
-    amp: bool = True  # mixed precision where native: CUDA (bf16/fp16), CPUs with bf16 units (see amp_dtype)
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    max_batches: int | None = None  # cap on training batches per epoch (smoke tests)
-    channels_last: bool = True  # NHWC convolutions: 1.1-1.25x faster training on CPU (benchmarks/)
-    cuda_graphs: bool = False  # replay each full batch's forward + backward as a captured CUDA graph (GPU only)
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "TrainConfig":
-        """Build from a flat dict such as Tune's ``config``; unknown keys are a ValueError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise ValueError(f"config: unknown key(s) {unknown}; allowed: {', '.join(sorted(names))}")
-        cfg = cls(**config)
-        if isinstance(cfg.branches, (tuple, list)):
-            cfg.branches = [int(b) for b in cfg.branches]
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def method(self) -> str:
-        """The paper's name for this setting, else ``searched``.
-
-        ``vanilla``: no branches or λ₀ = 0; ``shortcut``: constant λ = 1 (Eq. 6);
-        ``evolutionary``: λ(i) = 0.25·(1 - i/I) (Eq. 10 with the paper's λ).
-        """
-        if self.branches in ("none", "", []) or self.lambda0 == 0:
-            return "vanilla"
-        if self.schedule == "constant" and self.lambda0 == 1.0:
-            return "shortcut"
-        if self.schedule == "linear" and self.lambda0 == 0.25:
-            return "evolutionary"
-        return "searched"
 
 
 def _device(name: str) -> torch.device:
@@ -226,9 +134,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.device = _device(cfg.device)
-        if self.device.type == "cpu":
-            _malloc.retain_freed_memory()  # ~1.1x faster CPU steps: freed activations are reused, not re-faulted
-        elif self.device.type == "cuda":
+        if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN times its algorithms once, keeps the fastest
         _seed_everything(cfg.seed)
         info = snn_data.info(cfg.dataset)

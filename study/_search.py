@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from snn.training import DIVERGED
+from snn.metrics import DIVERGED
 
 
 class StudyOptunaSearch(OptunaSearch):

@@ -19,11 +19,26 @@ __all__ = ["main"]
 log = logging.getLogger("snn-study")
 
 
+class _TuneStateWarning(logging.Filter):
+    """Drops Tune's advice that the experiment-state saves "may become a bottleneck".
+
+    The study keeps two checkpoints per trial (``num_to_keep=2``), so Tune saves its
+    experiment state whenever a trial has checkpointed twice since the last save, so that
+    the state never names a pruned checkpoint; with short epochs it then warns each time,
+    asking to change settings chosen on purpose.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "may become a bottleneck" not in record.getMessage()
+
+
 def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     for noisy in ("alembic", "mlflow", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose < 2:
+        logging.getLogger("ray.tune.execution.experiment_state").addFilter(_TuneStateWarning())
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -79,7 +94,8 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
         tracking_uri: str | None) -> None:
     """Run the study in SPEC (a YAML file); without SPEC, the built-in quick-start study."""
     s = _load(spec, sets)
-    from study.tuner import StudyError, run_study
+    from study.folder import StudyError
+    from study.tuner import run_study
 
     try:
         result = run_study(s, address=address, tracking_uri=tracking_uri, verbose=1 + ctx.obj["verbose"])
@@ -105,13 +121,38 @@ def _summary(result) -> None:
 @click.pass_context
 def resume(ctx: click.Context, study: str, address: str | None) -> None:
     """Resume the interrupted study in folder STUDY (or named STUDY under ./studies)."""
-    from study.tuner import StudyError, resume_study
+    from study.folder import StudyError
+    from study.tuner import resume_study
 
     try:
         result = resume_study(study, address=address, verbose=1 + ctx.obj["verbose"])
     except StudyError as e:
-        _fail(str(e))
+        _fail(str(e), e.exit_code)
     _summary(result)
+
+
+@cli.command()
+@click.argument("study")
+def sync(study: str) -> None:
+    """Write into MLflow whatever the trial folders of STUDY hold and MLflow lacks.
+
+    Idempotent: nothing is written twice. Use it after the tracking server was down, or
+    after a driver died: the trials' checkpoints record every epoch they finished.
+    """
+    from study.folder import StudyError, open_study
+    from study.tracking import sync_study
+
+    try:
+        folder = open_study(study)
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
+    try:
+        summary = sync_study(folder)
+    except Exception as e:  # the store refused or is down: one line, nothing half-claimed
+        _fail(f"mlflow.tracking_uri: could not write to {folder.tracking_uri} ({type(e).__name__}: "
+              f"{str(e)[:200]}); nothing is lost, run 'snn-study sync {study}' again once it answers")
+    click.echo(f"synced {summary.trials} trial(s) of {folder.spec.name} to {folder.tracking_uri}: "
+               f"{summary.epochs} epoch(s) written, {summary.closed} run(s) closed")
 
 
 @cli.command()
@@ -130,30 +171,27 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], thre
     epochs, lr, seed, ...). Prints one line per epoch.
     """
     import yaml
+    from pydantic import ValidationError
 
-    from study.spec import SpecError
+    from snn.config import TrainConfig, first_error
 
     if spec and config_file:
         raise click.UsageError("give a SPEC or --config, not both")
     overrides = _overrides(sets)
-    if config_file:
-        config = yaml.safe_load(Path(config_file).read_text())
-    else:
-        from search_spaces import paper_setting
-
-        s = _load(spec, ())
-        config = {**s.train_constants(), **paper_setting(s.stages), **s.search.fixed}
-    config.update(overrides)
+    try:
+        if config_file:
+            cfg = TrainConfig.model_validate({**yaml.safe_load(Path(config_file).read_text()), **overrides})
+        else:
+            cfg = _load(spec, ()).trial_config(**overrides)
+    except ValidationError as err:
+        field, message = first_error(err)
+        _fail(f"{field}: {message}", 2)
     import torch
 
-    from snn.training import TrainConfig, TrainingDiverged, fit
+    from snn.training import TrainingDiverged, fit
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        cfg = TrainConfig.from_dict(config)
-    except (TypeError, ValueError, SpecError) as e:
-        _fail(str(e), 2)
 
     def report(metrics: dict[str, float], trainer) -> None:
         click.echo(f"epoch {int(metrics['epoch'])}/{cfg.epochs}  train_loss={metrics['train_loss']:.4f}  "
@@ -188,36 +226,40 @@ def baselines(tracking_uri: str, experiment: str) -> None:
 
 
 @cli.command()
-@click.argument("study", type=click.Path(exists=True, file_okay=False))
+@click.argument("study")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default: STUDY/report).")
 def report(study: str, out: str | None) -> None:
     """Write a table of trials and baselines, the best config and plots for STUDY."""
+    from study.folder import StudyError
     from study.report import write_report
 
     try:
         r = write_report(study, out)
-    except FileNotFoundError as e:
-        _fail(str(e))
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
     click.echo(f"{len(r.trials)} trial(s); report written to {r.path / 'report.md'}")
     if not r.baselines:
         click.echo("the paper has no results on this dataset: no baselines to compare with")
 
 
 @cli.command()
-@click.argument("study", required=False, type=click.Path(exists=True, file_okay=False))
+@click.argument("study", required=False)
 @click.option("--tracking-uri", default=None, help="Tracking store to show (default: the study's).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but 127.0.0.1 exposes the UI to the network.")
 @click.option("--port", default=5000, show_default=True, type=int)
 def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> None:
     """Start the MLflow UI for a study's tracking store (on 127.0.0.1 unless asked otherwise)."""
-    import json
     import subprocess
 
+    from study.folder import StudyError, open_study
     from study.spec import is_tracking_server
 
     if tracking_uri is None and study:
-        tracking_uri = json.loads((Path(study) / "study.json").read_text())["tracking_uri"]
+        try:
+            tracking_uri = open_study(study).tracking_uri
+        except StudyError as e:
+            _fail(str(e), e.exit_code)
     tracking_uri = tracking_uri or "sqlite:///mlflow.db"
     if is_tracking_server(tracking_uri):
         click.echo(f"the store is a server already: open {tracking_uri}")
@@ -240,13 +282,13 @@ def gradients(arch: str, dataset: str, epochs: int, timesteps: int, max_batches:
     Measures the claim of the paper's Fig. 2 (shallow-layer gradients vanish without
     shortcuts) during real training rather than assuming it.
     """
-    from snn.training import TrainConfig, fit
+    from snn.config import METHODS, TrainConfig
+    from snn.training import fit
 
-    for branches in ("none", "all"):
+    for method in ("vanilla", "evolutionary"):
         cfg = TrainConfig(dataset=dataset, arch=arch, timesteps=timesteps, epochs=epochs, batch_size=64,
-                          branches=branches, lambda0=0.0 if branches == "none" else 0.25, schedule="linear",
-                          max_batches=max_batches)
-        click.echo(f"== {arch} on {dataset}, branches={branches}")
+                          max_batches=max_batches, **METHODS[method])
+        click.echo(f"== {arch} on {dataset}, {method} (branches={cfg.branches})")
 
         def report(metrics: dict[str, float], trainer) -> None:
             norms = "  ".join(f"{k.removeprefix('grad_norm_')}={v:.3e}" for k, v in sorted(metrics.items())

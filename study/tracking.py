@@ -1,53 +1,78 @@
-"""MLflow records of a study: a parent run, one nested run per trial, and the paper's baselines.
+"""MLflow records of a study: a projection of Tune's trial folders.
 
-Logging happens on the driver only, through Ray's :class:`MLflowLoggerCallback` (one
-writer, so concurrent trials never race on the store). This module adds what the
-project needs on top of it:
+Each trial's folder (``studies/<name>/trial_<id>/``) is the study's durable record: every
+checkpoint, written by the trial itself before Tune's driver hears of the epoch, carries
+the trial's config and the metrics of every epoch so far (:mod:`trainables.layout`). MLflow
+shows that record:
 
-* per-trial tags (study, trial id, dataset, architecture, timesteps, method, the Ray node
-  that ran it) and the ``mlflow.parentRunId`` tag that nests trial runs under the study's
-  parent run in the MLflow UI;
-* metrics stepped by epoch, in one batch per report;
-* artifacts at the end of a trial: the resolved config, the stripped inference model and
-  the first layer's gradient histogram (the paper's Fig. 2);
-* re-attaching to a trial's existing run after a driver restart, so a resumed study keeps
-  one continuous history per trial;
-* the paper's Tables 1-4 as runs tagged ``kind=baseline`` with the same ``test_acc``
-  metric (a fraction), logged idempotently.
+* a parent run for the study, one nested run per trial (params: the trial's config; one
+  metric step per epoch; tags: study, trial id, dataset, architecture, timesteps, method,
+  the Ray node; artifacts: the config, the stripped inference model and the first layer's
+  gradient histogram, the paper's Fig. 2), and the paper's Tables 1-4 as runs tagged
+  ``kind=baseline`` with the same ``test_acc`` metric (a fraction);
+* written live by :class:`StudyTracker`, a Tune callback on the driver (one writer, so
+  concurrent trials never race on the store), on a best-effort basis through MLflow's own
+  client and its retries;
+* and completed by :func:`sync_study`, which writes whatever MLflow lacks and nothing
+  twice. It runs at the end of a study, on ``snn-study resume`` and as ``snn-study sync``,
+  so an outage of the tracking store, or a driver that died during one, costs MLflow
+  nothing once the store answers again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from ray.air.integrations.mlflow import MLflowLoggerCallback
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from snn.training import DIVERGED, EPOCH, TEST_ACC, TrainConfig
+from snn.config import method_of
+from snn.metrics import DIVERGED, EPOCH, TEST_ACC
 from study import baselines as _baselines
+from study.folder import StudyFolder
+from study.report import GRAD_PLOT_FILE, plot_grad_histogram
 from study.spec import is_tracking_server
-from trainables import NODE_ID
+from trainables.layout import FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, read_record
 
-__all__ = ["StudyMLflowCallback", "check_tracking_uri", "client", "finish_parent_run", "log_baselines",
-           "release_store", "start_parent_run"]
+__all__ = ["KIND", "StudyTracker", "SyncSummary", "TrialRecord", "check_tracking_uri", "finish_parent_run",
+           "log_baselines", "read_trial", "reachable", "start_parent_run", "sync_study"]
 
 log = logging.getLogger(__name__)
 
 KIND = "kind"  # tag: study | trial | baseline
-_NOT_METRICS = set(AUTO_RESULT_KEYS) - {"time_total_s"} | {"config", "trial_id", "node_ip", "hostname", "pid",
-                                                                     NODE_ID}
+CONFIG_ARTIFACT = "config.yaml"
+_NOT_METRICS = (set(AUTO_RESULT_KEYS) - {"time_total_s"}) | {"config", "trial_id", "node_ip", "hostname", "pid",
+                                                              NODE_ID, "error"}
+_BATCH = 1000  # MLflow takes at most 1000 metrics per log_batch
 
 
-def client(tracking_uri: str):
-    """An :class:`mlflow.MlflowClient` for ``tracking_uri``."""
-    from mlflow import MlflowClient
+def reachable(tracking_uri: str, timeout_s: float = 2.0) -> bool:
+    """Whether the tracking store answers now: a server's ``/health`` within ``timeout_s``.
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    A local store (a SQLite file, a folder) always counts as reachable. The study asks
+    before each live write to a server, because MLflow's client retries a refused
+    connection with a back-off of minutes, and a trial waits for the driver after each
+    epoch: the sync writes later what the store missed meanwhile.
+    """
+    if not is_tracking_server(tracking_uri):
+        return True
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
 
 
 def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -56,30 +81,12 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
     Raises:
         ConnectionError: One line naming the URI and how to fix it.
     """
-    if not is_tracking_server(tracking_uri):
-        return
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
-    try:
-        client(tracking_uri).search_experiments(max_results=1)
-    except Exception as e:  # any failure to talk to the server means: do not start the study
-        raise ConnectionError(f"mlflow.tracking_uri: cannot reach the MLflow server at {tracking_uri} "
-                              f"({type(e).__name__}); start it or pass another --tracking-uri") from None
+    if not reachable(tracking_uri, timeout_s):
+        raise ConnectionError(f"mlflow.tracking_uri: cannot reach the MLflow server at {tracking_uri}; "
+                              f"start it or pass another --tracking-uri")
 
 
-def release_store(tracking_uri: str) -> None:
-    """Close the pooled connections MLflow keeps to ``tracking_uri``'s database, where it says how."""
-    try:
-        from mlflow.tracking._tracking_service.utils import _get_store  # MLflow's cache of stores by URI
-
-        engine = getattr(_get_store(tracking_uri), "engine", None)
-    except (ImportError, AttributeError):  # another MLflow: its connections close with the process
-        return
-    if engine is not None:
-        engine.dispose()
-
-
-def _experiment_id(c, name: str) -> str:
+def _experiment_id(c: MlflowClient, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     return exp.experiment_id if exp is not None else c.create_experiment(name)
 
@@ -87,12 +94,11 @@ def _experiment_id(c, name: str) -> str:
 def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[str, Any],
                      run_id: str | None = None) -> str:
     """Create (or, with ``run_id``, reopen) the study's parent run; return its id."""
-    c = client(tracking_uri)
+    c = MlflowClient(tracking_uri)
     if run_id is not None:
         c.update_run(run_id, status="RUNNING")
         return run_id
-    exp_id = _experiment_id(c, experiment)
-    run = c.create_run(exp_id, run_name=study, tags={KIND: "study", "study": study})
+    run = c.create_run(_experiment_id(c, experiment), run_name=study, tags={KIND: "study", "study": study})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -102,16 +108,13 @@ def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[
 
 def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
     """Record the best trial's config and metrics on the parent run and close it."""
-    from mlflow.entities import Metric, Param
-
-    c = client(tracking_uri)
+    c = MlflowClient(tracking_uri)
     if best:
         params = [Param(f"best.{k}", str(v)[:6000]) for k, v in best["config"].items()]
-        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        existing = set(c.get_run(run_id).data.params)
-        c.log_batch(run_id, metrics=metrics, params=[p for p in params if p.key not in existing])
-        c.set_tag(run_id, "best_trial_id", best["trial_id"])
+        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items() if _number(v)]
+        existing = c.get_run(run_id).data.params
+        c.log_batch(run_id, metrics=metrics, params=[p for p in params if p.key not in existing],
+                    tags=[RunTag("best_trial_id", best["trial_id"])])
     c.set_terminated(run_id, status)
 
 
@@ -123,9 +126,7 @@ def log_baselines(tracking_uri: str, experiment: str, dataset: str | None) -> in
     Returns:
         The number of runs created.
     """
-    from mlflow.entities import Metric, Param, RunTag
-
-    c = client(tracking_uri)
+    c = MlflowClient(tracking_uri)
     exp_id = _experiment_id(c, experiment)
     existing = {r.data.tags.get("baseline") for r in c.search_runs([exp_id], filter_string=f"tags.{KIND} = 'baseline'",
                                                                     max_results=5000)}
@@ -150,234 +151,343 @@ def log_baselines(tracking_uri: str, experiment: str, dataset: str | None) -> in
     return created
 
 
-def _tolerant(method):
-    """Run a logging hook; if the tracking store fails, warn and let the study go on.
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    Training and Tune's own results (``result.json`` in each trial folder) continue; what
-    the store missed is named in the warning.
+
+# -- the record of a trial, read from its folder ----------------------------------------------
+@dataclass
+class TrialRecord:
+    """What a trial folder says: config, one result per epoch, the last checkpoint, any error."""
+
+    trial_id: str
+    path: Path
+    config: dict[str, Any]
+    results: list[dict[str, Any]]  # one per epoch, in order
+    checkpoint: Path | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Trained all its epochs."""
+        epochs = self.config.get("epochs")
+        return bool(self.results) and epochs is not None and int(self.results[-1].get(EPOCH, 0)) >= int(epochs)
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.results) and bool(self.results[-1].get(DIVERGED))
+
+
+def _checkpoints(trial_dir: Path) -> list[Path]:
+    return sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
+
+
+def _by_epoch(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One result per epoch (the first one seen: re-run epochs repeat the same values)."""
+    out: dict[int, dict[str, Any]] = {}
+    for r in results:
+        if r.get(EPOCH) is not None:
+            out.setdefault(int(r[EPOCH]), r)
+    return [out[k] for k in sorted(out)]
+
+
+def read_trial(trial_dir: str | Path) -> TrialRecord | None:
+    """Read a trial folder: its newest checkpoint's record, and Tune's ``result.json``.
+
+    The checkpoint is written by the trial before the driver hears of the epoch, so it is
+    never behind Tune's own log; ``result.json`` adds what has no checkpoint (the report of
+    a diverged trial). Returns None for a folder with neither (a trial that never reported).
     """
-    import functools
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    trial_dir = Path(trial_dir)
+    results: list[dict[str, Any]] = []
+    config: dict[str, Any] = {}
+    checkpoints = _checkpoints(trial_dir)
+    for ckpt in reversed(checkpoints):  # the newest readable one (a folder half copied is skipped)
         try:
-            return method(self, *args, **kwargs)
-        except Exception as e:  # the store is down or refused the write: never stop the study for it
-            trial = next((a for a in args if hasattr(a, "trial_id")), None)
-            log.warning("MLflow: %s for trial %s failed (%s: %s); training goes on, Tune keeps the results in "
-                        "the trial folder", method.__name__, getattr(trial, "trial_id", "?"), type(e).__name__, e)
-    return wrapper
+            record = read_record(ckpt)
+        except (OSError, ValueError):
+            record = None
+        if record:
+            results, config = list(record.get("history", [])), dict(record.get("config", {}))
+            break
+    result_file = trial_dir / "result.json"
+    if result_file.exists():
+        for line in result_file.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line cut off by a killed driver
+                continue
+            results.append(r)
+            config = config or dict(r.get("config") or {})
+    if not results:
+        return None
+    error_file = trial_dir / "error.txt"
+    error = error_file.read_text().strip().splitlines()[-1][-1000:] if error_file.exists() else None
+    return TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, _by_epoch(results),
+                       checkpoints[-1] if checkpoints else None, error)
 
 
-class StudyMLflowCallback(MLflowLoggerCallback):
-    """Ray's MLflow logger, with nested trial runs, project tags and trial artifacts.
+# -- the projection into MLflow ------------------------------------------------------------------
+class _Projection:
+    """Writes trial records into one study's MLflow runs; idempotent: what MLflow has is not sent again."""
 
-    Args:
-        tracking_uri: The MLflow tracking URI.
-        experiment_name: The study's experiment.
-        study: The study's name (a tag on every run).
-        parent_run_id: The study's parent run; trial runs are nested under it.
-    """
+    def __init__(self, tracking_uri: str, experiment: str, study: str, parent_run_id: str) -> None:
+        self.uri, self.study, self.parent = tracking_uri, study, parent_run_id
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id = _experiment_id(self.client, experiment)
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._logged: dict[str, set[int]] = {}  # run id -> epochs MLflow has
+        self._status: dict[str, str] = {}  # run id -> its status, as last read or set
 
-    def __init__(self, tracking_uri: str, experiment_name: str, study: str, parent_run_id: str) -> None:
-        super().__init__(tracking_uri=tracking_uri, experiment_name=experiment_name,
-                         tags={"mlflow.parentRunId": parent_run_id, "study": study, KIND: "trial"})
-        self.study = study
-        self._node_tagged: set[str] = set()
-        self._logged_upto: dict[str, int] = {}  # run id -> last epoch already in MLflow
-        self._was_finished: set[str] = set()  # re-attached runs that had already ended FINISHED
-        self._pending: dict[Any, list] = {}  # trial -> metrics the store has not taken yet (it was down)
-        self._unended: dict[Any, bool] = {}  # trial -> failed, for trials whose run could not be ended yet
-        self._mlflow_client = None  # one client for the study (creating one costs a store lookup)
+    def _find(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], max_results=1, filter_string=(
+            f"tags.trial_id = '{trial_id}' and tags.study = '{self.study}' and tags.{KIND} = 'trial'"))
+        if not runs:
+            return None
+        run = runs[0]
+        self._status[run.info.run_id] = run.info.status
+        return run.info.run_id
 
-    def _client(self):
-        if self._mlflow_client is None:
-            self._mlflow_client = self.mlflow_util._get_client()
-        return self._mlflow_client
-
-    @_tolerant
-    def log_trial_start(self, trial) -> None:
-        from mlflow.entities import Param
-        from ray.tune.utils import flatten_dict
-
-        if trial not in self._trial_runs:
-            existing = self._find_run(trial.trial_id)
-            if existing is not None:  # the driver restarted: continue the trial's run
-                self._trial_runs[trial] = existing
-                c = self._client()
-                history = c.get_metric_history(existing, EPOCH)
-                self._logged_upto[existing] = int(max((m.step for m in history), default=0))
-                if c.get_run(existing).info.status == "FINISHED":
-                    self._was_finished.add(existing)
-                else:
-                    c.update_run(existing, status="RUNNING")
-            else:
-                cfg = trial.config
-                tags = {**self.tags, "trial_id": trial.trial_id, "trial_name": str(trial),
-                        "dataset": str(cfg.get("dataset")), "arch": str(cfg.get("arch")),
-                        "timesteps": str(cfg.get("timesteps")), "method": _method(cfg)}
-                run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
-                self._trial_runs[trial] = run.info.run_id
-                # One batch, not one request per parameter (Ray's log_params): the driver's
-                # loop waits on every call.
-                self._client().log_batch(run.info.run_id, params=[
-                    Param(k, str(v)[:6000]) for k, v in flatten_dict(dict(cfg)).items()])
-
-    def _find_run(self, trial_id: str) -> str | None:
-        c = self._client()
-        runs = c.search_runs([self.mlflow_util.experiment_id],
-                             filter_string=f"tags.trial_id = '{trial_id}' and tags.study = '{self.study}'",
-                             max_results=1)
-        return runs[0].info.run_id if runs else None
-
-    @_tolerant
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        from mlflow.entities import Metric
-
-        step = int(result.get(EPOCH) or result.get("training_iteration") or iteration)
-        ts = int(result.get("timestamp", 0) * 1000)
-        self._pending.setdefault(trial, []).extend(
-            Metric(k, float(v), ts, step) for k, v in result.items()
-            if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool))
-        run_id = self._flush(trial)
-        for other, failed in list(self._unended.items()):  # the store is back: end what it missed
-            self.log_trial_end(other, failed)
-        c = self._client()
-        if run_id not in self._node_tagged and result.get("node_ip"):
-            c.set_tag(run_id, "ray_node", str(result["node_ip"]))
-            c.set_tag(run_id, "ray_hostname", str(result.get("hostname", "")))
-            if result.get(NODE_ID):
-                c.set_tag(run_id, "ray_node_id", str(result[NODE_ID]))
-            self._node_tagged.add(run_id)
-
-    def _flush(self, trial) -> str:
-        """Send the trial's metrics that the store has not taken yet, oldest first.
-
-        Metrics wait here while the store is down and go out with the first report after it
-        is back, so an outage leaves no gap in a run's history as long as the driver lives.
-
-        Returns:
-            The trial's run id.
-
-        Raises:
-            Exception: Whatever the store raised; the metrics stay pending.
-        """
-        run_id = self._trial_runs.get(trial)
-        if run_id is None:  # its start could not be recorded (store down): try again now
-            self.log_trial_start(trial)
-            run_id = self._trial_runs.get(trial)
-            if run_id is None:
-                raise ConnectionError("the trial's MLflow run could not be created")
-        # Epochs re-run from an earlier checkpoint are already in MLflow with the same values
-        # (the loop is deterministic): keep one history. A driver restart re-runs the epochs
-        # after Tune's last saved state; a restarted trial worker re-runs the epoch whose
-        # result Tune had taken but whose checkpoint it had not yet registered (Tune saves a
-        # reported checkpoint only after the result's callbacks have run).
-        upto = self._logged_upto.get(run_id, 0)
-        pending = [m for m in self._pending.get(trial, []) if m.step > upto]
-        last = max((m.step for m in pending), default=upto)
-        c = self._client()
-        while pending:  # MLflow takes at most 1000 metrics per batch
-            c.log_batch(run_id, metrics=pending[:1000])
-            pending = self._pending[trial] = pending[1000:]
-        self._pending.pop(trial, None)
-        self._logged_upto[run_id] = last  # only once all are in: what a failed batch left pending stays
+    def run_of(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The trial's run: found by its tags, else created with its params."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        run_id = self._find(trial_id)
+        if run_id is None:
+            tags = {"mlflow.parentRunId": self.parent, "study": self.study, KIND: "trial", "trial_id": trial_id,
+                    "dataset": str(config.get("dataset")), "arch": str(config.get("arch")),
+                    "timesteps": str(config.get("timesteps")), "method": _method(config)}
+            run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags)
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(config.items())])
+            self._status[run_id] = "RUNNING"
+            self._logged[run_id] = set()
+        else:
+            self._logged[run_id] = {int(m.step) for m in self.client.get_metric_history(run_id, EPOCH)}
+        self._runs[trial_id] = run_id
         return run_id
 
-    @_tolerant
-    def log_trial_end(self, trial, failed: bool = False) -> None:
-        self._unended[trial] = failed
-        self._end(trial, failed)
-        del self._unended[trial]
+    def log(self, trial_id: str, config: dict[str, Any], results: list[dict[str, Any]]) -> int:
+        """Write the epochs of ``results`` that the trial's run lacks; return how many."""
+        run_id = self.run_of(trial_id, config)
+        logged = self._logged.setdefault(run_id, set())
+        new = [r for r in _by_epoch(results) if int(r[EPOCH]) not in logged]
+        if not new:
+            return 0
+        metrics = [Metric(k, float(v), int(float(r.get("timestamp", 0)) * 1000), int(r[EPOCH]))
+                   for r in new for k, v in r.items() if k not in _NOT_METRICS and _number(v)]
+        last = new[-1]
+        tags = [RunTag(t, str(last[k])) for t, k in (("ray_node", "node_ip"), ("ray_hostname", "hostname"),
+                                                     ("ray_node_id", NODE_ID)) if last.get(k)]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH], tags=tags if i == 0 else [])
+        logged.update(int(r[EPOCH]) for r in new)  # only once all are in: a failed batch is sent again
+        if self._status.get(run_id) not in (None, "RUNNING"):  # a resumed trial trains on
+            self.client.update_run(run_id, status="RUNNING")
+            self._status[run_id] = "RUNNING"
+        return len(new)
 
-    def on_experiment_end(self, trials, **info) -> None:
-        """Last chance for what the store missed while it was down: pending metrics and run ends.
+    def end(self, record: TrialRecord, status: str, reason: str | None = None) -> bool:
+        """Close the trial's run as ``status`` (FINISHED or FAILED), with its artifacts and the
+        reason of a failure; return whether the run's status changed."""
+        run_id = self.run_of(record.trial_id, record.config)
+        if self._status.get(run_id) == status:
+            return False
+        have = {a.path for a in self.client.list_artifacts(run_id)}
+        if CONFIG_ARTIFACT not in have:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / CONFIG_ARTIFACT).write_text(yaml.safe_dump(record.config, sort_keys=True))
+                self.client.log_artifact(run_id, str(Path(tmp) / CONFIG_ARTIFACT))
+        if record.checkpoint is not None:
+            self._checkpoint_artifacts(run_id, record, have)
+        tags = []
+        if record.diverged:
+            last = record.results[-1]
+            tags = [RunTag("diverged", "true"), RunTag("error", str(last.get("error", "training diverged")))]
+        elif status == "FAILED" and (reason or record.error):
+            tags = [RunTag("error", reason or record.error)]
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
+        self.client.set_terminated(run_id, status)
+        self._status[run_id] = status
+        return True
 
-        Retries for up to ``SNN_STUDY_MLFLOW_WAIT_S`` seconds (default 120) before giving up;
-        what is still not in MLflow then stays in Tune's ``result.json`` of each trial.
-        """
-        import time
+    def _checkpoint_artifacts(self, run_id: str, record: TrialRecord, have: set[str]) -> None:
+        model = record.checkpoint / STRIPPED_MODEL_FILE
+        if model.exists() and STRIPPED_MODEL_FILE not in have:
+            self.client.log_artifact(run_id, str(model))
+        grad = record.checkpoint / FIRST_GRAD_FILE
+        if grad.exists() and GRAD_PLOT_FILE not in have:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / GRAD_PLOT_FILE
+                plot_grad_histogram(torch.load(grad, weights_only=True), png, title=f"trial_{record.trial_id}")
+                self.client.log_artifact(run_id, str(png))
 
-        deadline = time.monotonic() + float(os.environ.get("SNN_STUDY_MLFLOW_WAIT_S", "120"))
-        while self._unended:
-            for trial, failed in list(self._unended.items()):
-                self.log_trial_end(trial, failed)
-            if not self._unended or time.monotonic() > deadline:
-                break
-            time.sleep(2.0)
-        if self._unended:
-            log.warning("MLflow: gave up on %d trial run(s) that the store missed; their results are in Tune's "
-                        "trial folders", len(self._unended))
-        self._fail_orphans({t.trial_id for t in trials})
-        super().on_experiment_end(trials, **info)
-
-    @_tolerant
-    def _fail_orphans(self, known: set[str]) -> None:
-        """Close runs of trials that Tune no longer knows, as FAILED with the reason.
-
-        A driver killed between starting a trial and saving Tune's experiment state leaves
-        such a run RUNNING; on resume Tune never sees that trial again and Optuna marks its
-        point FAIL and suggests another (see ``StudyOptunaSearch``). MLflow says the same.
-        """
-        c = self._client()
-        for r in c.search_runs([self.mlflow_util.experiment_id], max_results=5000, filter_string=(
+    def fail_unknown(self, known: set[str], reason: str) -> int:
+        """Close RUNNING runs of trials not in ``known`` as FAILED with ``reason``; return how many."""
+        closed = 0
+        for r in self.client.search_runs([self.experiment_id], max_results=5000, filter_string=(
                 f"tags.study = '{self.study}' and tags.{KIND} = 'trial' and attributes.status = 'RUNNING'")):
             if r.data.tags.get("trial_id") not in known:
-                c.set_tag(r.info.run_id, "error", "the driver stopped before Tune recorded this trial; "
-                                                  "re-suggested on resume")
-                c.set_terminated(r.info.run_id, "FAILED")
-
-    def _end(self, trial, failed: bool) -> None:
-        if self._pending.get(trial):
-            self._flush(trial)  # raises while the store is down: the trial stays in _unended
-        run_id = self._trial_runs.get(trial)
-        if run_id is None:
-            return
-        c = self._client()
-        if run_id in self._was_finished and not failed:
-            return  # recorded in full before the driver restarted
-        try:
-            _log_trial_artifacts(c, run_id, trial)
-        except Exception:  # artifacts are a bonus: never lose the run's status over them
-            log.exception("could not log artifacts of trial %s", trial.trial_id)
-        last = trial.last_result or {}
-        if last.get(DIVERGED):
-            failed = True
-            c.set_tag(run_id, "error", str(last.get("error", "training diverged")))
-            c.set_tag(run_id, "diverged", "true")
-        elif failed and trial.error_file and os.path.exists(trial.error_file):
-            c.set_tag(run_id, "error", Path(trial.error_file).read_text()[-4000:].strip().splitlines()[-1])
-        self.mlflow_util.end_run(run_id=run_id, status="FAILED" if failed else "FINISHED")
+                self.client.log_batch(r.info.run_id, tags=[RunTag("error", reason)])
+                self.client.set_terminated(r.info.run_id, "FAILED")
+                closed += 1
+        return closed
 
 
-def _method(cfg: dict[str, Any]) -> str:
+def _method(config: dict[str, Any]) -> str:
     try:
-        return TrainConfig.from_dict(cfg).method()
-    except (TypeError, ValueError):
+        return method_of(float(config["lambda0"]), config["schedule"], config["branches"])
+    except (KeyError, TypeError, ValueError):
         return "searched"
 
 
-def _log_trial_artifacts(c, run_id: str, trial) -> None:
-    from study.report import plot_grad_histogram
-    from trainables import FIRST_GRAD_FILE, FIRST_GRAD_PLOT, STRIPPED_MODEL_FILE
+_ORPHAN = "the driver stopped before Tune recorded this trial; re-suggested on resume"
 
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(dict(trial.config), sort_keys=True))
-        c.log_artifact(run_id, str(Path(tmp) / "config.yaml"))
-    checkpoint = trial.checkpoint
-    if checkpoint is None:
-        return
-    import torch
 
-    with checkpoint.as_directory() as d:
-        model = Path(d) / STRIPPED_MODEL_FILE
-        if model.exists():
-            c.log_artifact(run_id, str(model))
-        grad, plot = Path(d) / FIRST_GRAD_FILE, Path(d) / FIRST_GRAD_PLOT
-        if plot.exists():  # drawn by the trial itself at its last epoch
-            c.log_artifact(run_id, str(plot))
-        elif grad.exists():  # stopped early (ASHA): draw it from the last checkpoint's gradient
-            with tempfile.TemporaryDirectory() as tmp:
-                png = Path(tmp) / FIRST_GRAD_PLOT
-                plot_grad_histogram(torch.load(grad, weights_only=True), png, title=str(trial))
-                c.log_artifact(run_id, str(png))
+@dataclass
+class SyncSummary:
+    """What a sync wrote: epochs, runs closed, and trial folders it could not read."""
+
+    epochs: int = 0
+    closed: int = 0
+    trials: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, final: bool = False) -> SyncSummary:
+    """Write into MLflow whatever the study's trial folders hold and MLflow lacks.
+
+    Idempotent: an epoch MLflow has is not sent again, a closed run is not closed again.
+    A trial that trained all its epochs is closed FINISHED, a diverged one FAILED; others
+    as ``statuses`` says (trial id -> FINISHED, FAILED, or RUNNING to leave it open).
+
+    Args:
+        folder: The study.
+        statuses: Tune's word on each trial, where the caller has it (the end of a study).
+        final: The study has ended: runs of trials Tune does not know (started just before
+            a driver died, and re-suggested on resume) are closed FAILED.
+
+    Raises:
+        Exception: Whatever the tracking store raised (it is down): run the sync again later.
+    """
+    statuses = statuses or {}
+    projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id)
+    summary = SyncSummary()
+    for trial_dir in folder.trial_dirs():
+        record = read_trial(trial_dir)
+        if record is None:
+            continue
+        summary.trials += 1
+        summary.epochs += projection.log(record.trial_id, record.config, record.results)
+        if record.diverged:
+            status = "FAILED"
+        elif record.complete:
+            status = "FINISHED"
+        else:
+            status = statuses.get(record.trial_id, "RUNNING")
+            if final and record.trial_id not in statuses:
+                status = "FAILED"
+        if status != "RUNNING":
+            orphan = final and record.trial_id not in statuses and not record.complete
+            summary.closed += projection.end(record, status, _ORPHAN if orphan else None)
+    if final:
+        summary.closed += projection.fail_unknown(set(statuses), _ORPHAN)
+    return summary
+
+
+# -- the live writer ------------------------------------------------------------------------------
+class StudyTracker(tune.Callback):
+    """Tune callback that projects each trial into MLflow as its results arrive.
+
+    Best effort: a write the store refuses, or a server that does not answer
+    (:func:`reachable`), is skipped with one warning; training goes on, and the trial folders
+    keep everything. When the store answers again, and when the study ends, the trials it
+    missed are synced from their folders (:func:`sync_study`).
+
+    Args:
+        folder: The study (its MLflow experiment, parent run and trial folders).
+    """
+
+    def __init__(self, folder: StudyFolder) -> None:
+        self.folder = folder
+        self._projection: _Projection | None = None
+        self._behind: set[str] = set()  # trials whose results the store missed
+        self._down = False
+
+    # Tune pickles its callbacks with the experiment state: the MLflow client stays out of it
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": self.folder, "_projection": None, "_behind": set(), "_down": False}
+
+    def _write(self, trial_id: str, what: str, fn) -> bool:
+        if not reachable(self.folder.tracking_uri):
+            return self._missed(trial_id, what, ConnectionError("the server does not answer"))
+        try:
+            if self._projection is None:
+                self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
+                                               self.folder.spec.name, self.folder.parent_run_id)
+            if self._down or self._behind:
+                self._catch_up()
+            fn(self._projection)
+        except Exception as e:  # the store refused or failed: the trial folder keeps the record
+            return self._missed(trial_id, what, e)
+        return True
+
+    def _missed(self, trial_id: str, what: str, error: Exception) -> bool:
+        if not self._down:
+            log.warning("MLflow: %s for trial %s failed (%s: %s); training goes on, the trial folders keep "
+                        "every result, and they are written to MLflow when it answers again (or by 'snn-study "
+                        "sync %s')", what, trial_id, type(error).__name__, str(error)[:200], self.folder.path)
+        self._down = True
+        self._behind.add(trial_id)
+        return False
+
+    def _catch_up(self) -> None:
+        for trial_dir in self.folder.trial_dirs():
+            trial_id = trial_dir.name.removeprefix("trial_")
+            if trial_id in self._behind and (record := read_trial(trial_dir)) is not None:
+                self._projection.log(record.trial_id, record.config, record.results)
+        if self._down:
+            log.warning("MLflow: the store answers again; the results it missed are written")
+        self._behind.clear()
+        self._down = False
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._write(trial.trial_id, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config)))
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        if result.get(EPOCH) is not None:
+            self._write(trial.trial_id, f"epoch {result[EPOCH]}", lambda p: p.log(trial.trial_id, dict(trial.config),
+                                                                                    [result]))
+
+    def _end(self, trial, failed: bool) -> None:
+        def end(p: _Projection) -> None:
+            record = read_trial(Path(trial.path)) if trial.path else None
+            if record is None:
+                last = trial.last_result or {}
+                record = TrialRecord(trial.trial_id, Path(trial.path or "."), dict(trial.config),
+                                     [last] if last.get(EPOCH) is not None else [])
+            elif trial.last_result and trial.last_result.get(EPOCH) is not None:
+                record.results = _by_epoch(record.results + [trial.last_result])
+            p.log(record.trial_id, record.config, record.results)
+            p.end(record, "FAILED" if failed or record.diverged else "FINISHED")
+
+        self._write(trial.trial_id, "closing the run", end)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, failed=True)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        statuses = {t.trial_id: {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status, "RUNNING") for t in trials}
+        try:
+            summary = sync_study(self.folder, statuses, final=True)
+        except Exception as e:  # the store is down at the very end
+            log.warning("MLflow: the study's end could not be recorded (%s: %s); every result is in the trial "
+                        "folders: run 'snn-study sync %s' once the store answers", type(e).__name__,
+                        str(e)[:200], self.folder.path)
+            return
+        if summary.epochs:
+            log.info("MLflow: wrote %d epoch(s) the live record had missed", summary.epochs)

@@ -66,7 +66,7 @@ def test_vanilla_has_no_branch_metrics_and_method_names():
 
 
 def test_from_dict_rejects_unknown_keys():
-    with pytest.raises(ValueError, match=r"config: unknown key\(s\) \['lamda0'\]"):
+    with pytest.raises(ValueError, match=r"^lamda0: unknown key \(a typo\?\)$"):
         TrainConfig.from_dict({"lamda0": 0.1})
 
 
@@ -76,11 +76,7 @@ def test_event_data_trains(tmp_path):
 
 
 _HEAP_PROBE = """
-import sys
 import torch
-from snn.training import Trainer, TrainConfig
-if sys.argv[1] == "trainer":
-    Trainer(TrainConfig(dataset="digits", arch="resnet-tiny", arch_kwargs={"width": 4}, batch_size=64))
 x = torch.empty(40 * 2**20 // 4)  # 40 MiB: above glibc's largest automatic mmap threshold (32 MiB)
 a = x.data_ptr()
 for line in open("/proc/self/maps"):
@@ -88,18 +84,21 @@ for line in open("/proc/self/maps"):
     if lo <= a < hi:
         print("heap" if line.rstrip().endswith("[heap]") else "mmap")
 """
+_KEEP_FREED = {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 
+@pytest.mark.slow  # a fresh process per case
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/maps"),
                     reason="glibc's malloc and Linux's /proc only")
-@pytest.mark.parametrize("how,expected", [("plain", "mmap"), ("trainer", "heap"), ("trainer-off", "mmap")])
-def test_cpu_trainer_makes_malloc_keep_large_blocks_in_the_heap(how, expected):
-    # Large activations from the heap are kept there when freed, so the next step reuses their
-    # pages instead of mapping and faulting in fresh ones (snn/_malloc.py). Checked in a fresh
-    # process: the setting is process-wide.
-    env = {**os.environ, "SNN_RETAIN_MEMORY": "0" if how == "trainer-off" else "1"}
-    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, how.split("-")[0]], env=env, capture_output=True,
-                         text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+@pytest.mark.parametrize("env,expected", [({}, "mmap"), (_KEEP_FREED, "heap")])
+def test_the_documented_malloc_tunables_keep_large_blocks_in_the_heap(env, expected):
+    # What a spec's env_vars (or the Dockerfile) give a trial process: large activations come
+    # from the heap and stay there when freed, so the next step reuses their pages instead of
+    # mapping and faulting in fresh ones (docs/performance.md). Checked in a fresh process:
+    # glibc reads them at start-up.
+    base = {k: v for k, v in os.environ.items() if k not in _KEEP_FREED}
+    out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], env={**base, **env}, capture_output=True,
+                         text=True, check=True)
     assert out.stdout.split() == [expected], out.stderr[-2000:]
 
 

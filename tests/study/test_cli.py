@@ -12,6 +12,8 @@ from procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # every test here runs snn-study as a process
+
 
 def snn_study(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
@@ -43,7 +45,6 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_more_gpus_than_the_cluster_has(tmp_path):
     r = snn_study("run", "--set", "resources.gpu=1", "--set", f"storage={tmp_path / 'st'}",
                   "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", cwd=tmp_path)
@@ -62,28 +63,19 @@ def test_train_prints_one_line_per_epoch(tmp_path):
 
 def test_train_rejects_unknown_keys(tmp_path):
     r = snn_study("train", "--set", "lamda0=0.5", cwd=tmp_path)
-    assert r.returncode == 2 and "unknown key(s) ['lamda0']" in error_line(r)
+    assert r.returncode == 2 and "lamda0: unknown key (a typo?)" in error_line(r)
 
 
-def test_nothing_unsafe_in_the_code():
-    """Checkpoints load with weights_only=True, YAML with the safe loader, no user string reaches a shell."""
-    import ast
-
-    code = {p: p.read_text() for d in ("snn", "study", "trainables", "search_spaces") for p in (ROOT / d).rglob("*.py")}
-    loads = 0
-    for path, text in code.items():
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
-                loads += 1
-                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
-                assert kw.get("weights_only") == "True", (path, node.lineno)
-        assert "yaml.load(" not in text and "shell=True" not in text and "os.system(" not in text, path
-    assert loads >= 1  # the checkpoint loader is there and was checked
-    assert 'default="127.0.0.1"' in code[ROOT / "study" / "cli.py"]  # snn-study ui
-    assert 'dashboard_host="127.0.0.1"' in code[ROOT / "study" / "tuner.py"]  # Ray dashboard
+@pytest.mark.parametrize("args, expected", [
+    (["resume", "nowhere"], "nowhere: no study found there"),
+    (["sync", "nowhere"], "nowhere: no study found there"),
+    (["report", "nowhere"], "nowhere: no study found there"),
+])
+def test_commands_on_a_missing_study_fail_in_one_line(tmp_path, args, expected):
+    r = snn_study(*args, cwd=tmp_path)
+    assert r.returncode == 1 and expected in error_line(r)
 
 
-@pytest.mark.slow
 def test_run_shows_progress_without_a_line_per_checkpoint(ray_session, tmp_path):
     # Tune's status and the summary, but not Ray's "Checkpoint successfully created" for every
     # trial and epoch, nor Tune's warning that forced experiment-state saves (num_to_keep) "may

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -195,5 +196,77 @@ def test_tracking_server_down_mid_study_loses_nothing_once_back(ray_session, tmp
             assert steps == list(range(1, 11)), steps  # the epochs of the outage were sent when it was back
         assert all(n == 10 for n in _epochs_in_tune(study_dir).values())
     finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _epochs_in_folders(study_dir: Path) -> dict[str, list[int]]:
+    """Epochs each trial has finished, as its folder records them (checkpoints and result.json)."""
+    from study.tracking import read_trial
+
+    out = {}
+    for d in sorted(study_dir.glob("trial_*")):
+        record = read_trial(d)
+        if record is not None:
+            out[record.trial_id] = [int(r["epoch"]) for r in record.results]
+    return out
+
+
+def _mlflow_epochs(uri: str, experiment: str) -> dict[str, list[int]]:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return {r.data.tags["trial_id"]: sorted(int(m.step) for m in c.get_metric_history(r.info.run_id, "test_acc"))
+            for r in c.search_runs([exp.experiment_id], "tags.kind = 'trial'")}
+
+
+def test_driver_killed_during_a_tracking_outage_then_sync_restores_every_epoch(ray_session, tmp_path):
+    """The server dies, then the driver too: nothing of the outage reached MLflow, and no driver
+    is left to send it. `snn-study sync` writes it from the trial folders, once and only once."""
+    address = ray_session.get_runtime_context().gcs_address
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    spec = _spec(tmp_path, "gap", trials=2, epochs=12, batch_size=32)
+    proc = _snn_study(["run", str(spec), "--tracking-uri", uri], address, tmp_path)
+    study_dir = tmp_path / "studies" / "gap"
+    try:
+        def logged_epoch_one() -> bool:
+            try:
+                return any(_mlflow_epochs(uri, "gap").values())
+            except Exception:
+                return False
+
+        wait_for(logged_epoch_one, 300, "a trial's first epoch in MLflow")
+        os.killpg(server.pid, signal.SIGKILL)  # the tracking server vanishes mid-study
+        server.wait()
+        at_outage = sum(map(len, _epochs_in_folders(study_dir).values()))
+        wait_for(lambda: sum(map(len, _epochs_in_folders(study_dir).values())) >= at_outage + 3, 300,
+                 "training to go on while the server is down")
+        os.kill(proc.pid, signal.SIGKILL)  # and now the driver dies, with the outage's epochs unsent
+        proc.wait()
+        time.sleep(2)  # its trials stop with it
+        in_folders = _epochs_in_folders(study_dir)
+        server = _mlflow_server(tmp_path, port)  # back, with the same store
+        before = _mlflow_epochs(uri, "gap")
+        assert sum(map(len, before.values())) < sum(map(len, in_folders.values()))  # the gap is real
+
+        sync = subprocess.run([sys.executable, "-m", "study.cli", "sync", str(study_dir)], cwd=tmp_path,
+                              env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+                              | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+        assert sync.returncode == 0, sync.stderr
+        assert "Traceback" not in sync.stderr
+        after = _mlflow_epochs(uri, "gap")
+        for trial_id, epochs in in_folders.items():  # every epoch a trial finished, once
+            assert after[trial_id] == sorted(set(epochs)) == list(range(1, max(epochs) + 1)), (trial_id, after)
+        again = subprocess.run([sys.executable, "-m", "study.cli", "sync", str(study_dir)], cwd=tmp_path,
+                               env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+                               | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and " 0 epoch(s) written" in again.stdout, again.stdout + again.stderr
+        assert _mlflow_epochs(uri, "gap") == after
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()

@@ -1,8 +1,20 @@
+"""MLflow as a projection of the trial folders (study/tracking.py), on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
 import pytest
 from procs import free_port
 
+from snn.config import TrainConfig
 from study.baselines import BASELINES
-from study.tracking import check_tracking_uri, log_baselines
+from study.folder import StudyFolder
+from study.spec import parse_spec
+from study.tracking import check_tracking_uri, log_baselines, read_trial, reachable, start_parent_run, sync_study
+from trainables.layout import RECORD_FILE
 
 pytestmark = pytest.mark.slow  # starts MLflow's SQLite store
 
@@ -23,43 +35,90 @@ def test_baselines_are_logged_once(tmp_path):
 
 
 def test_unreachable_tracking_server_fails_fast():
-    import time
-
     port = free_port()  # nothing listens there
     t = time.perf_counter()
+    assert not reachable(f"http://127.0.0.1:{port}")
     with pytest.raises(ConnectionError, match=f"mlflow.tracking_uri: cannot reach the MLflow server at http://127.0.0.1:{port}"):
         check_tracking_uri(f"http://127.0.0.1:{port}")
     assert time.perf_counter() - t < 10
+    assert reachable("sqlite:///anything.db")  # a local store needs no answer
 
 
-class _Trial:
-    """What StudyMLflowCallback reads of a Tune trial."""
-
-    def __init__(self, trial_id: str) -> None:
-        self.trial_id, self.config = trial_id, {"dataset": "digits", "arch": "resnet-tiny", "timesteps": 2}
-        self.last_result, self.checkpoint, self.error_file = {}, None, None
-
-    def __str__(self) -> str:
-        return f"trial_{self.trial_id}"
+# -- the sync, on study folders written as trials write them ---------------------------------------
+def _study(tmp: Path, epochs: int = 3) -> StudyFolder:
+    spec = parse_spec({"name": "s", "storage": str(tmp / "studies"), "train": {"epochs": epochs}})
+    uri = f"sqlite:///{tmp}/m.db"
+    parent = start_parent_run(uri, spec.experiment, spec.name, {})
+    return StudyFolder(spec.study_dir(), spec, parent, uri)
 
 
-def test_an_epoch_reported_again_after_a_restart_is_logged_once(tmp_path):
-    # Tune runs a result's callbacks before it saves the result's checkpoint, so a trial worker
-    # that dies in between is restarted from the checkpoint before and reports that epoch again
+def _result(epoch: int, **extra) -> dict:
+    return {"epoch": epoch, "test_acc": epoch / 10, "train_loss": 1.0 / epoch, "node_id": "n1", "node_ip": "10.0.0.1",
+            "hostname": "h", "timestamp": 1_700_000_000 + epoch, **extra}
+
+
+def _checkpoint(trial: Path, index: int, config: dict, history: list[dict]) -> None:
+    d = trial / f"checkpoint_{index:06d}"
+    d.mkdir(parents=True)
+    (d / RECORD_FILE).write_text(json.dumps({"config": config, "history": history}))
+
+
+def _history(c, run_id: str, key: str = "test_acc") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
+
+
+def test_sync_writes_every_epoch_once_and_nothing_twice(tmp_path):
     from mlflow import MlflowClient
 
-    from study.tracking import StudyMLflowCallback, start_parent_run
+    folder = _study(tmp_path, epochs=3)
+    config = TrainConfig(epochs=3, lambda0=0.25, schedule="linear").to_dict()
+    done, running = folder.path / "trial_aaa", folder.path / "trial_bbb"
+    # a finished trial: its newest checkpoint has all 3 epochs; Tune's result.json, behind it,
+    # repeats epoch 2 (re-run from an older checkpoint after a restart)
+    _checkpoint(done, 1, config, [_result(1), _result(2)])
+    _checkpoint(done, 2, config, [_result(1), _result(2), _result(3)])
+    (done / "result.json").write_text("\n".join(json.dumps(_result(e)) for e in (1, 2, 2)) + "\n{\"epoch\": 3, ")
+    _checkpoint(running, 0, config, [_result(1)])  # still training when the driver died
+    summary = sync_study(folder)
+    assert (summary.trials, summary.epochs, summary.closed) == (2, 4, 1)
+    c = MlflowClient(folder.tracking_uri)
+    runs = {r.data.tags["trial_id"]: r for r in c.search_runs(
+        [c.get_experiment_by_name("s").experiment_id], "tags.kind = 'trial'")}
+    assert _history(c, runs["aaa"].info.run_id) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert runs["aaa"].info.status == "FINISHED" and runs["bbb"].info.status == "RUNNING"
+    assert runs["aaa"].data.params["lambda0"] == "0.25" and runs["aaa"].data.tags["method"] == "evolutionary"
+    assert runs["aaa"].data.tags["mlflow.parentRunId"] == folder.parent_run_id
+    assert runs["aaa"].data.tags["ray_node_id"] == "n1"
+    assert "config.yaml" in {a.path for a in c.list_artifacts(runs["aaa"].info.run_id)}
 
-    uri = f"sqlite:///{tmp_path}/m.db"
-    parent = start_parent_run(uri, "exp", "s", {})
-    cb = StudyMLflowCallback(uri, "exp", "s", parent)
-    cb.setup()
-    trial = _Trial("t1")
-    cb.log_trial_start(trial)
-    for i, epoch in enumerate([1, 2, 2, 3], start=1):
-        cb.log_trial_result(i, trial, {"epoch": epoch, "test_acc": epoch / 10, "timestamp": 1_700_000_000 + i})
-    cb.log_trial_end(trial)
-    c = MlflowClient(uri)
-    run = c.search_runs([c.get_experiment_by_name("exp").experiment_id], filter_string="tags.kind = 'trial'")[0]
-    assert [(m.step, m.value) for m in c.get_metric_history(run.info.run_id, "test_acc")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
-    assert run.info.status == "FINISHED"
+    assert sync_study(folder).epochs == 0  # idempotent
+    _checkpoint(running, 1, config, [_result(1), _result(2)])  # the trial went on
+    assert sync_study(folder).epochs == 1
+    assert _history(c, runs["bbb"].info.run_id) == [(1, 0.1), (2, 0.2)]
+    # the end of the study: Tune says the other trial was stopped early (ASHA), one never started
+    c.create_run(c.get_experiment_by_name("s").experiment_id,
+                 tags={"kind": "trial", "study": "s", "trial_id": "zzz"})
+    sync_study(folder, {"aaa": "FINISHED", "bbb": "FINISHED"}, final=True)
+    runs = {r.data.tags["trial_id"]: r for r in c.search_runs(
+        [c.get_experiment_by_name("s").experiment_id], "tags.kind = 'trial'")}
+    assert runs["bbb"].info.status == "FINISHED" and len(_history(c, runs["bbb"].info.run_id)) == 2
+    assert runs["zzz"].info.status == "FAILED" and "re-suggested" in runs["zzz"].data.tags["error"]
+
+
+def test_a_diverged_trial_is_closed_failed_with_the_reason(tmp_path):
+    from mlflow import MlflowClient
+
+    folder = _study(tmp_path, epochs=3)
+    trial = folder.path / "trial_ccc"
+    config = TrainConfig(epochs=3).to_dict()
+    _checkpoint(trial, 0, config, [_result(1)])
+    nan = _result(2, diverged=1.0, test_acc=float("nan"), error="training loss became nan at iteration 40")
+    (trial / "result.json").write_text(json.dumps(_result(1)) + "\n" + json.dumps({**nan, "config": config}) + "\n")
+    record = read_trial(trial)
+    assert record.diverged and not record.complete
+    sync_study(folder)
+    c = MlflowClient(folder.tracking_uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("s").experiment_id], "tags.kind = 'trial'")
+    assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
+    assert "training loss became nan" in run.data.tags["error"]
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "diverged")] == [2]

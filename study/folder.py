@@ -1,0 +1,90 @@
+"""A study's folder: what a study writes where, and opening one again.
+
+``studies/<name>/`` (the spec's ``storage``) holds Tune's experiment (its state and one
+``trial_<id>/`` folder per trial, with the checkpoints), the resolved spec
+(:data:`SPEC_FILE`), where MLflow records the study (:data:`STATE_FILE`) and the Optuna
+storage (:data:`OPTUNA_FILE`). ``snn-study resume``, ``sync``, ``report`` and ``ui`` start
+from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.spec import SpecError, StudySpec, parse_spec
+
+__all__ = ["OPTUNA_FILE", "SPEC_FILE", "STATE_FILE", "StudyError", "StudyFolder", "open_study", "study_paths"]
+
+SPEC_FILE = "study.yaml"  # the resolved spec, written before the study starts
+STATE_FILE = "study.json"  # MLflow parent run id and tracking URI of the study
+OPTUNA_FILE = "optuna.db"
+
+
+class StudyError(RuntimeError):
+    """A study cannot start, resume or be read; the message is one line saying why and what to do.
+
+    Attributes:
+        exit_code: 2 for a request that can never run as given (like a bad spec), else 1.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def study_paths(spec: StudySpec) -> dict[str, Path]:
+    """The study folder of ``spec`` and the files in it."""
+    d = spec.study_dir()
+    return {"dir": d, "spec": d / SPEC_FILE, "state": d / STATE_FILE, "optuna": d / OPTUNA_FILE}
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """A study as its folder describes it."""
+
+    path: Path
+    spec: StudySpec
+    parent_run_id: str
+    tracking_uri: str
+
+    @property
+    def tune_dir(self) -> str:
+        """Tune's experiment: this folder, or the spec's remote storage URI."""
+        return self.spec.storage_uri().rstrip("/") + "/" + self.spec.name
+
+    def trial_dirs(self) -> list[Path]:
+        """The trial folders Tune made (local storage only; a remote one has none here)."""
+        return sorted(p for p in Path(self.tune_dir).glob("trial_*") if p.is_dir()) if "://" not in self.tune_dir \
+            else []
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the study's MLflow state whole (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def open_study(study: str | os.PathLike) -> StudyFolder:
+    """Open the study in folder ``study``, or the one named ``study`` under ./studies.
+
+    Raises:
+        StudyError: No study there, or its files cannot be read.
+    """
+    d = Path(study)
+    if not (d / SPEC_FILE).exists() and (Path("studies") / str(study) / SPEC_FILE).exists():
+        d = Path("studies") / str(study)
+    if not (d / SPEC_FILE).is_file() or not (d / STATE_FILE).is_file():
+        raise StudyError(f"{study}: no study found there (expected {SPEC_FILE} and {STATE_FILE} in the folder)")
+    try:
+        spec = parse_spec(yaml.safe_load((d / SPEC_FILE).read_text()), str(d / SPEC_FILE))
+        state = json.loads((d / STATE_FILE).read_text())
+        return StudyFolder(d.resolve(), spec, state["parent_run_id"], state["tracking_uri"])
+    except (OSError, ValueError, KeyError, yaml.YAMLError, SpecError) as e:
+        raise StudyError(f"{d}: the study's files cannot be read ({type(e).__name__}: {e})") from None

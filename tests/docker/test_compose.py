@@ -148,6 +148,7 @@ def _compose_cli() -> list[str] | None:
     return ["docker-compose"] if shutil.which("docker-compose") else None
 
 
+@pytest.mark.slow  # runs docker compose (or docker-compose) in a subprocess
 def test_compose_config_is_valid():
     cli = _compose_cli()
     if cli is None:

@@ -1,3 +1,5 @@
+import re
+
 import optuna
 import pytest
 
@@ -40,7 +42,10 @@ def test_full_space_returns_constants_and_searches_four_dims():
         lo, hi = SURROGATE_RANGES[p["surrogate"]]
         assert lo <= p["surrogate_param"] <= hi
         assert p["branches"] in branch_choices(4)
-    assert {p["schedule"] for p in params} <= set(registry.SHAPES)
+    # the full space reaches every registered shape and surrogate, and every placement
+    assert {p["schedule"] for p in params} == set(registry.SHAPES)
+    assert {p["surrogate"] for p in params} == set(registry.SURROGATES)
+    assert {p["branches"] for p in params} == set(branch_choices(4))
 
 
 def test_vanilla_is_reachable():
@@ -103,7 +108,36 @@ def test_paper_preset_replicates_with_seeds():
     assert all(o["lambda0"] == 0.25 and o["schedule"] == "linear" and o["branches"] == "1,2" for o in outs)
 
 
+@pytest.mark.parametrize("name", registry.SURROGATES)
+def test_surrogate_param_range_is_around_the_default(name):
+    lo, hi = SURROGATE_RANGES[name]
+    assert 0 < lo < registry.SURROGATE_DEFAULTS[name] < hi
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("stages", [3, 4])
+def test_every_preset_gives_complete_valid_trials_starting_from_the_papers(preset, stages):
+    # what a trial receives: the space's constants and Optuna's suggestions, as OptunaSearch merges them
+    space = build_space(preset, stages=stages, seed=5)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    for p in first_points(preset, stages=stages):
+        study.enqueue_trial(p)
+    configs = []
+    for _ in range(12):
+        t = study.ask()
+        configs.append({**space(t), **t.params})
+        study.tell(t, 0.5)
+    for c in configs:
+        assert {"lambda0", "schedule", "branches", "surrogate", "surrogate_param"} <= set(c), c
+        assert 0.0 <= c["lambda0"] <= 1.0 and c["schedule"] in registry.SHAPES
+        assert c["branches"] in branch_choices(stages)
+        lo, hi = SURROGATE_RANGES[c["surrogate"]]
+        assert lo <= c["surrogate_param"] <= hi
+    assert {k: configs[0][k] for k in paper_setting(stages)} == paper_setting(stages)  # the paper's point first
+
+
 def test_unknown_preset():
-    with pytest.raises(ValueError, match="search.preset: unknown name 'fast'; choose one of paper, ablation, full, quick"):
+    valid = re.escape(", ".join(PRESETS))
+    with pytest.raises(ValueError, match=f"^search.preset: unknown name 'fast'; choose one of {valid}$"):
         build_space("fast", stages=3)
-    assert PRESETS == ("paper", "ablation", "full", "quick")
+    assert {"paper", "ablation", "full", "quick"} <= set(PRESETS)  # the presets the issue names

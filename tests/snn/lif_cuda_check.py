@@ -1,5 +1,5 @@
 """Checks snn._lif_cuda's Triton kernels against the tensor-op path, on the CPU, through
-Triton's interpreter. Run by tests/snn/test_lif_cuda.py in a process that sets
+Triton's interpreter. Run by tests/snn/test_neurons.py in a process that sets
 ``TRITON_INTERPRET=1`` (Triton reads it at import); exits non-zero on the first mismatch.
 """
 
@@ -52,7 +52,7 @@ def main() -> None:
                 checked += 1
     # bfloat16. Triton's interpreter rounds float32 to bfloat16 by truncation where a GPU (and
     # torch) rounds to nearest, so a potential within one bfloat16 step of the threshold may fire
-    # differently here; test_lif_cuda.py asserts equal spikes on a real GPU.
+    # differently here; test_neurons.py asserts equal spikes on a real GPU.
     lif = LIF(tau=0.5, surrogate="atan", surrogate_param=2.0)
     c = (torch.randn(4, 2, 600) * 1.5 + 0.6).to(torch.bfloat16)
     g = torch.randn(4, 2, 600).to(torch.bfloat16)

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -5,10 +7,19 @@ import torch.nn.functional as F
 from snn import models
 from snn.diagnostics import first_conv
 
-
-def small(arch):
-    # keep the big nets cheap: few classes, tiny inputs
-    return {"resnet18-imagenet": 32, "resnet34-imagenet": 32}.get(arch, 8)
+# Basic blocks and channels per stage, and the stem's kernel, of each architecture as the
+# papers define it: ResNet-18/34 (He et al. 2016) in the CIFAR form (3x3 stem) and the
+# ImageNet form (7x7 stride-2 stem, Table 3); ResNet-19 of tdBN/TET; He et al.'s CIFAR
+# ResNet-20 (Dspike's experiments); and the project's small CPU network.
+LAYOUTS = {
+    "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), 3),
+    "resnet34": ((3, 4, 6, 3), (64, 128, 256, 512), 3),
+    "resnet18-imagenet": ((2, 2, 2, 2), (64, 128, 256, 512), 7),
+    "resnet34-imagenet": ((3, 4, 6, 3), (64, 128, 256, 512), 7),
+    "resnet19": ((3, 3, 2), (128, 256, 512), 3),
+    "resnet20": ((3, 3, 3), (16, 32, 64), 3),
+    "resnet-tiny": ((1, 1, 1), (16, 32, 64), 3),
+}
 
 
 @pytest.mark.parametrize("arch", models.ARCHS)
@@ -16,16 +27,31 @@ def test_every_arch_builds_and_runs(arch):
     torch.manual_seed(0)
     m = models.build(arch, 5, 2)
     n = models.num_stages(arch)
-    out = m(torch.randn(2, 3, small(arch), small(arch)))
+    size = 32 if m.maxpool is not None else 8  # keep the big nets cheap: few classes, tiny inputs
+    out = m(torch.randn(2, 3, size, size))
     assert out.main.shape == (2, 5)
     assert len(out.branches) == n - 1 and out.branch_stages == tuple(range(1, n))
     assert all(b.shape == (2, 5) for b in out.branches)
 
 
-def test_stage_counts():
-    assert [models.num_stages(a) for a in ("resnet18", "resnet34", "resnet19", "resnet20")] == [4, 4, 3, 3]
+def test_every_arch_has_a_reference_layout():
+    assert set(models.ARCHS) == set(LAYOUTS)
+
+
+@pytest.mark.parametrize("arch", models.ARCHS)
+def test_stages_are_the_papers(arch):
+    blocks, widths, stem = LAYOUTS[arch]
+    m = models.build(arch, 10, 1)
+    assert models.num_stages(arch) == len(blocks)
+    stages = [getattr(m, f"layer{i}") for i in range(1, len(blocks) + 1)]
+    assert [len(s) for s in stages] == list(blocks)
+    assert [s[0].conv1.out_channels for s in stages] == list(widths)
+    assert m.conv1.kernel_size == (stem, stem)
+    assert not hasattr(m, f"layer{len(blocks) + 1}")
+
+
+def test_resnet_tiny_takes_its_stage_count_from_blocks():
     assert models.num_stages("resnet-tiny", blocks=[1, 1, 1, 1, 1]) == 5
-    assert [len(getattr(models.build("resnet34", 10, 1), f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
 
 
 def test_branch_placement():
@@ -38,7 +64,8 @@ def test_branch_placement():
 
 
 def test_unknown_arch_and_bad_inputs():
-    with pytest.raises(ValueError, match="arch: unknown name 'resnet50'; choose one of resnet18"):
+    valid = re.escape(", ".join(models.ARCHS))
+    with pytest.raises(ValueError, match=f"^arch: unknown name 'resnet50'; choose one of {valid}$"):
         models.build("resnet50", 10, 2)
     m = models.build("resnet-tiny", 10, 2, in_channels=1)
     with pytest.raises(ValueError, match="expected 1 channels"):

@@ -1,4 +1,7 @@
 
+import math
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,15 +9,30 @@ import torch.nn.functional as F
 from snn import losses, schedules
 from snn.models import ModelOutput
 
+# λ(i)/λ₀ of each shape as a function of p = i/I, written from the shapes' definitions
+# (``linear`` is Eq. 10), with its value worked out by hand at p = 1/2 and at p = 1.
+SHAPES = {
+    "constant": (lambda p: 1.0, 1.0, 1.0),
+    "linear": (lambda p: 1 - p, 0.5, 0.0),
+    "cosine": (lambda p: (1 + math.cos(math.pi * p)) / 2, 0.5, 0.0),
+    "exponential": (lambda p: 0.01 ** p, 0.1, 0.01),
+    "step": (lambda p: 1.0 if p < 0.5 else 0.0, 0.0, 0.0),
+}
 
-@pytest.mark.parametrize("shape,mid,end", [
-    ("constant", 1.0, 1.0), ("linear", 0.5, 0.0), ("cosine", 0.5, 0.0),
-    ("exponential", 0.1, 0.01), ("step", 0.0, 0.0)])
-def test_schedule_values(shape, mid, end):
+
+def test_every_shape_has_a_reference():
+    assert set(schedules.SHAPES) == set(SHAPES)
+
+
+@pytest.mark.parametrize("shape", schedules.SHAPES)
+def test_schedule_values(shape):
+    formula, mid, end = SHAPES[shape]
     lam0, total = 0.25, 1000
     assert schedules.balance(shape, lam0, 0, total) == pytest.approx(lam0)
     assert schedules.balance(shape, lam0, total // 2, total) == pytest.approx(lam0 * mid)
     assert schedules.balance(shape, lam0, total, total) == pytest.approx(lam0 * end, abs=1e-12)
+    for i in range(0, total + 1, 37):
+        assert schedules.balance(shape, lam0, i, total) == pytest.approx(lam0 * formula(i / total), abs=1e-12)
 
 
 def test_linear_is_eq_10_everywhere():
@@ -29,7 +47,8 @@ def test_non_increasing(shape):
 
 
 def test_schedule_errors():
-    with pytest.raises(ValueError, match="schedule: unknown shape 'lin'; choose one of constant, linear"):
+    valid = re.escape(", ".join(schedules.SHAPES))
+    with pytest.raises(ValueError, match=f"^schedule: unknown shape 'lin'; choose one of {valid}$"):
         schedules.balance("lin", 0.25, 0, 10)
     with pytest.raises(ValueError, match="lambda0"):
         schedules.balance("linear", -0.1, 0, 10)
@@ -44,23 +63,42 @@ def make_output(seed=0):
     return ModelOutput(main, branches), torch.randint(0, 4, (6,), generator=g)
 
 
-def test_logit_sum_is_ce_of_summed_logits():
-    out, y = make_output()
-    lam = 0.3
-    manual = F.cross_entropy(out.main + lam * (out.branches[0] + out.branches[1] + out.branches[2]), y)
-    torch.testing.assert_close(losses.shortcut_loss(out, y, lam), manual)
+# The two readings of Eq. 10, written out with three shortcut heads.
+MODES = {
+    # cross-entropy of the main logits plus λ times the heads' logits
+    "logit_sum": lambda out, y, lam: F.cross_entropy(out.main + lam * (out.branches[0] + out.branches[1]
+                                                                       + out.branches[2]), y),
+    # the main head's cross-entropy plus λ times each shortcut head's own
+    "deep_supervision": lambda out, y, lam: F.cross_entropy(out.main, y) + lam * (
+        F.cross_entropy(out.branches[0], y) + F.cross_entropy(out.branches[1], y)
+        + F.cross_entropy(out.branches[2], y)),
+}
 
 
-def test_deep_supervision_is_sum_of_ces():
+def test_every_loss_mode_has_a_reference():
+    assert set(losses.MODES) == set(MODES)
+
+
+@pytest.mark.parametrize("mode", losses.MODES)
+@pytest.mark.parametrize("lam", [0.3, 0.7])
+def test_loss_is_its_reading_of_eq_10(mode, lam):
     out, y = make_output(1)
-    lam = 0.7
-    manual = F.cross_entropy(out.main, y) + lam * sum(F.cross_entropy(b, y) for b in out.branches)
-    torch.testing.assert_close(losses.shortcut_loss(out, y, lam, "deep_supervision"), manual)
+    torch.testing.assert_close(losses.shortcut_loss(out, y, lam, mode), MODES[mode](out, y, lam))
 
 
-def test_lambda_zero_is_vanilla_and_bad_mode():
+def test_logit_sum_is_the_default():
+    out, y = make_output()
+    torch.testing.assert_close(losses.shortcut_loss(out, y, 0.3), MODES["logit_sum"](out, y, 0.3))
+
+
+@pytest.mark.parametrize("mode", losses.MODES)
+def test_lambda_zero_is_vanilla(mode):
     out, y = make_output(2)
-    for mode in losses.MODES:
-        torch.testing.assert_close(losses.shortcut_loss(out, y, 0.0, mode), F.cross_entropy(out.main, y))
-    with pytest.raises(ValueError, match="loss_mode: unknown mode 'sum'; choose one of logit_sum, deep_supervision"):
+    torch.testing.assert_close(losses.shortcut_loss(out, y, 0.0, mode), F.cross_entropy(out.main, y))
+
+
+def test_bad_mode():
+    out, y = make_output(2)
+    valid = re.escape(", ".join(losses.MODES))
+    with pytest.raises(ValueError, match=f"^loss_mode: unknown mode 'sum'; choose one of {valid}$"):
         losses.shortcut_loss(out, y, 0.1, "sum")

@@ -1,4 +1,6 @@
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,10 +15,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fakes import accept_fake_cifar, make_fake_cifar  # noqa: E402
 
 
-def test_names_and_info():
-    assert data.NAMES == ("cifar10", "cifar100", "imagenet", "cifar10-dvs", "digits", "digits-dvs")
-    assert data.info("cifar10-dvs") == data.DatasetInfo("cifar10-dvs", 10, 2, (48, 48), "frames")
-    with pytest.raises(ValueError, match="dataset: unknown name 'mnist'; choose one of cifar10, cifar100, imagenet"):
+# Classes, channels, input size (H, W) and sample kind of each dataset, from the datasets
+# themselves and section 5 of the paper (CIFAR10-DVS binned into frames of 48x48).
+INFO = {
+    "cifar10": (10, 3, (32, 32), "static"),
+    "cifar100": (100, 3, (32, 32), "static"),
+    "imagenet": (1000, 3, (224, 224), "static"),
+    "cifar10-dvs": (10, 2, (48, 48), "frames"),
+    "digits": (10, 1, (8, 8), "static"),
+    "digits-dvs": (10, 2, (32, 32), "frames"),
+}
+OFFLINE = ("digits", "digits-dvs")  # built from scikit-learn's bundled digits: nothing to download
+NEEDS_FILES = [n for n in data.NAMES if n not in OFFLINE]
+
+
+def test_every_dataset_has_a_reference():
+    assert set(data.NAMES) == set(INFO)
+    assert set(OFFLINE) <= set(data.NAMES)
+
+
+@pytest.mark.parametrize("name", data.NAMES)
+def test_info(name):
+    got = data.info(name)
+    assert got.name == name
+    assert (got.num_classes, got.in_channels, got.input_size, got.kind) == INFO[name]
+
+
+def test_unknown_name_lists_valid_names():
+    valid = re.escape(", ".join(data.NAMES))
+    with pytest.raises(ValueError, match=f"^dataset: unknown name 'mnist'; choose one of {valid}$"):
         data.info("mnist")
 
 
@@ -34,14 +61,8 @@ def test_digits_split_and_normalisation():
     assert np.all(np.abs(np.bincount(labels) - 0.8 * full) <= 1)  # stratified: 80% of every class
 
 
-def test_digits_split_is_scikit_learns_and_fresh_processes_read_it_from_the_cache(tmp_path, monkeypatch):
-    import subprocess
-
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    from snn.data import _static
-
+@pytest.mark.slow  # two fresh processes
+def test_fresh_processes_read_the_digits_split_from_the_cache(tmp_path):
     code = "import sys; from snn.data._static import build_digits; build_digits(True); print('sklearn' in sys.modules)"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
@@ -49,10 +70,29 @@ def test_digits_split_is_scikit_learns_and_fresh_processes_read_it_from_the_cach
     assert [r.strip() for r in runs] == ["True", "False"]  # the second process did not import scikit-learn
     (cached,) = (tmp_path / "snn-study").iterdir()  # and no temporary file is left beside it
     assert cached.name.startswith("digits-split-sklearn-")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    xtr, xte, ytr, yte = train_test_split(d.images, d.target, test_size=0.2, random_state=0, stratify=d.target)
+    with np.load(cached) as f:
+        for key, want in {"xtr": xtr, "xte": xte, "ytr": ytr, "yte": yte}.items():
+            np.testing.assert_array_equal(f[key], want)
+
+
+def test_digits_split_is_scikit_learns_from_a_fresh_damaged_or_unwritable_cache(tmp_path, monkeypatch):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from snn.data import _static
 
     d = load_digits()
     want = train_test_split(d.images, d.target, test_size=0.2, random_state=0, stratify=d.target)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _static._digits_split_arrays.cache_clear()
+    _static.digits_split(True)  # computed, and written to the empty cache
+    (cached,) = (tmp_path / "snn-study").iterdir()  # and no temporary file is left beside it
+    assert cached.name.startswith("digits-split-sklearn-")
     for damage in (lambda: None, lambda: cached.write_bytes(cached.read_bytes()[:1000])):  # a file cut short
         damage()
         _static._digits_split_arrays.cache_clear()
@@ -99,7 +139,7 @@ def test_imagenet_folder(tmp_path):
     assert {va[i][1] for i in range(4)} == {0, 1}
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenet", "cifar10-dvs"])
+@pytest.mark.parametrize("name", NEEDS_FILES)
 def test_offline_error_is_clear_and_writes_nothing(tmp_path, name):
     root = tmp_path / "root"
     with pytest.raises(data.DatasetNotFoundError) as e:

@@ -37,7 +37,7 @@ def _empty_steps(x: Tensor) -> Tensor:
     A static image's stem output repeated over T arrives expanded (stride 0 in T), each step
     channels-last. ``empty_like`` would lay such a tensor out contiguously, so the spikes
     would be NCHW and the next channels-last convolution would reorder them back, forward
-    and backward (about 4 % of a ResNet-18 step at T = 2 on CPU, benchmarks/).
+    and backward (docs/performance.md).
     """
     step = torch.empty_like(x[0])  # keeps the strides of a dense x[0], else contiguous
     return torch.empty_strided((x.shape[0], *step.shape), (step.numel(), *step.stride()), dtype=x.dtype,

@@ -66,8 +66,8 @@ def adamw(params: Iterable[Tensor], lr: float, weight_decay: float, device: torc
     """The optimizer of Algorithm 1's update step: AdamW, in its fused form on CUDA.
 
     A foreach AdamW steps every parameter with a dozen multi-tensor kernels; the fused one
-    with one. A ResNet-18 step at batch 64 on a GPU is bound by launching kernels, and
-    there it took 7 % less time (H200, benchmarks/). Elsewhere torch's default is kept.
+    with one. A GPU step at small batches is bound by launching kernels, so fewer of them pay
+    (docs/performance.md). Elsewhere torch's default is kept.
     The update is the same either way (``tests/snn/test_training.py`` checks it on CUDA).
     """
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if device.type == "cuda" else None)
@@ -77,9 +77,8 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype ``amp: true`` uses on ``device``, or None where it would not pay.
 
     CUDA: bfloat16 where supported, else float16 (with gradient scaling). CPU: bfloat16 when
-    oneDNN has native bf16 kernels (AVX512-BF16 or AMX), where it measured 1.8x faster
-    training steps than float32 (benchmarks/); elsewhere bf16 is emulated and slower, so the
-    CPU trains in float32.
+    oneDNN has native bf16 kernels (AVX512-BF16 or AMX), where it trains faster than float32
+    (docs/performance.md); elsewhere bf16 is emulated and slower, so the CPU trains in float32.
     """
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -101,8 +100,8 @@ def data_workers(workers: int | str, device: torch.device) -> int:
     ``"auto"`` sizes them to the CPUs this process may use, which a Ray trial sets to what
     it was given (``torch.get_num_threads()``): on CUDA, all of them but one, which feeds the
     GPU (at most 8), so decoding and augmentation keep up with the device; on CPU, none,
-    because the training step itself keeps every given core busy and loading in the same
-    process takes a few ms per batch of a step that takes seconds (benchmarks/).
+    because the training step itself keeps every given core busy and loading a batch in the
+    same process is small beside the step.
 
     Raises:
         ValueError: ``workers`` is neither a count >= 0 nor ``"auto"``.
@@ -349,9 +348,8 @@ class Trainer:
 class _CapturedStep:
     """Forward and backward of a full training batch, captured once as a CUDA graph and replayed.
 
-    A GPU step at small batches waits on the host launching its kernels one by one (a
-    ResNet-18 step at batch 64 took 14-18 ms eager against about 3.7 ms replayed as a graph
-    on an H200, README). The graph holds the forward, the loss of Eq. 10 with λ read from a
+    A GPU step at small batches waits on the host launching its kernels one by one; replayed,
+    the whole step is one launch (docs/performance.md). The graph holds the forward, the loss of Eq. 10 with λ read from a
     device scalar, the backward, the per-layer gradient norms and the correct count; the
     fused AdamW step and the schedules stay outside it. The gradients live in the graph's
     memory: the optimizer reads them there, and an eager step (the first steps, which let

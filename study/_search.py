@@ -33,13 +33,19 @@ class StudyOptunaSearch(OptunaSearch):
         one is marked FAIL (with the reason as a user attribute) rather than left hanging.
         """
         super().restore(checkpoint_path)
+        # Private, no public accessor: OptunaSearch keeps its Optuna study and its trials by Tune
+        # trial id in _ot_study and _ot_trials.
+        study = self._ot_study
         known = {t.number for t in self._ot_trials.values()}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if t.number not in known:
-                storage = self._ot_study._storage
-                storage.set_trial_user_attr(t._trial_id, "fail_reason",
-                                            "the driver stopped before the trial started; re-suggested on resume")
-                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+                # Private: Optuna sets a user attribute only through a Trial object or the
+                # storage by internal trial id; no public call takes a trial handed out by
+                # another process.
+                study._storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                                   "the driver stopped before the trial started; re-suggested on "
+                                                   "resume")
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get(DIVERGED):

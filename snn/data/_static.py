@@ -105,8 +105,7 @@ def digits_split(train: bool) -> tuple[np.ndarray, np.ndarray]:
     The split is scikit-learn's ``train_test_split(test_size=0.2, random_state=0)``,
     stratified by label. It is kept in the user's cache folder (``$XDG_CACHE_HOME`` or
     ``~/.cache``, then ``snn-study/``), keyed by scikit-learn's version: a fresh trial
-    process reads it there instead of importing scikit-learn, which cost about 1 s of CPU
-    per process (each trial slot of a study pays it once).
+    process reads it there instead of importing scikit-learn and SciPy to split it again.
     """
     split = _digits_split_arrays()
     return (split["xtr"], split["ytr"]) if train else (split["xte"], split["yte"])

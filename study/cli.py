@@ -157,7 +157,7 @@ def sync(study: str) -> None:
 
 @cli.command()
 @click.argument("spec", required=False, type=click.Path(dir_okay=False))
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="A trial's config.yaml (from its MLflow artifacts) to train exactly that trial.")
 @_SET
 @click.option("--threads", type=int, default=None,
@@ -180,7 +180,13 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], thre
     overrides = _overrides(sets)
     try:
         if config_file:
-            cfg = TrainConfig.model_validate({**yaml.safe_load(Path(config_file).read_text()), **overrides})
+            try:
+                config = yaml.safe_load(Path(config_file).read_text())
+            except (OSError, yaml.YAMLError) as e:
+                _fail(f"{config_file}: cannot read the trial's config ({getattr(e, 'strerror', None) or e})")
+            if not isinstance(config, dict):
+                _fail(f"{config_file}: a trial's config is a YAML mapping of parameters to values", 2)
+            cfg = TrainConfig.model_validate({**config, **overrides})
         else:
             cfg = _load(spec, ()).trial_config(**overrides)
     except ValidationError as err:

@@ -47,7 +47,7 @@ QUICKSTART: dict[str, Any] = {
     # about 1.1x on CPU trials (docs/performance.md)
     "env_vars": {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"},
 }
-"""The built-in quick-start study: a few minutes on a 2-core laptop CPU."""
+"""The built-in quick-start study: small enough for a laptop's CPU."""
 
 
 class SpecError(ValueError):

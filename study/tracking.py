@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -238,6 +240,7 @@ class _Projection:
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, set[int]] = {}  # run id -> epochs MLflow has
         self._status: dict[str, str] = {}  # run id -> its status, as last read or set
+        self._where: dict[str, tuple] = {}  # run id -> the Ray node tags it has
 
     def _find(self, trial_id: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], max_results=1, filter_string=(
@@ -277,11 +280,13 @@ class _Projection:
         metrics = [Metric(k, float(v), int(float(r.get("timestamp", 0)) * 1000), int(r[EPOCH]))
                    for r in new for k, v in r.items() if k not in _NOT_METRICS and _number(v)]
         last = new[-1]
-        tags = [RunTag(t, str(last[k])) for t, k in (("ray_node", "node_ip"), ("ray_hostname", "hostname"),
-                                                     ("ray_node_id", NODE_ID)) if last.get(k)]
+        where = tuple((t, str(last[k])) for t, k in (("ray_node", "node_ip"), ("ray_hostname", "hostname"),
+                                                     ("ray_node_id", NODE_ID)) if last.get(k))
+        tags = [RunTag(t, v) for t, v in where] if where != self._where.get(run_id) else []
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH], tags=tags if i == 0 else [])
         logged.update(int(r[EPOCH]) for r in new)  # only once all are in: a failed batch is sent again
+        self._where[run_id] = where
         if self._status.get(run_id) not in (None, "RUNNING"):  # a resumed trial trains on
             self.client.update_run(run_id, status="RUNNING")
             self._status[run_id] = "RUNNING"
@@ -355,7 +360,23 @@ class SyncSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, final: bool = False) -> SyncSummary:
+def _project(projection: _Projection, record: TrialRecord, status: str | None = None, reason: str | None = None,
+             summary: SyncSummary | None = None) -> None:
+    """Write one trial's record; close its run if it trained all its epochs (FINISHED), diverged
+    (FAILED) or ``status`` says how it ended."""
+    summary = summary if summary is not None else SyncSummary()
+    summary.trials += 1
+    summary.epochs += projection.log(record.trial_id, record.config, record.results)
+    if record.diverged:
+        status = "FAILED"
+    elif record.complete:
+        status, reason = "FINISHED", None
+    if status in ("FINISHED", "FAILED"):
+        summary.closed += projection.end(record, status, reason)
+
+
+def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, final: bool = False,
+               trial_dirs: Iterable[Path] | None = None) -> SyncSummary:
     """Write into MLflow whatever the study's trial folders hold and MLflow lacks.
 
     Idempotent: an epoch MLflow has is not sent again, a closed run is not closed again.
@@ -367,6 +388,8 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
         statuses: Tune's word on each trial, where the caller has it (the end of a study).
         final: The study has ended: runs of trials Tune does not know (started just before
             a driver died, and re-suggested on resume) are closed FAILED.
+        trial_dirs: Where to read the trials (default: the study folder's; a study on remote
+            storage passes the driver's copies).
 
     Raises:
         Exception: Whatever the tracking store raised (it is down): run the sync again later.
@@ -374,23 +397,13 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
     statuses = statuses or {}
     projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id)
     summary = SyncSummary()
-    for trial_dir in folder.trial_dirs():
+    for trial_dir in folder.trial_dirs() if trial_dirs is None else trial_dirs:
         record = read_trial(trial_dir)
         if record is None:
             continue
-        summary.trials += 1
-        summary.epochs += projection.log(record.trial_id, record.config, record.results)
-        if record.diverged:
-            status = "FAILED"
-        elif record.complete:
-            status = "FINISHED"
-        else:
-            status = statuses.get(record.trial_id, "RUNNING")
-            if final and record.trial_id not in statuses:
-                status = "FAILED"
-        if status != "RUNNING":
-            orphan = final and record.trial_id not in statuses and not record.complete
-            summary.closed += projection.end(record, status, _ORPHAN if orphan else None)
+        orphan = final and record.trial_id not in statuses
+        _project(projection, record, "FAILED" if orphan else statuses.get(record.trial_id),
+                 _ORPHAN if orphan else None, summary)
     if final:
         summary.closed += projection.fail_unknown(set(statuses), _ORPHAN)
     return summary
@@ -400,90 +413,139 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
 class StudyTracker(tune.Callback):
     """Tune callback that projects each trial into MLflow as its results arrive.
 
-    Best effort: a write the store refuses, or a server that does not answer
-    (:func:`reachable`), is skipped with one warning; training goes on, and the trial folders
-    keep everything. When the store answers again, and when the study ends, the trials it
-    missed are synced from their folders (:func:`sync_study`).
+    Best effort, and never in the trials' way: a trial waits for the driver after every
+    epoch, so the writes run in one writer thread beside Tune's loop. A result that arrives
+    while the writer is busy is not queued: its trial is marked behind, and the next write
+    first brings such trials up to date from their folders, which hold every epoch already.
+    A write the store refuses, or a server that does not answer (:func:`reachable`), is
+    skipped with one warning; training goes on. When the study ends, everything is synced
+    from the trial folders (:func:`sync_study`), with MLflow's retries if the store is down.
 
     Args:
         folder: The study (its MLflow experiment, parent run and trial folders).
     """
 
+    SLOW_WRITE_S = 10.0  # a write under way this long is reported: the store is probably down
+
     def __init__(self, folder: StudyFolder) -> None:
         self.folder = folder
+        self._init()
+
+    def _init(self) -> None:
         self._projection: _Projection | None = None
-        self._behind: set[str] = set()  # trials whose results the store missed
-        self._down = False
+        self._trials: dict[str, Any] = {}  # trial id -> Tune's trial (its folder, config, last result)
+        self._behind: set[str] = set()  # trials the store has not seen all of
+        self._lock = threading.Lock()  # guards _behind
+        self._writer: threading.Thread | None = None
+        self._started = 0.0  # when the writer started its write
+        self._down = False  # the store failed, and that was reported
 
-    # Tune pickles its callbacks with the experiment state: the MLflow client stays out of it
+    # Tune pickles its callbacks with the experiment: the folder, not the thread or the client
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "_projection": None, "_behind": set(), "_down": False}
+        return {"folder": self.folder}
 
-    def _write(self, trial_id: str, what: str, fn) -> bool:
-        if not reachable(self.folder.tracking_uri):
-            return self._missed(trial_id, what, ConnectionError("the server does not answer"))
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.folder = state["folder"]
+        self._init()
+
+    def _trial_dir(self, trial) -> Path:
+        # Local storage: the trial folder itself (its checkpoints); remote: the driver's copy of
+        # Tune's files (result.json).
+        return Path(trial.path) if "://" not in self.folder.tune_dir else Path(trial.local_path)
+
+    def _submit(self, trial, what: str, fn) -> None:
+        self._trials[trial.trial_id] = trial
+        with self._lock:
+            if self._writer is not None and self._writer.is_alive():
+                self._behind.add(trial.trial_id)  # the next write catches it up
+                waited = time.monotonic() - self._started
+                if waited > self.SLOW_WRITE_S and not self._down:
+                    self._down = True
+                    log.warning("MLflow: a write to %s has not returned for %.0f s (MLflow retries it); training "
+                                "goes on, the trial folders keep every result, and they are written to MLflow "
+                                "when it answers again (or by 'snn-study sync %s')", self.folder.tracking_uri,
+                                waited, self.folder.path)
+                return
+            self._started = time.monotonic()
+            self._writer = threading.Thread(target=self._write, args=(trial.trial_id, what, fn), daemon=True,
+                                            name="snn-study-mlflow")
+            self._writer.start()
+
+    def _write(self, trial_id: str, what: str, fn) -> None:
+        with self._lock:
+            behind, self._behind = self._behind, set()
         try:
+            if not reachable(self.folder.tracking_uri):
+                raise ConnectionError("the server does not answer")
             if self._projection is None:
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
                                                self.folder.spec.name, self.folder.parent_run_id)
-            if self._down or self._behind:
-                self._catch_up()
             fn(self._projection)
-        except Exception as e:  # the store refused or failed: the trial folder keeps the record
-            return self._missed(trial_id, what, e)
-        return True
-
-    def _missed(self, trial_id: str, what: str, error: Exception) -> bool:
-        if not self._down:
-            log.warning("MLflow: %s for trial %s failed (%s: %s); training goes on, the trial folders keep "
-                        "every result, and they are written to MLflow when it answers again (or by 'snn-study "
-                        "sync %s')", what, trial_id, type(error).__name__, str(error)[:200], self.folder.path)
-        self._down = True
-        self._behind.add(trial_id)
-        return False
-
-    def _catch_up(self) -> None:
-        for trial_dir in self.folder.trial_dirs():
-            trial_id = trial_dir.name.removeprefix("trial_")
-            if trial_id in self._behind and (record := read_trial(trial_dir)) is not None:
-                self._projection.log(record.trial_id, record.config, record.results)
+            for other in sorted(behind):  # results that came while the writer was busy, from their folders
+                trial = self._trials.get(other)
+                if trial is not None and (record := self._record(trial)) is not None:
+                    _project(self._projection, record)
+                behind.discard(other)
+        except Exception as e:  # the store refused or failed: the trial folders keep the record
+            with self._lock:
+                self._behind |= behind | {trial_id}
+            if not self._down:
+                log.warning("MLflow: %s for trial %s failed (%s: %s); training goes on, the trial folders keep "
+                            "every result, and they are written to MLflow when it answers again (or by "
+                            "'snn-study sync %s')", what, trial_id, type(e).__name__, str(e)[:200], self.folder.path)
+            self._down = True
+            return
         if self._down:
             log.warning("MLflow: the store answers again; the results it missed are written")
-        self._behind.clear()
-        self._down = False
+            self._down = False
+
+    def _record(self, trial) -> TrialRecord | None:
+        """The trial's folder, with the last result Tune holds (it may be ahead of result.json)."""
+        record = read_trial(self._trial_dir(trial))
+        last = trial.last_result or {}
+        if last.get(EPOCH) is None:
+            return record
+        if record is None:
+            return TrialRecord(trial.trial_id, self._trial_dir(trial), dict(trial.config), [last])
+        record.results = _by_epoch(record.results + [last])
+        return record
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._write(trial.trial_id, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config)))
+        self._submit(trial, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config)))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if result.get(EPOCH) is not None:
-            self._write(trial.trial_id, f"epoch {result[EPOCH]}", lambda p: p.log(trial.trial_id, dict(trial.config),
-                                                                                    [result]))
+            self._submit(trial, f"epoch {result[EPOCH]}",
+                         lambda p: p.log(trial.trial_id, dict(trial.config), [result]))
 
-    def _end(self, trial, failed: bool) -> None:
+    def _end(self, trial, status: str) -> None:
         def end(p: _Projection) -> None:
-            record = read_trial(Path(trial.path)) if trial.path else None
-            if record is None:
-                last = trial.last_result or {}
-                record = TrialRecord(trial.trial_id, Path(trial.path or "."), dict(trial.config),
-                                     [last] if last.get(EPOCH) is not None else [])
-            elif trial.last_result and trial.last_result.get(EPOCH) is not None:
-                record.results = _by_epoch(record.results + [trial.last_result])
-            p.log(record.trial_id, record.config, record.results)
-            p.end(record, "FAILED" if failed or record.diverged else "FINISHED")
+            record = self._record(trial)
+            if record is not None:
+                _project(p, record, status)
 
-        self._write(trial.trial_id, "closing the run", end)
+        self._submit(trial, "closing the run", end)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, failed=False)
+        self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, failed=True)
+        self._end(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info) -> None:
+        """Sync every trial from its folder and close the runs as Tune ended them.
+
+        The trials are done, so nothing waits for this but the study's summary: a store that
+        is down gets MLflow's own retries (minutes, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``)
+        before the study gives up and says to run ``snn-study sync``.
+        """
+        if self._writer is not None:
+            self._writer.join()  # one writer at a time, to the end: the sync then writes nothing twice
         statuses = {t.trial_id: {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status, "RUNNING") for t in trials}
         try:
-            summary = sync_study(self.folder, statuses, final=True)
+            remote = "://" in self.folder.tune_dir
+            summary = sync_study(self.folder, statuses, final=True,
+                                 trial_dirs=[self._trial_dir(t) for t in trials] if remote else None)
         except Exception as e:  # the store is down at the very end
             log.warning("MLflow: the study's end could not be recorded (%s: %s); every result is in the trial "
                         "folders: run 'snn-study sync %s' once the store answers", type(e).__name__,

@@ -2,12 +2,13 @@
 
     python -m benchmarks._worker IMPL ARCH T BATCH STEPS THREADS
 
-IMPL is ``ours`` (the training defaults: channels-last, fused CPU LIF, freed memory kept by
-malloc) or ``spikingjelly``, optionally followed by ``+contiguous`` (no channels-last),
-``+tensor-lif`` (the LIF's tensor-op path instead of the fused kernels), ``+system-malloc``
-(malloc left as it is), ``+retain-memory`` (spikingjelly with ours's malloc setting) and
-``+amp`` (bfloat16 autocast, as ``amp: true`` trains on CPUs with native bf16). Prints one
-JSON line: seconds per training step (median), images/s and peak RSS in MiB.
+IMPL is ``ours`` (the training defaults: channels-last, fused CPU LIF; freed memory kept by
+malloc, as the glibc tunables in a spec's ``env_vars`` set it) or ``spikingjelly``, optionally
+followed by ``+contiguous`` (no channels-last), ``+tensor-lif`` (the LIF's tensor-op path
+instead of the fused kernels), ``+system-malloc`` (malloc left as it is), ``+retain-memory``
+(spikingjelly with ours's malloc setting) and ``+amp`` (bfloat16 autocast, as ``amp: true``
+trains on CPUs with native bf16). Prints one JSON line: seconds per training step (median),
+images/s and peak RSS in MiB.
 
 :func:`build_step` is also what the CUDA network benchmark times, in one process.
 """
@@ -72,12 +73,13 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
     import torch
     import torch.nn.functional as F
 
-    from benchmarks import _sj
-    from snn import _malloc, models
+    from benchmarks import _malloc, _sj
+    from snn import models
     from snn.training import adamw, amp_dtype
 
     dev = torch.device(device)
-    # What the Trainer does on CPU (ours by default); spikingjelly gets it only when asked.
+    # What a CPU trial gets from the glibc tunables in env_vars (ours by default); spikingjelly
+    # gets it only when asked.
     if dev.type == "cpu" and ("retain-memory" in options or base == "ours") and "system-malloc" not in options:
         _malloc.retain_freed_memory()
     torch.manual_seed(0)

@@ -23,7 +23,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from snn import registry
 
-__all__ = ["METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "default_lr", "first_error", "method_of"]
+__all__ = ["METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "clip_repr", "default_lr",
+           "first_error", "method_of"]
 
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -53,7 +54,7 @@ def default_lr(dataset: str) -> float:
 def _one_of(names: tuple[str, ...]) -> AfterValidator:
     def check(value: Any) -> Any:
         if value not in names:
-            raise ValueError(f"unknown value {value!r}; choose one of {', '.join(names)}")
+            raise ValueError(f"unknown value {clip_repr(value)}; choose one of {', '.join(names)}")
         return value
 
     return AfterValidator(check)
@@ -66,13 +67,13 @@ def _workers(value: Any) -> int | str:
 def _branches(value: Any) -> str | list[int]:
     if isinstance(value, (list, tuple)):
         if not all(isinstance(b, int) and not isinstance(b, bool) for b in value):
-            raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {value!r}")
+            raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {clip_repr(value)}")
         return [int(b) for b in value]
     if isinstance(value, int) and not isinstance(value, bool):
         return [value]
     if isinstance(value, str):
         return value
-    raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {value!r}")
+    raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {clip_repr(value)}")
 
 
 Dataset = Annotated[str, _one_of(registry.DATASETS)]
@@ -197,14 +198,20 @@ def first_error(err: ValidationError) -> tuple[str, str]:
     else:
         msg = e["msg"]
         if "input" in e and e["type"] != "missing":
-            msg += f", got {_short(e['input'])}"
+            msg += f", got {clip_repr(e['input'])}"
     if not loc and ": " in msg:
         loc, msg = msg.split(": ", 1)
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return loc, (msg + more).replace("\n", " ")
+    msg = " ".join(msg.split())  # one line
+    if len(msg) > _LONGEST:  # a value echoed in full could be megabytes
+        msg = msg[:_LONGEST] + " [...]"
+    return clip_repr(loc, _LONGEST).strip("'") if len(loc) > _LONGEST else loc, msg + more
 
 
-def _short(value: Any, limit: int = 80) -> str:
+_LONGEST = 300  # characters of a message, or of a field's name, shown in an error
+
+
+def clip_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: an error line stays readable."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"

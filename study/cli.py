@@ -42,7 +42,9 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"snn-study: error: {message}", err=True)
+    # one line, whatever the message echoes (a path or value may hold a newline or a control character)
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    click.echo(f"snn-study: error: {line}", err=True)
     sys.exit(code)
 
 
@@ -121,7 +123,12 @@ def _summary(result) -> None:
 @click.pass_context
 def resume(ctx: click.Context, study: str, address: str | None) -> None:
     """Resume the interrupted study in folder STUDY (or named STUDY under ./studies)."""
-    from study.folder import StudyError
+    from study.folder import StudyError, open_study
+
+    try:
+        open_study(study)  # a missing or unreadable study fails here, before Ray or MLflow are imported
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
     from study.tuner import resume_study
 
     try:
@@ -140,12 +147,13 @@ def sync(study: str) -> None:
     after a driver died: the trials' checkpoints record every epoch they finished.
     """
     from study.folder import StudyError, open_study
-    from study.tracking import sync_study
 
     try:
         folder = open_study(study)
     except StudyError as e:
         _fail(str(e), e.exit_code)
+    from study.tracking import sync_study
+
     try:
         summary = sync_study(folder)
     except Exception as e:  # the store refused or is down: one line, nothing half-claimed
@@ -160,7 +168,7 @@ def sync(study: str) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="A trial's config.yaml (from its MLflow artifacts) to train exactly that trial.")
 @_SET
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads; set it to the trial's CPUs to reproduce a trial bit for bit.")
 def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], threads: int | None) -> None:
     """Train one trial without Ray, through the same training loop as the study.
@@ -182,7 +190,7 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], thre
         if config_file:
             try:
                 config = yaml.safe_load(Path(config_file).read_text())
-            except (OSError, yaml.YAMLError) as e:
+            except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8, a NUL in the path
                 _fail(f"{config_file}: cannot read the trial's config ({getattr(e, 'strerror', None) or e})")
             if not isinstance(config, dict):
                 _fail(f"{config_file}: a trial's config is a YAML mapping of parameters to values", 2)
@@ -194,8 +202,6 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], thre
         _fail(f"{field}: {message}", 2)
     import torch
 
-    from snn.training import TrainingDiverged, fit
-
     if threads:
         torch.set_num_threads(threads)
 
@@ -205,13 +211,20 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], thre
                    f"lambda={metrics['lambda']:.4f}  firing_rate={metrics['firing_rate']:.4f}  "
                    f"{metrics['images_per_s']:.0f} img/s")
 
+    _fit(cfg, report)
+
+
+def _fit(cfg, report) -> None:
+    """Train through the study's own loop; its failures as one line each."""
+    from snn.training import TrainingDiverged, fit
+
     try:
         fit(cfg, report)
     except TrainingDiverged as e:
         _fail(str(e))
-    except ValueError as e:
+    except ValueError as e:  # a setting the data or model refuse
         _fail(str(e), 2)
-    except FileNotFoundError as e:
+    except OSError as e:  # missing or unreadable data
         _fail(str(e))
 
 
@@ -236,7 +249,12 @@ def baselines(tracking_uri: str, experiment: str) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default: STUDY/report).")
 def report(study: str, out: str | None) -> None:
     """Write a table of trials and baselines, the best config and plots for STUDY."""
-    from study.folder import StudyError
+    from study.folder import StudyError, open_study
+
+    try:
+        open_study(study)
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
     from study.report import write_report
 
     try:
@@ -253,7 +271,7 @@ def report(study: str, out: str | None) -> None:
 @click.option("--tracking-uri", default=None, help="Tracking store to show (default: the study's).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; anything but 127.0.0.1 exposes the UI to the network.")
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> None:
     """Start the MLflow UI for a study's tracking store (on 127.0.0.1 unless asked otherwise)."""
     import subprocess
@@ -288,12 +306,17 @@ def gradients(arch: str, dataset: str, epochs: int, timesteps: int, max_batches:
     Measures the claim of the paper's Fig. 2 (shallow-layer gradients vanish without
     shortcuts) during real training rather than assuming it.
     """
-    from snn.config import METHODS, TrainConfig
-    from snn.training import fit
+    from pydantic import ValidationError
+
+    from snn.config import METHODS, TrainConfig, first_error
 
     for method in ("vanilla", "evolutionary"):
-        cfg = TrainConfig(dataset=dataset, arch=arch, timesteps=timesteps, epochs=epochs, batch_size=64,
-                          max_batches=max_batches, **METHODS[method])
+        try:
+            cfg = TrainConfig(dataset=dataset, arch=arch, timesteps=timesteps, epochs=epochs, batch_size=64,
+                              max_batches=max_batches, **METHODS[method])
+        except ValidationError as err:
+            field, message = first_error(err)
+            _fail(f"--{field.replace('_', '-')}: {message}", 2)
         click.echo(f"== {arch} on {dataset}, {method} (branches={cfg.branches})")
 
         def report(metrics: dict[str, float], trainer) -> None:
@@ -301,12 +324,40 @@ def gradients(arch: str, dataset: str, epochs: int, timesteps: int, max_batches:
                               if k.startswith("grad_norm_"))
             click.echo(f"epoch {int(metrics['epoch'])}: test_acc={metrics['test_acc']:.4f}  {norms}")
 
-        fit(cfg, report)
+        _fit(cfg, report)
 
 
-def main() -> None:
-    """Entry point of the ``snn-study`` console script."""
-    cli(prog_name="snn-study")
+def _traceback_file() -> Path:
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snn-study" / "last-error.txt"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``snn-study`` console script.
+
+    Every failure ends as one line on stderr: click's usage errors too (exit 2), and an
+    unexpected exception, whose traceback goes to a file the line names (exit 1).
+    """
+    try:
+        code = cli.main(args=argv, prog_name="snn-study", standalone_mode=False)
+    except click.ClickException as e:  # a bad option or argument
+        _fail(" ".join(e.format_message().split()), e.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except Exception as e:  # a bug: one line here, the traceback where it can be read and reported
+        import traceback
+
+        path = _traceback_file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(traceback.format_exc())
+            where = f"; the traceback is in {path}"
+        except OSError:
+            where = ""
+        _fail(f"internal error (a bug; please report it) {type(e).__name__}: {' '.join(str(e).split())[:300]}{where}")
+    else:
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

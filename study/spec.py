@@ -32,7 +32,8 @@ from search_spaces import FIXABLE, OPTIONAL, PRESETS
 from snn import registry
 from snn.config import TrainConfig, first_error
 
-__all__ = ["QUICKSTART", "SpecError", "StudySpec", "is_tracking_server", "load_spec", "parse_spec", "quickstart_spec"]
+__all__ = ["MAX_SPEC_BYTES", "QUICKSTART", "SpecError", "StudySpec", "is_tracking_server", "load_spec", "parse_spec",
+           "quickstart_spec"]
 
 QUICKSTART: dict[str, Any] = {
     "name": "quickstart",
@@ -48,6 +49,11 @@ QUICKSTART: dict[str, Any] = {
     "env_vars": {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"},
 }
 """The built-in quick-start study: small enough for a laptop's CPU."""
+
+
+MAX_SPEC_BYTES = 2**20  # a spec larger than this is refused before it is parsed
+# PyYAML's safe loader, in C where libyaml is there (the pure-Python one is about 10x slower)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class SpecError(ValueError):
@@ -256,18 +262,26 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
 
 
 def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> StudySpec:
-    """Read and validate a YAML study spec (safe loader), with optional dotted-key overrides.
+    """Read and validate a YAML study spec (safe loader, at most :data:`MAX_SPEC_BYTES`), with
+    optional dotted-key overrides.
 
     Raises:
         SpecError: Missing file, YAML syntax error, or an invalid field.
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SpecError(f"{p}: cannot read the spec ({e.strerror or e})") from None
+        with p.open("rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)  # never more: a spec is a page of YAML
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(f"{p}: the spec is larger than {MAX_SPEC_BYTES // 2**20} MiB; a study spec is a short "
+                            f"YAML file (see the README's spec reference)")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: the spec is not UTF-8 text (byte {e.start})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise SpecError(f"{p}: cannot read the spec ({getattr(e, 'strerror', None) or e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -133,13 +133,17 @@ def _check_resources(spec: StudySpec) -> None:
 
 def _preflight_data(spec: StudySpec) -> None:
     """Open the dataset once on the driver, so missing files fail before Ray starts."""
-    if data.info(spec.dataset).bundled:  # nothing to find
-        return
+    root = spec.trial_config().data_root
     try:
-        data.build(spec.dataset, spec.train_constants()["data_root"], train=False,
-                   timesteps=spec.timesteps, download=spec.download)
+        data.check_root(root)
+        if not data.info(spec.dataset).bundled:  # a bundled one has nothing to find
+            data.build(spec.dataset, root, train=False, timesteps=spec.timesteps, download=spec.download)
     except data.DatasetNotFoundError as e:
         raise StudyError(str(e)) from None
+    except ValueError as e:  # a data_root that can never work as given
+        raise StudyError(str(e), exit_code=2) from None
+    except OSError as e:  # unreadable
+        raise StudyError(f"data_root: {root}: {e.strerror or e}") from None
 
 
 def _check_server(uri: str) -> None:

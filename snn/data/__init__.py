@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from snn import registry
 from snn.data._errors import DatasetNotFoundError
 
-__all__ = ["NAMES", "DatasetInfo", "DatasetNotFoundError", "build", "info", "loaders"]
+__all__ = ["NAMES", "DatasetInfo", "DatasetNotFoundError", "build", "check_root", "info", "loaders"]
 
 NAMES: tuple[str, ...] = registry.DATASETS
 """Valid dataset names."""
@@ -64,6 +65,17 @@ def info(name: str) -> DatasetInfo:
     return _INFO[name]
 
 
+def check_root(root: str) -> None:
+    """Refuse a ``data_root`` that is a file: datasets are read from (and downloaded into) folders.
+
+    Raises:
+        ValueError: One line naming ``data_root`` and the file.
+    """
+    if "://" not in str(root) and Path(root).is_file():
+        raise ValueError(f"data_root: {root} is a file; give the folder that holds the dataset's files "
+                         f"(or will, with download)")
+
+
 def build(name: str, root: str, train: bool, timesteps: int | None = None, download: bool = False,
           **opts: Any) -> Dataset:
     """The train or test split of dataset ``name``.
@@ -82,6 +94,7 @@ def build(name: str, root: str, train: bool, timesteps: int | None = None, downl
         DatasetNotFoundError: The files are missing (and download is off or failed).
     """
     kind = info(name).kind
+    check_root(root)
     if opts:
         raise ValueError(f"dataset options: unknown option(s) {sorted(opts)} for {name!r}")
     if kind == "frames" and (timesteps is None or int(timesteps) < 1):

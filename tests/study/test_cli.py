@@ -89,3 +89,14 @@ def test_run_shows_progress_without_a_line_per_checkpoint(ray_session, tmp_path)
     assert "Trial status:" in out and "study quickstart: 2 trial(s), 0 errored" in out
     assert "Checkpoint successfully created" not in out
     assert "Experiment state snapshotting" not in out
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+@pytest.mark.parametrize("dataset,download", [("digits", "false"), ("cifar10", "false"), ("cifar10", "true")])
+def test_a_data_root_that_is_a_file_is_one_line_before_anything_starts(tmp_path, command, dataset, download):
+    (tmp_path / "afile").write_text("")
+    r = snn_study(command, "--set", f"dataset={dataset}", "--set", f"download={download}",
+                  "--set", f"data_root={tmp_path / 'afile'}", cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"data_root: {tmp_path / 'afile'} is a file" in error_line(r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no studies/, no mlflow.db

@@ -68,6 +68,23 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         load_spec(p)
 
 
+def test_hostile_specs_are_refused_in_one_short_line(tmp_path):
+    from study.spec import MAX_SPEC_BYTES
+
+    big = tmp_path / "big.yaml"
+    big.write_text("name: x\nbogus:\n" + "- 1\n" * (MAX_SPEC_BYTES // 4 + 1))  # over the limit, a valid YAML list
+    with pytest.raises(SpecError, match=r"big.yaml: the spec is larger than 1 MiB"):
+        load_spec(big)
+    for data in ({"name": "x" * 5_000_000}, {"name": "s", "dataset": "d" * 5_000_000},
+                 {"name": "s", "search": {"fixed": {"branches": "9," * 1_000_000}}}):
+        with pytest.raises(SpecError) as e:
+            parse_spec(data, "spec.yaml")
+        assert len(str(e.value)) < 800 and "\n" not in str(e.value), str(e.value)[:2000]
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError, match="latin1.yaml: the spec is not UTF-8 text"):
+        load_spec(tmp_path / "latin1.yaml")
+
+
 def test_yaml_is_loaded_safely(tmp_path):
     p = tmp_path / "evil.yaml"
     p.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")

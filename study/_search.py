@@ -22,7 +22,7 @@ class StudyOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             # The trial finished just before the driver died, after Tune's last snapshot of the
-            # experiment; Tune re-runs its last epoch from the previous checkpoint on resume.
+            # experiment; a resumed Tune hears its last epochs again.
             pass
 
     def restore(self, checkpoint_path: str) -> None:
@@ -50,4 +50,11 @@ class StudyOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get(DIVERGED):
             result, error = None, True
+        # Private (no public accessor): OptunaSearch's trials by Tune trial id. A trial Optuna
+        # recorded as finished before the driver died is finished again by a resumed Tune,
+        # whose saved state was behind: nothing to tell, and Optuna would refuse it with a warning.
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished():
+            self._ot_trials.pop(trial_id, None)
+            return
         super().on_trial_complete(trial_id, result, error)

@@ -73,6 +73,62 @@ class _Reporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def _newer_checkpoint(checkpoint: tune.Checkpoint, epoch: int) -> Path | None:
+    """The newest checkpoint in the trial's own folder, where it holds more epochs than ``checkpoint``.
+
+    A driver killed after a trial checkpointed, and before Tune saved its experiment state,
+    leaves that state naming an older checkpoint; on resume Tune restores the trial from it.
+    The trial folder (local storage; a remote one is not searched) still has the newer ones.
+    """
+    if checkpoint.filesystem.type_name != "local":
+        return None
+    newest, most = None, epoch
+    for d in Path(checkpoint.path).parent.glob("checkpoint_*"):
+        try:
+            record = read_record(d)
+        except (OSError, ValueError):  # a folder half written when the driver died
+            continue
+        done = len((record or {}).get("history", []))
+        if done > most and (d / STATE_FILE).exists():
+            newest, most = d, done
+    return newest
+
+
+def _keep_prunable(restored: Path) -> None:
+    """Put an empty folder where Tune's stale state names a checkpoint that is gone.
+
+    Tune keeps two checkpoints per trial and deletes the older one when a new one comes,
+    without checking it still exists (``ray.train._internal.storage._delete_fs_path``). The
+    driver that died had deleted it already, once the newer checkpoints came, so the first
+    checkpoint reported after the resume would print Tune's traceback. An empty folder in
+    its place is deleted instead.
+    """
+    index = int(restored.name.rsplit("_", 1)[-1])
+    before = restored.with_name(f"checkpoint_{index - 1:06d}")
+    if index > 0 and not before.exists():
+        before.mkdir()
+
+
+_WHERE = ("hostname", "node_ip", "timestamp")  # what the record adds to a result; Tune sets its own
+
+
+def _replay(newest: Path, history: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Report to Tune the epochs ``newest`` holds beyond ``history``, as they were recorded,
+    the last one with ``newest`` as its checkpoint; return that checkpoint's state and record."""
+    done = read_record(newest)["history"]
+    log.info("resuming from %s: epochs %d-%d were trained before the driver stopped", newest.name,
+             len(history) + 1, len(done))
+    for entry in done[len(history):-1]:
+        tune.report({k: v for k, v in entry.items() if k not in _WHERE})
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in newest.iterdir():
+            if f.is_file():
+                (Path(tmp) / f.name).write_bytes(f.read_bytes())
+        tune.report({k: v for k, v in done[-1].items() if k not in _WHERE},
+                    checkpoint=tune.Checkpoint.from_directory(tmp))
+    return load_state(newest), list(done)
+
+
 def train_snn(config: dict[str, Any]) -> None:
     """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
 
@@ -90,6 +146,10 @@ def train_snn(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             state = load_state(d)
             history = (read_record(d) or {}).get("history", [])[: int(state["epoch"])]
+        newer = _newer_checkpoint(checkpoint, int(state["epoch"]))
+        if newer is not None:  # Tune's saved state is behind what the trial did: catch it up, train nothing twice
+            _keep_prunable(Path(checkpoint.path))
+            state, history = _replay(newer, history)
     try:
         fit(cfg, _Reporter(cfg, history), state=state)
     except TrainingDiverged as e:

@@ -270,3 +270,58 @@ def test_driver_killed_during_a_tracking_outage_then_sync_restores_every_epoch(r
             os.killpg(proc.pid, signal.SIGKILL)
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def _trained_at(study_dir: Path) -> dict[str, dict[int, float]]:
+    """When each epoch of each trial was trained, as its newest checkpoint records it."""
+    from study.tracking import read_trial
+
+    out = {}
+    for d in sorted(study_dir.glob("trial_*")):
+        record = read_trial(d)
+        if record is not None:
+            out[record.trial_id] = {int(r["epoch"]): r["timestamp"] for r in record.results if "timestamp" in r
+                                    and isinstance(r["timestamp"], float)}
+    return out
+
+
+def test_a_driver_killed_again_and_again_never_retrains_what_finished(ray_session, tmp_path):
+    """Kill the driver at several points of one study, resuming after each: every epoch a trial
+    finished is trained once (its record keeps the time it was trained), nothing is lost, and
+    no resume prints a traceback."""
+    import optuna
+
+    address = ray_session.get_runtime_context().gcs_address
+    spec = _spec(tmp_path, "again", trials=4, epochs=8, batch_size=32)
+    study_dir = tmp_path / "studies" / "again"
+    proc = _snn_study(["run", str(spec)], address, tmp_path)
+    seen: dict[str, dict[int, float]] = {}
+    outputs = []
+    for target in (3, 10, 19):  # epochs finished over all trials when the driver is killed
+        wait_for(lambda: (study_dir / "study.json").exists()
+                 and sum(map(len, _trained_at(study_dir).values())) >= target, 300, f"{target} epochs trained")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        outputs.append(proc.stdout.read())
+        time.sleep(1)  # the trials stop with their driver
+        for trial, epochs in _trained_at(study_dir).items():
+            seen.setdefault(trial, {}).update(epochs)
+        proc = _snn_study(["resume", str(study_dir)], address, tmp_path)
+    out, _ = proc.communicate(timeout=500)
+    outputs.append(out)
+    assert proc.returncode == 0, out[-3000:]
+    for text in outputs[1:]:  # the resumes (the first run's output ends where it was killed)
+        assert "Traceback" not in text, text[-4000:]
+    final = _trained_at(study_dir)
+    for trial, epochs in seen.items():
+        for epoch, when in epochs.items():
+            assert final[trial][epoch] == when, (trial, epoch, "trained again")
+    c, runs = _runs(tmp_path, "again")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 4
+    for r in finished:
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "test_acc"))
+        assert steps == list(range(1, 9)), (r.data.tags["trial_id"], steps)
+    study = optuna.load_study(study_name="again", storage=f"sqlite:///{study_dir}/optuna.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(round(t.value, 6) for t in done) == sorted(round(r.data.metrics["test_acc"], 6) for r in finished)

@@ -32,9 +32,73 @@ class _TuneStateWarning(logging.Filter):
         return "may become a bottleneck" not in record.getMessage()
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """The console's records, a traceback as one line naming the file that holds it in full."""
+
+    log_file: Path | None = None  # the study's log, once the command knows its study
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info and record.exc_info[1] is not None):
+            return super().format(record)
+        error = record.exc_info[1]
+        short = logging.makeLogRecord(record.__dict__)  # the other handlers keep the traceback
+        short.exc_info, short.exc_text = None, None
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        where = f"; the traceback is in {self.log_file}" if self.log_file is not None else ""
+        return f"{super().format(short)} ({type(error).__name__}: {first}){where}"
+
+
+class _StudyLog(logging.Handler):
+    """Every record, tracebacks in full, in the study folder's log once that folder exists."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.DEBUG)
+        self.path = path
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.path.parent.is_dir():  # a study refused before its folder was made leaves nothing
+            return
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(self.format(record) + "\n")
+        except OSError:
+            self.handleError(record)
+
+
+LOG_FILE = "driver.log"  # in the study folder
+
+
+def _log_to(study_dir: Path) -> None:
+    """Send every record to the study folder's log as well; the console names it for tracebacks.
+
+    Ray's "ray" logger has a console handler of its own and does not propagate; ``ray.init``
+    (with ``configure_logging=False``) then removes that handler, which left Ray's and
+    Tune's warnings to Python's last-resort handler, tracebacks and all. Here they go where
+    every other record goes: the console's one line, and the study's log in full.
+    """
+    import ray  # noqa: F401  (sets up the "ray" logger, whose handler is replaced here)
+
+    _ConsoleFormatter.log_file = study_dir / LOG_FILE
+    ray_logger = logging.getLogger("ray")
+    ray_logger.handlers.clear()
+    ray_logger.propagate = True
+    logging.getLogger().addHandler(_StudyLog(_ConsoleFormatter.log_file))
+
+
+class _QuietRay(logging.Filter):
+    """Ray's and Tune's own INFO lines stay in the study's log, not on the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("ray")
+
+
 def _setup_logging(verbose: int) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ConsoleFormatter("%(message)s"))
+        if verbose < 1:
+            handler.addFilter(_QuietRay())
     for noisy in ("alembic", "mlflow", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if verbose < 2:
@@ -96,6 +160,7 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
         tracking_uri: str | None) -> None:
     """Run the study in SPEC (a YAML file); without SPEC, the built-in quick-start study."""
     s = _load(spec, sets)
+    _log_to(s.study_dir())
     from study.folder import StudyError
     from study.tuner import run_study
 
@@ -107,7 +172,9 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
 
 
 def _summary(result) -> None:
-    click.echo(f"\nstudy {result.name}: {result.trials} trial(s), {result.errored} errored; folder {result.path}")
+    recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
+    click.echo(f"\nstudy {result.name}: {result.trials} trial(s), {result.errored} errored{recovered}; folder "
+               f"{result.path}")
     if result.best:
         acc = result.best["metrics"].get("test_acc")
         keys = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
@@ -126,7 +193,7 @@ def resume(ctx: click.Context, study: str, address: str | None) -> None:
     from study.folder import StudyError, open_study
 
     try:
-        open_study(study)  # a missing or unreadable study fails here, before Ray or MLflow are imported
+        _log_to(open_study(study).path)  # a missing or unreadable study fails here, before Ray or MLflow
     except StudyError as e:
         _fail(str(e), e.exit_code)
     from study.tuner import resume_study

@@ -24,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search_spaces import build_space, first_points
 from snn import data
-from snn.metrics import FIRING_RATE, TEST_ACC
+from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC
 from study._search import StudyOptunaSearch
 from study.folder import StudyError, StudyFolder, open_study, study_paths, write_state
 from study.spec import StudySpec
@@ -49,6 +49,7 @@ class StudyResult:
     trials: int
     errored: int
     best: dict[str, Any] | None
+    recovered: int = 0  # trials that failed, were retried and ended well
 
 
 def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
@@ -71,6 +72,23 @@ def _searcher(spec: StudySpec) -> StudyOptunaSearch:
 
 def _trainable(spec: StudySpec):
     return tune.with_resources(train_snn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+class _FaultLines(tune.Callback):
+    """One console line for each trial failure Tune recovers from, in the study's words (the
+    traceback goes to the study's log)."""
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        error = ""
+        for folder in filter(None, (trial.local_path, trial.path)):
+            path = Path(folder) / "error.txt"
+            if "://" not in str(folder) and path.exists():
+                lines = [line for line in path.read_text().splitlines() if line.strip()]
+                error = f" ({lines[-1].split('. ')[0][:200]})" if lines else ""  # its first sentence
+                break
+        epoch = (trial.last_result or {}).get(EPOCH)
+        start = f"its last checkpoint (epoch {int(epoch)})" if epoch else "the start"
+        log.warning("trial %s failed%s; Tune retries it from %s", trial.trial_id, error, start)
 
 
 def _trial_dirname(trial) -> str:
@@ -96,7 +114,7 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1) -> tune.Tuner:
         name=spec.name, storage_path=spec.storage_uri(),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[StudyTracker(folder)], verbose=verbose)
+        callbacks=[StudyTracker(folder), _FaultLines()], verbose=verbose)
     return tune.Tuner(_trainable(spec), tune_config=tune_config, run_config=run_config)
 
 
@@ -168,6 +186,9 @@ def _best(results, metric: str) -> dict[str, Any] | None:
 def _finish(folder: StudyFolder, results) -> StudyResult:
     best = _best(results, TEST_ACC)
     errored = sum(1 for r in results if r.error is not None)
+    # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds
+    recovered = sum(1 for r in results if r.error is None and r.path and "://" not in r.path
+                    and (Path(r.path) / "error.txt").exists())
     try:
         finish_parent_run(folder.tracking_uri, folder.parent_run_id, best)
     except Exception as e:  # the store is down at the very end: the trials' results are in their folders
@@ -175,7 +196,7 @@ def _finish(folder: StudyFolder, results) -> StudyResult:
                     "%s' once the store answers", folder.parent_run_id, type(e).__name__, e, folder.path)
     spec = folder.spec
     return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,
-                       len(results), errored, best)
+                       len(results), errored, best, recovered)
 
 
 def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,

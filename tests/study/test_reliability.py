@@ -71,6 +71,11 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_session, tmp_path):
         os.kill(pid, signal.SIGKILL)  # the worker dies mid-training, between epoch 2 and the last
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
+    # the console says it in one line each, the traceback is in the study's log
+    assert "Traceback" not in out, out[-4000:]
+    assert "; Tune retries it from its last checkpoint (epoch " in out, out[-4000:]
+    assert "1 trial(s), 0 errored (1 recovered from a failure by a retry)" in out, out[-2000:]
+    assert "Traceback" in (tmp_path / "studies" / "killw" / "driver.log").read_text()
     c, runs = _runs(tmp_path, "killw")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "test_acc")]

@@ -219,6 +219,7 @@ def sync(study: str) -> None:
         folder = open_study(study)
     except StudyError as e:
         _fail(str(e), e.exit_code)
+    _reap(folder.path)
     from study.tracking import sync_study
 
     try:
@@ -228,6 +229,34 @@ def sync(study: str) -> None:
               f"{str(e)[:200]}); nothing is lost, run 'snn-study sync {study}' again once it answers")
     click.echo(f"synced {summary.trials} trial(s) of {folder.spec.name} to {folder.tracking_uri}: "
                f"{summary.epochs} epoch(s) written, {summary.closed} run(s) closed")
+
+
+def _reap(study_dir: Path) -> None:
+    """Stop what a killed driver of this study left of its local Ray (nothing while it runs)."""
+    from study import local_ray
+
+    stopped, _ = local_ray.stop(study_dir)
+    if stopped:
+        click.echo(f"stopped {stopped} process(es) of the local Ray that the study's previous driver left", err=True)
+
+
+@cli.command()
+@click.argument("study")
+def stop(study: str) -> None:
+    """Stop the study in folder STUDY: its driver (which saves Tune's state, for 'resume') and the
+    processes of the local Ray it started, including any a killed driver left behind."""
+    from study import local_ray
+    from study.folder import StudyError, open_study
+
+    try:
+        folder = open_study(study)
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
+    stopped, running = local_ray.stop(folder.path, driver_too=True)
+    if running:
+        _fail(f"{study}: the study's driver did not stop within a minute; stop it yourself (Ctrl-C where it runs)")
+    click.echo(f"stopped study {folder.spec.name}: {stopped} process(es) of its local Ray stopped; "
+               f"'snn-study resume {study}' continues it")
 
 
 @cli.command()
@@ -319,7 +348,7 @@ def report(study: str, out: str | None) -> None:
     from study.folder import StudyError, open_study
 
     try:
-        open_study(study)
+        _reap(open_study(study).path)
     except StudyError as e:
         _fail(str(e), e.exit_code)
     from study.report import write_report
@@ -348,9 +377,11 @@ def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> Non
 
     if tracking_uri is None and study:
         try:
-            tracking_uri = open_study(study).tracking_uri
+            folder = open_study(study)
         except StudyError as e:
             _fail(str(e), e.exit_code)
+        _reap(folder.path)
+        tracking_uri = folder.tracking_uri
     tracking_uri = tracking_uri or "sqlite:///mlflow.db"
     if is_tracking_server(tracking_uri):
         click.echo(f"the store is a server already: open {tracking_uri}")

@@ -174,6 +174,9 @@ class _Study(_Strict):
         except ValidationError as err:  # a combination TrainConfig refuses: name the spec's own key
             field, message = first_error(err)
             raise _FieldError(self._spec_key(field), message) from None
+        if "://" not in self.data_root and Path(self.data_root).expanduser().is_file():  # never a dataset folder
+            raise _FieldError("data_root", f"{Path(self.data_root).expanduser().resolve()} is a file; give the "
+                                           f"folder that holds the dataset's files (or will, with download)")
         if self.train.cuda_graphs and not self.resources.gpu:
             # checked here, not in each trial: a CPU trial's Trainer would refuse the setting
             raise _FieldError("train.cuda_graphs", "true needs GPU trials; set resources.gpu > 0 or cuda_graphs: false")

@@ -25,6 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from search_spaces import build_space, first_points
 from snn import data
 from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC
+from study import local_ray
 from study._search import StudyOptunaSearch
 from study.folder import StudyError, StudyFolder, open_study, study_paths, write_state
 from study.spec import StudySpec
@@ -122,20 +123,26 @@ def _project_root() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
-def _init_ray(spec: StudySpec, address: str | None) -> None:
-    """Start a local Ray, or join ``address``; the spec's ``env_vars`` go to the trials' processes."""
+def _init_ray(spec: StudySpec, address: str | None) -> bool:
+    """Start a local Ray, or join ``address``; the spec's ``env_vars`` go to the trials' processes.
+
+    Returns:
+        Whether this started a Ray of its own (whose processes the study records).
+    """
     env_vars = dict(spec.env_vars)
     if ray.is_initialized():
         if env_vars:
             log.warning("env_vars: Ray was already started in this process; its trials keep that Ray's "
                         "environment, without %s", ", ".join(sorted(env_vars)))
-        return
+        return False
     if address:  # the trials run where the project may not be installed: give them its folder
         env_vars["PYTHONPATH"] = os.pathsep.join(filter(None, [_project_root(), env_vars.get("PYTHONPATH")]))
     # No address: a new local Ray, as documented, never a cluster that `ray start` left behind
     # in /tmp/ray (join one with --address auto).
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", dashboard_host="127.0.0.1",
-             configure_logging=False, runtime_env={"env_vars": env_vars} if env_vars else None)
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=target, dashboard_host="127.0.0.1", configure_logging=False,
+             runtime_env={"env_vars": env_vars} if env_vars else None)
+    return target == "local"
 
 
 def _check_resources(spec: StudySpec) -> None:
@@ -221,11 +228,13 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
                          f"'snn-study resume {paths['dir']}' or choose another name")
     _check_server(uri)
     _preflight_data(spec)
-    _init_ray(spec, address)
+    own_ray = _init_ray(spec, address)
     _check_resources(spec)  # before MLflow's store or the study folder exist: a refused study leaves nothing
     n = log_baselines(uri, spec.experiment, spec.dataset)
     log.info("logged %d baseline rows of the paper for %s", n, spec.dataset)
     paths["dir"].mkdir(parents=True, exist_ok=True)
+    if own_ray:
+        local_ray.record(paths["dir"])
     resolved = spec.model_dump(mode="json")
     resolved["mlflow"]["tracking_uri"] = uri
     paths["spec"].write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -248,7 +257,13 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     """
     folder = open_study(study)
     _check_server(folder.tracking_uri)
-    _init_ray(folder.spec, address)
+    stopped, running = local_ray.stop(folder.path)
+    if running:
+        raise StudyError(f"{study}: the study's driver is still running; 'snn-study stop {study}' stops it")
+    if stopped:
+        log.warning("stopped %d process(es) of the local Ray that the study's previous driver left", stopped)
+    if _init_ray(folder.spec, address):
+        local_ray.record(folder.path)
     if not tune.Tuner.can_restore(folder.tune_dir):
         raise StudyError(f"{study}: Tune has not saved any state of this study yet; start it again with "
                          f"'snn-study run' after removing {folder.path}")

@@ -21,7 +21,7 @@ from study.spec import QUICKSTART
 
 SEEN = {"tried": 0, "ok": 0, "failed": 0}
 
-_COMMANDS = ["run", "resume", "sync", "train", "baselines", "report", "ui", "gradients"]
+_COMMANDS = ["run", "resume", "sync", "stop", "train", "baselines", "report", "ui", "gradients"]
 _OPTIONS = ["--set", "--address", "--tracking-uri", "--config", "--threads", "--out", "--host", "--port", "--arch",
             "--epochs", "--timesteps", "--dataset", "--max-batches", "--experiment", "-v", "-vv", "--", "-x"]
 _SPEC_KEYS = sorted(QUICKSTART) + ["train.epochs", "train.batch_size", "search.preset", "search.fixed.lambda0",

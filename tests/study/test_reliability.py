@@ -330,3 +330,48 @@ def test_a_driver_killed_again_and_again_never_retrains_what_finished(ray_sessio
     study = optuna.load_study(study_name="again", storage=f"sqlite:///{study_dir}/optuna.db")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(round(t.value, 6) for t in done) == sorted(round(r.data.metrics["test_acc"], 6) for r in finished)
+
+
+def test_stop_leaves_nothing_of_a_killed_drivers_local_ray(tmp_path):
+    """A driver that started its own Ray is SIGKILLed: `snn-study stop` ends every process of
+    that Ray which outlived it (the study folder recorded them), and nothing else."""
+    import json
+
+    import psutil
+
+    spec = _spec(tmp_path, "orphans", trials=2, epochs=40)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(spec)], cwd=tmp_path,
+                            env=env | {"PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    study_dir = tmp_path / "studies" / "orphans"
+    try:
+        wait_for(lambda: any(study_dir.glob("trial_*/checkpoint_000000")), 300, "the first checkpoint", [proc])
+        recorded = json.loads((study_dir / "local_ray.json").read_text())
+        assert recorded["driver"][0] == proc.pid and recorded["processes"]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone
+        proc.wait()
+        time.sleep(5)
+
+        def alive() -> list[int]:
+            out = []
+            for pid, started, _ in recorded["processes"]:
+                try:
+                    p = psutil.Process(pid)
+                    if abs(p.create_time() - started) < 1e-3 and p.status() != psutil.STATUS_ZOMBIE:
+                        out.append(pid)
+                except psutil.Error:
+                    pass
+            return out
+
+        left = alive()
+        print(f"{len(left)} of the local Ray's {len(recorded['processes'])} processes outlived the driver")
+        r = subprocess.run([sys.executable, "-m", "study.cli", "stop", str(study_dir)], cwd=tmp_path,
+                           env=env | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert f"{len(left)} process(es) of its local Ray stopped" in r.stdout, r.stdout
+        assert alive() == []
+        assert not (study_dir / "local_ray.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -425,7 +425,7 @@ class StudyTracker(tune.Callback):
         folder: The study (its MLflow experiment, parent run and trial folders).
     """
 
-    SLOW_WRITE_S = 10.0  # a write under way this long is reported: the store is probably down
+    SLOW_WRITE_S = 5.0  # a write under way this long is reported: the store is probably down
 
     def __init__(self, folder: StudyFolder) -> None:
         self.folder = folder
@@ -481,6 +481,10 @@ class StudyTracker(tune.Callback):
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
                                                self.folder.spec.name, self.folder.parent_run_id)
             fn(self._projection)
+            took = time.monotonic() - self._started
+            if took > self.SLOW_WRITE_S and not self._down:  # it waited out an outage in MLflow's retries
+                log.warning("MLflow: %s for trial %s took %.0f s: the store did not answer meanwhile (MLflow retried); "
+                            "training goes on, the trial folders keep every result", what, trial_id, took)
             for other in sorted(behind):  # results that came while the writer was busy, from their folders
                 trial = self._trials.get(other)
                 if trial is not None and (record := self._record(trial)) is not None:

@@ -72,7 +72,10 @@ def _searcher(spec: StudySpec) -> StudyOptunaSearch:
 
 
 def _trainable(spec: StudySpec):
-    return tune.with_resources(train_snn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    # The trial folders, where a trial finds checkpoints newer than Tune's saved state names
+    study_dir = None if "://" in spec.storage else str(spec.study_dir())
+    return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir),
+                               {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 class _FaultLines(tune.Callback):

@@ -73,17 +73,15 @@ class _Reporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _newer_checkpoint(checkpoint: tune.Checkpoint, epoch: int) -> Path | None:
-    """The newest checkpoint in the trial's own folder, where it holds more epochs than ``checkpoint``.
+def _newer_checkpoint(trial_dir: Path, epoch: int) -> Path | None:
+    """The newest checkpoint in the trial's own folder, where it holds more than ``epoch`` epochs.
 
     A driver killed after a trial checkpointed, and before Tune saved its experiment state,
-    leaves that state naming an older checkpoint; on resume Tune restores the trial from it.
-    The trial folder (local storage; a remote one is not searched) still has the newer ones.
+    leaves that state naming an older checkpoint, or none; on resume Tune restores the trial
+    from it, or starts it afresh. The trial folder still has the newer ones.
     """
-    if checkpoint.filesystem.type_name != "local":
-        return None
     newest, most = None, epoch
-    for d in Path(checkpoint.path).parent.glob("checkpoint_*"):
+    for d in trial_dir.glob("checkpoint_*"):
         try:
             record = read_record(d)
         except (OSError, ValueError):  # a folder half written when the driver died
@@ -129,11 +127,14 @@ def _replay(newest: Path, history: list[dict[str, Any]]) -> tuple[dict[str, Any]
     return load_state(newest), list(done)
 
 
-def train_snn(config: dict[str, Any]) -> None:
+def train_snn(config: dict[str, Any], study_dir: str | None = None) -> None:
     """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
 
     Args:
         config: The trial's hyperparameters: the fields of :class:`snn.config.TrainConfig`.
+        study_dir: The study's folder on local or shared storage (``tune.with_parameters``),
+            where the trial looks for checkpoints newer than the one Tune hands it; None on
+            remote storage.
     """
     _threads()
     # Ray logs "Checkpoint successfully created at: ..." for every report, one console line per
@@ -146,10 +147,14 @@ def train_snn(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             state = load_state(d)
             history = (read_record(d) or {}).get("history", [])[: int(state["epoch"])]
-        newer = _newer_checkpoint(checkpoint, int(state["epoch"]))
-        if newer is not None:  # Tune's saved state is behind what the trial did: catch it up, train nothing twice
+    newer = None
+    if study_dir is not None:
+        trial_dir = Path(study_dir) / f"trial_{tune.get_context().get_trial_id()}"
+        newer = _newer_checkpoint(trial_dir, int(state["epoch"]) if state is not None else 0)
+    if newer is not None:  # Tune's saved state is behind what the trial did: catch it up, train nothing twice
+        if checkpoint is not None and checkpoint.filesystem.type_name == "local":
             _keep_prunable(Path(checkpoint.path))
-            state, history = _replay(newer, history)
+        state, history = _replay(newer, history)
     try:
         fit(cfg, _Reporter(cfg, history), state=state)
     except TrainingDiverged as e:

@@ -48,6 +48,12 @@ def _runs(tmp: Path, experiment: str):
     return c, runs
 
 
+def _driver_traceback(out: str) -> bool:
+    """Whether the driver itself printed a traceback (lines forwarded from Ray's worker
+    processes, tagged "(name pid=N)", are theirs: a worker SIGTERMed at shutdown may print one)."""
+    return any("Traceback" in line for line in out.splitlines() if "pid=" not in line)
+
+
 def _trial_pids() -> list[int]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     # "ray::ImplicitFunc.train" while a train() call runs; "ray::ImplicitFunc" between two calls,
@@ -72,7 +78,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(ray_session, tmp_path):
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     # the console says it in one line each, the traceback is in the study's log
-    assert "Traceback" not in out, out[-4000:]
+    assert not _driver_traceback(out), out[-4000:]
     assert "; Tune retries it from its last checkpoint (epoch " in out, out[-4000:]
     assert "1 trial(s), 0 errored (1 recovered from a failure by a retry)" in out, out[-2000:]
     assert "Traceback" in (tmp_path / "studies" / "killw" / "driver.log").read_text()
@@ -316,7 +322,7 @@ def test_a_driver_killed_again_and_again_never_retrains_what_finished(ray_sessio
     outputs.append(out)
     assert proc.returncode == 0, out[-3000:]
     for text in outputs[1:]:  # the resumes (the first run's output ends where it was killed)
-        assert "Traceback" not in text, text[-4000:]
+        assert not _driver_traceback(text), text[-4000:]
     final = _trained_at(study_dir)
     for trial, epochs in seen.items():
         for epoch, when in epochs.items():

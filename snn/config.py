@@ -16,15 +16,17 @@ one table, :data:`METHODS`; the defaults of :class:`TrainConfig` are its evoluti
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from pathlib import PurePath
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from snn import registry
 
-__all__ = ["METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "clip_repr", "default_lr",
-           "first_error", "method_of"]
+__all__ = ["FORMATS", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
+           "clip_repr", "dataset_name", "default_lr", "first_error", "method_of"]
 
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -76,7 +78,83 @@ def _branches(value: Any) -> str | list[int]:
     raise ValueError(f"expected 'all', 'none' or a list of stage numbers, got {clip_repr(value)}")
 
 
-Dataset = Annotated[str, _one_of(registry.DATASETS)]
+FORMATS: tuple[str, ...] = ("imagefolder", "npz", "events")
+"""Formats of a user's own data (:class:`UserData`)."""
+
+
+class UserData(BaseModel):
+    """A user's own dataset: the ``dataset:`` mapping of a spec, in place of a built-in name.
+
+    * ``imagefolder``: torchvision's ``ImageFolder`` layout, one sub-folder per class, RGB or
+      greyscale images;
+    * ``npz``: a NumPy file with ``x`` ([N, H, W], [N, C, H, W], or frames [N, T, C, H, W];
+      uint8 or float) and ``y`` ([N] integer labels 0..K-1);
+    * ``events``: one file per sample (``.npy``/``.npz``, a structured array with fields x, y,
+      t, p as tonic writes them) in class sub-folders, binned into T frames with tonic's
+      ``ToFrame`` as the paper's CIFAR10-DVS pipeline does (section 5).
+
+    What the files hold (classes, channels, size, sample kind) is read from them by
+    :func:`snn.data.prepare`, once, and kept in a cache under the trial's ``data_root``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["imagefolder", "npz", "events"] = Field(description="imagefolder | npz | events")
+    train: str = Field(min_length=1, description="the training data: an npz file, or a folder of class folders")
+    test: str | None = Field(None, min_length=1, description="the test data, in the same format as train")
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="or: hold out this fraction of train, "
+                                                                       "stratified by class, seeded by split_seed")
+    split_seed: int = Field(0, ge=0, description="seed of the test_fraction split (not the trial's seed: every "
+                                                 "trial sees the same split)")
+    name: str | None = Field(None, min_length=1, max_length=100, description="shown in MLflow and the report; a "
+                                                                             "paper dataset's name adds its baselines")
+    input_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        None, description="[H, W]: resize every sample (needed when image sizes differ)")
+    normalize: Literal["auto", "standardize", "none"] = Field(
+        "auto", description="auto: images standardized with the training split's channel mean and std, event "
+                            "frames left as counts (as on CIFAR10-DVS); standardize: both; none: neither")
+    augment: bool = Field(False, description="training augmentation: random crop (padding 1/8 of the size) and "
+                                             "flip for images; flip and a roll of up to 5 pixels for frames")
+    sensor_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = (
+        Field(None, description="events: [W, H, P] of the sensor; default: inferred from the training events"))
+    object_store_limit_mb: float = Field(1024, ge=0, description="a prepared dataset up to this size travels to the "
+                                                                 "trials through Ray's object store; a larger one "
+                                                                 "is read from data_root, which every node must see")
+
+    @model_validator(mode="after")
+    def _split(self) -> "UserData":
+        if (self.test is None) == (self.test_fraction is None):
+            raise ValueError("test: give either test (a path in the same format as train) or test_fraction "
+                             "(e.g. 0.2), not both" if self.test else
+                             "test: give test (a path in the same format as train) or test_fraction (e.g. 0.2)")
+        if self.sensor_size is not None and self.format != "events":
+            raise ValueError(f"sensor_size: only event data has a sensor; remove it for format {self.format}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The dataset's name: ``name``, else the training file's or folder's name."""
+        return self.name or PurePath(self.train.rstrip("/\\") or "data").stem or "data"
+
+
+def _dataset(value: Any) -> str | UserData:
+    if isinstance(value, (dict, UserData)):
+        return UserData.model_validate(value)
+    if value not in registry.DATASETS:
+        raise ValueError(f"unknown value {clip_repr(value)}; choose one of {', '.join(registry.DATASETS)}, or give "
+                         f"a mapping with format: {' | '.join(FORMATS)} for your own data")
+    return value
+
+
+def dataset_name(dataset: Any) -> str:
+    """The name a dataset is shown and compared with the paper under: a built-in name, or
+    :attr:`UserData.label` (also for the plain dict a config holds)."""
+    if isinstance(dataset, dict):
+        return UserData.model_validate(dataset).label
+    return dataset.label if isinstance(dataset, UserData) else str(dataset)
+
+
+Dataset = Annotated[str | UserData, BeforeValidator(_dataset)]
 Arch = Annotated[str, _one_of(registry.ARCHS)]
 Shape = Annotated[str, _one_of(registry.SHAPES)]
 Surrogate = Annotated[str, _one_of(registry.SURROGATES)]
@@ -96,7 +174,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     # -- data ------------------------------------------------------------------------------
-    dataset: Dataset = Field("digits", description="a name from snn.data.NAMES")
+    dataset: Dataset = Field("digits", description="a name from snn.data.NAMES, or a user's own data "
+                                                   "(UserData: format, train, test, ...)")
     data_root: str = Field("data", description="folder (or URI) holding the dataset's files")
     download: bool = Field(False, description="download missing dataset files")
     # -- network ---------------------------------------------------------------------------
@@ -143,7 +222,7 @@ class TrainConfig(BaseModel):
         except ValueError as e:
             raise ValueError(str(e)) from None  # "branches: ..." names the field
         if self.lr is None:
-            self.lr = default_lr(self.dataset)
+            self.lr = default_lr(dataset_name(self.dataset))
         return self
 
     @classmethod
@@ -162,6 +241,11 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (Tune's config, a checkpoint, MLflow params)."""
         return self.model_dump(mode="json")
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's name (:func:`dataset_name`)."""
+        return dataset_name(self.dataset)
 
     def method(self) -> str:
         """The paper's name for this setting (:data:`METHODS`), else ``searched``."""
@@ -199,8 +283,9 @@ def first_error(err: ValidationError) -> tuple[str, str]:
         msg = e["msg"]
         if "input" in e and e["type"] != "missing":
             msg += f", got {clip_repr(e['input'])}"
-    if not loc and ": " in msg:
-        loc, msg = msg.split(": ", 1)
+    named = re.match(r"([A-Za-z_][A-Za-z0-9_]*): ", msg)  # a check of several fields names the one it concerns
+    if named and e["type"] == "value_error" and named[1] != loc.rsplit(".", 1)[-1]:
+        loc, msg = (f"{loc}.{named[1]}" if loc else named[1]), msg[named.end():]
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     msg = " ".join(msg.split())  # one line
     if len(msg) > _LONGEST:  # a value echoed in full could be megabytes

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from snn import data as snn_data
 from snn import diagnostics, losses, models, registry, schedules
-from snn.config import TrainConfig
+from snn.config import TrainConfig, UserData
 from snn.metrics import (DIVERGED, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST, IMAGES_PER_S, LAMBDA, SYNOPS,
                          TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, branch_acc_metric, firing_rate_metric,
                          grad_norm_metric)
@@ -128,18 +128,22 @@ class Trainer:
 
     Args:
         cfg: The trial's configuration.
+        data: A user's data, prepared (:func:`snn.data.prepare`); None: a built-in dataset,
+            or the user's data prepared (or read from its cache) under ``cfg.data_root``.
     """
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, data: snn_data.Prepared | None = None) -> None:
         self.cfg = cfg
         self.device = _device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN times its algorithms once, keeps the fastest
         _seed_everything(cfg.seed)
-        info = snn_data.info(cfg.dataset)
+        if isinstance(cfg.dataset, UserData) and data is None:
+            data = snn_data.prepare(cfg.dataset, cfg.data_root, cfg.timesteps)
+        info = snn_data.info(cfg.dataset, data)
         self.train_loader, self.test_loader = snn_data.loaders(
             cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, data_workers(cfg.workers, self.device),
-            download=cfg.download, seed=cfg.seed)
+            download=cfg.download, seed=cfg.seed, prepared=data)
         self.model = models.build(
             cfg.arch, info.num_classes, cfg.timesteps, in_channels=info.in_channels,
             surrogate=cfg.surrogate, surrogate_param=cfg.surrogate_param, branches=cfg.branches,
@@ -441,7 +445,7 @@ def _set_python_state(s: list) -> None:
 
 
 def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | None = None, *,
-        state: dict[str, Any] | None = None) -> dict[str, float]:
+        state: dict[str, Any] | None = None, data: snn_data.Prepared | None = None) -> dict[str, float]:
     """Train for ``cfg.epochs`` epochs, calling ``report`` after each one.
 
     Args:
@@ -449,6 +453,7 @@ def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | 
         report: Called as ``report(metrics, trainer)`` after every epoch; the trainer's
             :meth:`Trainer.state_dict` is what a checkpoint should hold.
         state: A state dict to resume from; training continues after its epoch.
+        data: A user's data, prepared (see :class:`Trainer`).
 
     Returns:
         The last epoch's metrics (empty if there was nothing left to train).
@@ -456,7 +461,7 @@ def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | 
     Raises:
         TrainingDiverged: The loss became NaN or infinite.
     """
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, data)
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resumed at epoch %d (iteration %d)", trainer.epoch, trainer.step)

@@ -4,7 +4,10 @@
 * ``cifar10-dvs``: tonic's CIFAR10-DVS binned into T frames of 48x48;
 * ``digits``: scikit-learn's bundled 8x8 digits (never downloads), the quick-start's data;
 * ``digits-dvs``: digits turned into event streams by a simulated event sensor, through
-  the CIFAR10-DVS pipeline, so the neuromorphic path runs offline.
+  the CIFAR10-DVS pipeline, so the neuromorphic path runs offline;
+* a user's own data (:class:`snn.config.UserData`: an npz, an image folder, event
+  recordings), read and checked once by :func:`prepare`, which keeps the prepared arrays
+  in a cache under ``data_root``.
 
 Static samples are (float32 [C, H, W], label); frame samples are (float32 [T, C, H, W],
 label). A missing dataset raises :class:`DatasetNotFoundError` naming the dataset, the
@@ -23,9 +26,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from snn import registry
+from snn.config import UserData
 from snn.data._errors import DatasetNotFoundError
+from snn.data._user import DataError, Prepared, load_prepared, prepare
 
-__all__ = ["NAMES", "DatasetInfo", "DatasetNotFoundError", "build", "check_root", "info", "loaders"]
+__all__ = ["NAMES", "DataError", "DatasetInfo", "DatasetNotFoundError", "Prepared", "build", "check_root", "info",
+           "load_prepared", "loaders", "prepare"]
 
 NAMES: tuple[str, ...] = registry.DATASETS
 """Valid dataset names."""
@@ -54,12 +60,19 @@ _INFO = {
 assert set(_INFO) == set(NAMES)
 
 
-def info(name: str) -> DatasetInfo:
-    """Classes, channels, input size and sample kind of dataset ``name``.
+def info(name: str | UserData, prepared: Prepared | None = None) -> DatasetInfo:
+    """Classes, channels, input size and sample kind of dataset ``name``, or of a user's
+    data as ``prepared`` (:func:`prepare`) found it.
 
     Raises:
-        ValueError: Unknown name (the message lists the valid ones).
+        ValueError: Unknown name (the message lists the valid ones), or a user's data
+            without its ``prepared`` arrays.
     """
+    if isinstance(name, UserData):
+        if prepared is None:
+            raise ValueError("dataset: a user's data is known once prepared; pass prepare()'s result")
+        return DatasetInfo(prepared.name, len(prepared.classes), prepared.in_channels, prepared.input_size,
+                           prepared.kind)  # type: ignore[arg-type]
     if name not in _INFO:
         raise ValueError(f"dataset: unknown name {name!r}; choose one of {', '.join(NAMES)}")
     return _INFO[name]
@@ -76,25 +89,34 @@ def check_root(root: str) -> None:
                          f"(or will, with download)")
 
 
-def build(name: str, root: str, train: bool, timesteps: int | None = None, download: bool = False,
-          **opts: Any) -> Dataset:
+def build(name: str | UserData, root: str, train: bool, timesteps: int | None = None, download: bool = False,
+          *, prepared: Prepared | None = None, **opts: Any) -> Dataset:
     """The train or test split of dataset ``name``.
 
     Args:
-        name: One of :data:`NAMES`.
+        name: One of :data:`NAMES`, or a user's data (with its ``prepared`` arrays, else
+            they are prepared, or read from the cache, under ``root``).
         root: Folder holding the dataset's files (ignored by ``digits``; ``digits-dvs``
             keeps its frame cache there).
         train: The training split (with augmentation) or the test split.
         timesteps: T; required by the frame datasets, ignored by static ones.
         download: Let torchvision/tonic download missing files.
+        prepared: A user's data as :func:`prepare` returned it.
         **opts: Not used by any dataset yet; an unknown option is an error.
 
     Raises:
-        ValueError: Unknown name or option, or missing ``timesteps`` for frames.
+        ValueError: Unknown name or option, or missing ``timesteps`` for frames
+            (:class:`DataError` for a user's data that can never train).
         DatasetNotFoundError: The files are missing (and download is off or failed).
     """
-    kind = info(name).kind
     check_root(root)
+    if isinstance(name, UserData):
+        if opts:
+            raise ValueError(f"dataset options: unknown option(s) {sorted(opts)}")
+        if prepared is None:
+            prepared = prepare(name, root, int(timesteps or 1))
+        return prepared.dataset(name, train)
+    kind = info(name).kind
     if opts:
         raise ValueError(f"dataset options: unknown option(s) {sorted(opts)} for {name!r}")
     if kind == "frames" and (timesteps is None or int(timesteps) < 1):
@@ -125,8 +147,9 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def loaders(name: str, root: str, batch_size: int, timesteps: int | None = None, workers: int = 0, *,
-            download: bool = False, seed: int = 0, pin_memory: bool | None = None) -> tuple[DataLoader, DataLoader]:
+def loaders(name: str | UserData, root: str, batch_size: int, timesteps: int | None = None, workers: int = 0, *,
+            download: bool = False, seed: int = 0, pin_memory: bool | None = None,
+            prepared: Prepared | None = None) -> tuple[DataLoader, DataLoader]:
     """Train and test loaders of dataset ``name``.
 
     The training loader shuffles with a generator seeded by ``seed`` (its state is part
@@ -140,7 +163,8 @@ def loaders(name: str, root: str, batch_size: int, timesteps: int | None = None,
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
                                   worker_init_fn=_seed_worker if workers > 0 else None)
     gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(build(name, root, True, timesteps, download), batch_size, shuffle=True, generator=gen,
-                       **common)
-    test = DataLoader(build(name, root, False, timesteps, download), batch_size, shuffle=False, **common)
+    train = DataLoader(build(name, root, True, timesteps, download, prepared=prepared), batch_size, shuffle=True,
+                       generator=gen, **common)
+    test = DataLoader(build(name, root, False, timesteps, download, prepared=prepared), batch_size, shuffle=False,
+                      **common)
     return train, test

@@ -12,6 +12,7 @@ from search_spaces._spaces import (
     all_branches,
     branch_choices,
     build_space,
+    describe,
     dims_of,
     first_points,
     method_setting,
@@ -20,5 +21,5 @@ from search_spaces._spaces import (
 
 __all__ = [
     "FIXABLE", "METHODS", "OPTIONAL", "SearchSpace", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
-    "build_space", "dims_of", "first_points", "method_setting", "paper_setting",
+    "build_space", "describe", "dims_of", "first_points", "method_setting", "paper_setting",
 ]

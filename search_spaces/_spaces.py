@@ -206,3 +206,41 @@ def first_points(preset: str, *, stages: int, extra: Sequence[str] = (),
     if "surrogate_param" in point and "surrogate" not in dims:
         point.pop("surrogate_param")
     return [point] if point else []
+
+
+class _Recorder:
+    """Stands in for an Optuna trial: records what a define-by-run space suggests."""
+
+    number = 0
+
+    def __init__(self) -> None:
+        self.dims: dict[str, tuple] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        self.dims[name] = ("float", low, high, log)
+        return low
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.dims[name] = ("categorical", tuple(choices))
+        return choices[0]
+
+
+def describe(space: SearchSpace) -> dict[str, str]:
+    """What ``space`` searches, read off the space itself: each dimension and its range.
+
+    ``surrogate_param``'s range depends on the surrogate the trial draws; it is given for
+    each choice.
+    """
+    rec = _Recorder()
+    space(rec)  # type: ignore[arg-type]
+    out = {}
+    for name, dim in rec.dims.items():
+        if dim[0] == "categorical":
+            out[name] = "one of " + ", ".join(map(str, dim[1]))
+        else:
+            out[name] = f"{'log-uniform' if dim[3] else 'uniform'} in [{dim[1]:g}, {dim[2]:g}]"
+    if "surrogate_param" in rec.dims and "surrogate" in rec.dims:
+        ranges = "; ".join(f"{n} [{SURROGATE_RANGES[n][0]:g}, {SURROGATE_RANGES[n][1]:g}]"
+                           for n in rec.dims["surrogate"][1])
+        out["surrogate_param"] = f"log-uniform in the drawn surrogate's range: {ranges}"
+    return out

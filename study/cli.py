@@ -171,6 +171,37 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
     _summary(result)
 
 
+@cli.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@_SET
+def check(spec: str | None, sets: tuple[str, ...]) -> None:
+    """Check SPEC and print what 'snn-study run SPEC' would do, starting nothing.
+
+    Prints the trial config, the search's dimensions and ranges, the data (a user's data is
+    read, checked and prepared here, once, for the run to reuse), the resources per trial
+    and the concurrency to expect. Exits 2 for a spec or data that can never run, 1 for
+    data files that are missing here.
+    """
+    s = _load(spec, sets)
+    from study.folder import StudyError
+    from study.preflight import plan, prepare_data
+
+    prepared, missing, notes = None, None, []
+    try:
+        prepared = prepare_data(s, say=notes.append, fetch=False)
+    except StudyError as e:
+        if e.exit_code != 1 or s.trial_config().dataset_name != s.dataset:  # a user's data: its own check
+            _fail(str(e), e.exit_code)
+        missing = str(e)  # a built-in dataset absent here: the rest of the plan still holds
+    click.echo(f"{spec or 'the quick-start'}: valid")
+    absent = next((n for n in notes if "the run downloads it" in n), None)
+    for line in plan(s, prepared, "NOT FOUND here (the run would stop): " + missing if missing else
+                     absent and "not here yet; the run downloads them (download: true)"):
+        click.echo(line)
+    if missing:
+        _fail(missing)
+
+
 def _summary(result) -> None:
     recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
     click.echo(f"\nstudy {result.name}: {result.trials} trial(s), {result.errored} errored{recovered}; folder "

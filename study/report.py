@@ -144,11 +144,11 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     out = Path(out_dir) if out_dir else d / "report"
     out.mkdir(parents=True, exist_ok=True)
     pngs = _plots(rows, out)
-    paper = list(_baselines.rows(spec.dataset))
+    paper = list(_baselines.rows(spec.dataset_name))
     best = rows[0] if rows and rows[0]["final"] is not None else None
 
     lines = [f"# Study `{spec.name}`", "",
-             f"Dataset `{spec.dataset}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
+             f"Dataset `{spec.dataset_name}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
              f"search preset `{spec.search.preset}`, {len(rows)} trial(s). MLflow experiment "
              f"`{experiment}` at `{folder.tracking_uri}`.", "", "## Trials", "",
              "| trial | method | " + " | ".join(_COLUMNS) + " | epochs | final test_acc | best test_acc | status |",
@@ -162,7 +162,7 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         lines += [f"| {b.table} | {b.method} | {b.architecture} | {b.timesteps} | {b.accuracy:.4f} | "
                   f"{'' if b.std is None else f'{b.std:.4f}'} |" for b in paper]
     else:
-        lines.append(f"The paper reports no results on `{spec.dataset}`, so there are no baselines to compare "
+        lines.append(f"The paper reports no results on `{spec.dataset_name}`, so there are no baselines to compare "
                      f"with (it has rows for {', '.join(_baselines.DATASETS)}).")
     lines += ["", "## Best trial", ""]
     if best:

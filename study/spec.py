@@ -30,7 +30,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
 
 from search_spaces import FIXABLE, OPTIONAL, PRESETS
 from snn import registry
-from snn.config import TrainConfig, first_error
+from snn.config import TrainConfig, UserData, dataset_name, first_error
 
 __all__ = ["MAX_SPEC_BYTES", "QUICKSTART", "SpecError", "StudySpec", "is_tracking_server", "load_spec", "parse_spec",
            "quickstart_spec"]
@@ -177,6 +177,9 @@ class _Study(_Strict):
         if "://" not in self.data_root and Path(self.data_root).expanduser().is_file():  # never a dataset folder
             raise _FieldError("data_root", f"{Path(self.data_root).expanduser().resolve()} is a file; give the "
                                            f"folder that holds the dataset's files (or will, with download)")
+        if isinstance(self.dataset, UserData) and self.dataset.format == "events" and "timesteps" in self.search.dims:
+            raise _FieldError("search.dims", "timesteps cannot be searched on event data: the recordings are binned "
+                                             "into frames once, for the spec's timesteps")
         if self.train.cuda_graphs and not self.resources.gpu:
             # checked here, not in each trial: a CPU trial's Trainer would refuse the setting
             raise _FieldError("train.cuda_graphs", "true needs GPU trials; set resources.gpu > 0 or cuda_graphs: false")
@@ -192,6 +195,11 @@ class _Study(_Strict):
     @property
     def stages(self) -> int:
         return registry.num_stages(self.arch, **self.arch_kwargs)
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset's name: a built-in one, or the user's data's ``name`` (or file name)."""
+        return dataset_name(self.dataset)
 
     @property
     def experiment(self) -> str:
@@ -217,6 +225,9 @@ class _Study(_Strict):
         values = {k: getattr(self, k) for k in _TOP}
         if "://" not in self.data_root:  # trials run elsewhere: the folder as the spec's reader meant it
             values["data_root"] = str(Path(self.data_root).expanduser().resolve())
+        if isinstance(self.dataset, UserData):  # so are the user's files
+            values["dataset"] = self.dataset.model_copy(update={
+                k: str(Path(v).expanduser().resolve()) for k in ("train", "test") if (v := getattr(self.dataset, k))})
         values.update(self.train.model_dump(exclude_unset=False))
         values.update(self.search.fixed_values())
         values.update(overrides)

@@ -40,7 +40,7 @@ from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from snn.config import method_of
+from snn.config import dataset_name, method_of
 from snn.metrics import DIVERGED, EPOCH, TEST_ACC
 from study import baselines as _baselines
 from study.folder import StudyFolder
@@ -108,11 +108,24 @@ def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[
     return run.info.run_id
 
 
+def params_of(config: dict[str, Any]) -> dict[str, str]:
+    """A trial's config as MLflow params: a user's dataset mapping as ``dataset`` (its name)
+    and one ``dataset.<key>`` param per key it sets, so the UI can filter and compare on each."""
+    out = {}
+    for k, v in config.items():
+        if k == "dataset" and isinstance(v, dict):
+            out[k] = dataset_name(v)
+            out.update({f"{k}.{key}": str(value) for key, value in v.items() if value is not None})
+        else:
+            out[k] = str(v)
+    return {k: v[:6000] for k, v in out.items()}  # MLflow's longest param value
+
+
 def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
     """Record the best trial's config and metrics on the parent run and close it."""
     c = MlflowClient(tracking_uri)
     if best:
-        params = [Param(f"best.{k}", str(v)[:6000]) for k, v in best["config"].items()]
+        params = [Param(f"best.{k}", v) for k, v in params_of(best["config"]).items()]
         metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items() if _number(v)]
         existing = c.get_run(run_id).data.params
         c.log_batch(run_id, metrics=metrics, params=[p for p in params if p.key not in existing],
@@ -258,11 +271,11 @@ class _Projection:
         run_id = self._find(trial_id)
         if run_id is None:
             tags = {"mlflow.parentRunId": self.parent, "study": self.study, KIND: "trial", "trial_id": trial_id,
-                    "dataset": str(config.get("dataset")), "arch": str(config.get("arch")),
+                    "dataset": dataset_name(config.get("dataset")), "arch": str(config.get("arch")),
                     "timesteps": str(config.get("timesteps")), "method": _method(config)}
             run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags)
             run_id = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(config.items())])
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params_of(config).items())])
             self._status[run_id] = "RUNNING"
             self._logged[run_id] = set()
         else:

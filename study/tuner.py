@@ -28,6 +28,7 @@ from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC
 from study import local_ray
 from study._search import StudyOptunaSearch
 from study.folder import StudyError, StudyFolder, open_study, study_paths, write_state
+from study.preflight import prepare_data
 from study.spec import StudySpec
 from study.tracking import (StudyTracker, check_tracking_uri, finish_parent_run, log_baselines, start_parent_run,
                             sync_study)
@@ -71,10 +72,14 @@ def _searcher(spec: StudySpec) -> StudyOptunaSearch:
                              storage=storage, seed=spec.seed)
 
 
-def _trainable(spec: StudySpec):
+def _trainable(spec: StudySpec, prepared: data.Prepared | None = None):
     # The trial folders, where a trial finds checkpoints newer than Tune's saved state names
     study_dir = None if "://" in spec.storage else str(spec.study_dir())
-    return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir),
+    shipped = {}
+    if prepared is not None:  # a user's data: through the object store if small, else from data_root
+        small = prepared.nbytes <= spec.dataset.object_store_limit_mb * 2**20
+        shipped = {"data": prepared if small else None, "data_path": prepared.path}
+    return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir, **shipped),
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -99,8 +104,9 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(folder: StudyFolder, *, verbose: int = 1) -> tune.Tuner:
-    """The :class:`ray.tune.Tuner` of a study (Ray must already be initialised)."""
+def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepared | None = None) -> tune.Tuner:
+    """The :class:`ray.tune.Tuner` of a study (Ray must already be initialised); ``prepared``:
+    the user's data, as :func:`snn.data.prepare` returned it."""
     spec = folder.spec
     metric, mode = _objective(spec)
     single = isinstance(metric, str)
@@ -119,7 +125,7 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1) -> tune.Tuner:
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[StudyTracker(folder), _FaultLines()], verbose=verbose)
-    return tune.Tuner(_trainable(spec), tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(_trainable(spec, prepared), tune_config=tune_config, run_config=run_config)
 
 
 def _project_root() -> str:
@@ -157,21 +163,6 @@ def _check_resources(spec: StudySpec) -> None:
             raise StudyError(f"resources.{key.lower()}: {want:g} per trial requested, but the Ray cluster has "
                              f"{have:g} {key}(s) in all; lower it, or join a bigger cluster with --address",
                              exit_code=2)
-
-
-def _preflight_data(spec: StudySpec) -> None:
-    """Open the dataset once on the driver, so missing files fail before Ray starts."""
-    root = spec.trial_config().data_root
-    try:
-        data.check_root(root)
-        if not data.info(spec.dataset).bundled:  # a bundled one has nothing to find
-            data.build(spec.dataset, root, train=False, timesteps=spec.timesteps, download=spec.download)
-    except data.DatasetNotFoundError as e:
-        raise StudyError(str(e)) from None
-    except ValueError as e:  # a data_root that can never work as given
-        raise StudyError(str(e), exit_code=2) from None
-    except OSError as e:  # unreadable
-        raise StudyError(f"data_root: {root}: {e.strerror or e}") from None
 
 
 def _check_server(uri: str) -> None:
@@ -230,21 +221,23 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
         raise StudyError(f"study {spec.name!r} already exists in {paths['dir']}; resume it with "
                          f"'snn-study resume {paths['dir']}' or choose another name")
     _check_server(uri)
-    _preflight_data(spec)
+    prepared = prepare_data(spec)
     own_ray = _init_ray(spec, address)
     _check_resources(spec)  # before MLflow's store or the study folder exist: a refused study leaves nothing
-    n = log_baselines(uri, spec.experiment, spec.dataset)
-    log.info("logged %d baseline rows of the paper for %s", n, spec.dataset)
+    n = log_baselines(uri, spec.experiment, spec.dataset_name)
+    log.info("logged %d baseline rows of the paper for %s", n, spec.dataset_name)
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if own_ray:
         local_ray.record(paths["dir"])
     resolved = spec.model_dump(mode="json")
     resolved["mlflow"]["tracking_uri"] = uri
+    trial = spec.trial_config().to_dict()  # paths as this driver resolved them: a resume elsewhere finds the same
+    resolved["data_root"], resolved["dataset"] = trial["data_root"], trial["dataset"]
     paths["spec"].write_text(yaml.safe_dump(resolved, sort_keys=False))
     parent = start_parent_run(uri, spec.experiment, spec.name, resolved)
     write_state(paths["state"], {"parent_run_id": parent, "tracking_uri": uri})
     folder = StudyFolder(paths["dir"], spec, parent, uri)
-    results = build_tuner(folder, verbose=verbose).fit()
+    results = build_tuner(folder, verbose=verbose, prepared=prepared).fit()
     return _finish(folder, results)
 
 
@@ -260,6 +253,7 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     """
     folder = open_study(study)
     _check_server(folder.tracking_uri)
+    prepared = prepare_data(folder.spec)
     stopped, running = local_ray.stop(folder.path)
     if running:
         raise StudyError(f"{study}: the study's driver is still running; 'snn-study stop {study}' stops it")
@@ -275,6 +269,6 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     if summary.epochs:
         log.info("MLflow: wrote %d epoch(s) that the interrupted driver had not recorded", summary.epochs)
     # The RunConfig, with its StudyTracker, comes back from Tune's own state.
-    tuner = tune.Tuner.restore(folder.tune_dir, trainable=_trainable(folder.spec), resume_unfinished=True,
+    tuner = tune.Tuner.restore(folder.tune_dir, trainable=_trainable(folder.spec, prepared), resume_unfinished=True,
                                resume_errored=True)
     return _finish(folder, tuner.fit())

@@ -26,6 +26,7 @@ import torch
 from ray import tune
 
 from snn import models
+from snn.data import DatasetNotFoundError, Prepared, load_prepared
 from snn.config import TrainConfig
 from snn.metrics import DIVERGED, EPOCH, TEST_ACC
 from snn.training import Trainer, TrainingDiverged, fit
@@ -127,7 +128,23 @@ def _replay(newest: Path, history: list[dict[str, Any]]) -> tuple[dict[str, Any]
     return load_state(newest), list(done)
 
 
-def train_snn(config: dict[str, Any], study_dir: str | None = None) -> None:
+def _user_data(data: Prepared | None, data_path: str | None) -> Prepared | None:
+    """The user's data: as the object store brought it, else opened (memory-mapped) at
+    ``data_path``, which a dataset too large for the object store must be at on every node."""
+    if data is not None or data_path is None:
+        return data
+    try:
+        return load_prepared(data_path)
+    except DatasetNotFoundError:
+        raise DatasetNotFoundError(
+            f"dataset: node {socket.gethostname()} ({ray.util.get_node_ip_address()}, Ray node {_node_id()[:12]}) "
+            f"cannot read the prepared data at {data_path}: a dataset larger than dataset.object_store_limit_mb "
+            f"is read from data_root, which every node must see at the same path (a shared file system); or "
+            f"raise object_store_limit_mb to send it through Ray's object store") from None
+
+
+def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepared | None = None,
+              data_path: str | None = None) -> None:
     """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
 
     Args:
@@ -135,8 +152,12 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None) -> None:
         study_dir: The study's folder on local or shared storage (``tune.with_parameters``),
             where the trial looks for checkpoints newer than the one Tune hands it; None on
             remote storage.
+        data: A user's data, prepared by the driver and brought by Ray's object store
+            (``tune.with_parameters`` puts it there once for all trials).
+        data_path: The folder of a user's prepared data, read when ``data`` is None.
     """
     _threads()
+    prepared = _user_data(data, data_path)  # first: a node without the data fails at once
     # Ray logs "Checkpoint successfully created at: ..." for every report, one console line per
     # trial and epoch; the status table and the trial folder say the same
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -156,7 +177,7 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None) -> None:
             _keep_prunable(Path(checkpoint.path))
         state, history = _replay(newer, history)
     try:
-        fit(cfg, _Reporter(cfg, history), state=state)
+        fit(cfg, _Reporter(cfg, history), state=state, data=prepared)
     except TrainingDiverged as e:
         # Retrying would diverge again from the same checkpoint: end the trial now, marked as
         # diverged; the study records it as FAILED in MLflow and Optuna.

@@ -1,0 +1,145 @@
+"""What a study checks before Ray starts, and the plan ``snn-study check`` prints.
+
+:func:`prepare_data` opens the spec's dataset on the driver: a built-in one's files are
+looked for (or downloaded), a user's data is read, checked and prepared once for all
+trials (:func:`snn.data.prepare`). :func:`plan` says what a run of the spec would do:
+the trial's config, the search's dimensions and ranges, the data, the resources and the
+concurrency to expect. Neither starts Ray, writes a study folder or touches MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from search_spaces import build_space, describe
+from snn import data
+from snn.config import UserData
+from study import baselines
+from study.folder import StudyError
+from study.spec import StudySpec
+
+__all__ = ["plan", "prepare_data"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepared | None:
+    """Open the spec's dataset once on the driver, so a missing or bad file fails before Ray
+    starts; a user's data is prepared (or read from its cache) here, once for all trials.
+
+    Args:
+        spec: A validated spec.
+        say: Called with each line about the data (default: the log, at INFO).
+        fetch: Download a built-in dataset's missing files where the spec says ``download:
+            true``; False only looks for them (and passes when they would be downloaded).
+
+    Returns:
+        The user's data, prepared; None for a built-in dataset.
+
+    Raises:
+        StudyError: Missing or unreadable files (exit 1); data that can never train as the
+            spec describes it (exit 2).
+    """
+    say = say or log.info
+    cfg = spec.trial_config()
+    root = cfg.data_root
+    try:
+        data.check_root(root)
+        if isinstance(cfg.dataset, UserData):
+            prepared = data.prepare(cfg.dataset, root, cfg.timesteps, log=say)
+            if prepared.kind == "frames" and "timesteps" in spec.search.dims:
+                raise StudyError(f"search.dims: timesteps cannot be searched: {spec.dataset_name} holds frames of "
+                                 f"T={spec.timesteps}, prepared once", exit_code=2)
+            say(f"dataset {prepared.describe()}")
+            return prepared
+        if not data.info(spec.dataset).bundled:  # a bundled one has nothing to find
+            data.build(spec.dataset, root, train=False, timesteps=spec.timesteps, download=spec.download and fetch)
+    except data.DatasetNotFoundError as e:
+        if not fetch and spec.download and spec.dataset != "imagenet":
+            say(f"dataset {spec.dataset}: not under {root} yet; the run downloads it (download: true)")
+            return None
+        raise StudyError(str(e)) from None
+    except ValueError as e:  # a data_root, or data, that can never work as given
+        raise StudyError(str(e), exit_code=2) from None
+    except OSError as e:  # unreadable
+        raise StudyError(f"data_root: {root}: {e.strerror or e}") from None
+    return None
+
+
+def _machine() -> tuple[int, int]:
+    """CPUs and GPUs this machine offers a local Ray."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    import torch
+
+    return cpus, torch.cuda.device_count()
+
+
+def _concurrency(spec: StudySpec, cpus: int, gpus: int) -> tuple[int, str]:
+    """Trials at once on this machine, and what bounds it."""
+    bounds = [(spec.trials, "trials"), (int(cpus // spec.resources.cpu), f"{cpus} CPUs")]
+    if spec.resources.gpu:
+        bounds.append((int(gpus // spec.resources.gpu), f"{gpus} GPUs"))
+    if spec.concurrency:
+        bounds.append((spec.concurrency, "concurrency"))
+    n, why = min(bounds)
+    return n, why
+
+
+def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None = None) -> list[str]:
+    """What ``snn-study run`` of ``spec`` would do, as lines for a person to read.
+
+    Args:
+        spec: A validated spec.
+        prepared: The user's data as :func:`prepare_data` returned it (None: built-in).
+        data_error: Why a built-in dataset's files cannot be opened here, if they cannot.
+    """
+    cfg = spec.trial_config()
+    space = build_space(spec.search.preset, stages=spec.stages, extra=spec.search.dims,
+                        fixed=spec.search.fixed_values(), constants={}, seed=spec.seed)
+    dims = describe(space)
+    out = [f"study {spec.name}: {spec.trials} trial(s), search preset {spec.search.preset}, scheduler "
+           f"{spec.scheduler}, objective {spec.objective}"]
+    out.append("data:")
+    if prepared is not None:
+        small = prepared.nbytes <= cfg.dataset.object_store_limit_mb * 2**20
+        out.append(f"  {prepared.describe()}")
+        out.append("  to the trials through Ray's object store (at most dataset.object_store_limit_mb = "
+                   f"{cfg.dataset.object_store_limit_mb:g} MiB)" if small else
+                   f"  read by each trial from {prepared.path}: larger than dataset.object_store_limit_mb "
+                   f"({cfg.dataset.object_store_limit_mb:g} MiB), so every node must see that path")
+    else:
+        info = data.info(spec.dataset)
+        kind = "images" if info.kind == "static" else f"frames of T={spec.timesteps}"
+        out.append(f"  {info.name}: {info.num_classes} classes, {info.in_channels}x{info.input_size[0]}x"
+                   f"{info.input_size[1]} {kind}; files: "
+                   + ("bundled" if info.bundled else data_error or f"present under {cfg.data_root}"))
+    rows = baselines.rows(spec.dataset_name)
+    out.append(f"  the paper's rows to compare with: {len(rows)}" if rows else
+               f"  the paper has no rows on {spec.dataset_name}: the study is recorded without baselines")
+    out.append("search (Optuna TPE, the paper's setting first):" if dims else "search: nothing searched")
+    if spec.search.preset == "paper":
+        out.append(f"  the paper's setting, repeated with seeds {spec.seed}, {spec.seed + 1}, ...")
+    elif spec.search.preset == "ablation":
+        out.append("  evolutionary, shortcut and vanilla training (Table 1) in turn, a new seed each round")
+    out += [f"  {k}: {v}" for k, v in dims.items()]
+    out.append("trial config (searched keys: the paper's value, which the first trial tries):")
+    out += [f"  {k}: {_show(v)}" for k, v in cfg.to_dict().items() if k not in dims]
+    cpus, gpus = _machine()
+    n, bound = _concurrency(spec, cpus, gpus)
+    out.append(f"resources: {spec.resources.cpu:g} CPU and {spec.resources.gpu:g} GPU per trial")
+    if n < 1:
+        out.append(f"  this machine ({cpus} CPUs, {gpus} GPUs) cannot hold one trial: run on a cluster with "
+                   f"--address, or lower resources")
+    else:
+        out.append(f"  on this machine: up to {n} trial(s) at once (bound by {bound}); on a cluster, as its "
+                   f"resources allow")
+    out.append(f"results: {spec.study_dir()}; MLflow: {spec.mlflow.tracking_uri}, experiment {spec.experiment}")
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items() if v is not None) + "}"
+    return str(value)

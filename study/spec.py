@@ -177,6 +177,9 @@ class _Study(_Strict):
         if "://" not in self.data_root and Path(self.data_root).expanduser().is_file():  # never a dataset folder
             raise _FieldError("data_root", f"{Path(self.data_root).expanduser().resolve()} is a file; give the "
                                            f"folder that holds the dataset's files (or will, with download)")
+        if isinstance(self.dataset, UserData) and "://" in self.data_root:
+            raise _FieldError("data_root", f"{self.data_root} is a URI; your own data is prepared into a folder "
+                                           f"(data_root/cache), give a local or shared path")
         if isinstance(self.dataset, UserData) and self.dataset.format == "events" and "timesteps" in self.search.dims:
             raise _FieldError("search.dims", "timesteps cannot be searched on event data: the recordings are binned "
                                              "into frames once, for the spec's timesteps")

@@ -140,6 +140,7 @@ def _nothing_written(tmp_path: Path) -> None:
     ("events_fields", 2, ["x, y, t, p"]),
     ("events_search_t", 2, ["search.dims", "timesteps"]),
     ("both_tests", 2, ["dataset.test", "not both"]),
+    ("uri_root", 2, ["data_root", "is a URI"]),
 ])
 def test_bad_data_fails_before_ray_with_one_line(case, code, words, tmp_path, monkeypatch, capsys):
     """Each bad input: one line naming the field, exit 2 for data that can never train,
@@ -167,6 +168,8 @@ def test_bad_data_fails_before_ray_with_one_line(case, code, words, tmp_path, mo
         extra = {"search": {"preset": "quick", "dims": ["timesteps"]}}
     elif case == "both_tests":
         ds["test"] = "data/test.npz"
+    elif case == "uri_root":
+        extra = {"data_root": "s3://bucket/data"}
     spec = _own_spec(tmp_path, ds, **extra)
     got, out, err = _run_cli(["run", str(spec)], capsys)
     assert got == code, err

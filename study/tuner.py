@@ -78,7 +78,7 @@ def _trainable(spec: StudySpec, prepared: data.Prepared | None = None):
     shipped = {}
     if prepared is not None:  # a user's data: through the object store if small, else from data_root
         small = prepared.nbytes <= spec.dataset.object_store_limit_mb * 2**20
-        shipped = {"data": prepared if small else None, "data_path": prepared.path}
+        shipped = {"data": prepared.in_memory() if small else None, "data_path": prepared.path}
     return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir, **shipped),
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 

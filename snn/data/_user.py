@@ -32,7 +32,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,12 @@ class Prepared:
     def input_size(self) -> tuple[int, int]:
         return int(self.x_train.shape[-2]), int(self.x_train.shape[-1])
 
+    def in_memory(self) -> "Prepared":
+        """The same data with plain arrays (a view, no copy, of memory-mapped ones): pickled,
+        their buffers travel out of band, so Ray's object store hands every trial a shared,
+        read-only view instead of a private copy."""
+        return replace(self, **{k: np.asarray(getattr(self, k)) for k in _ARRAYS})
+
     def dataset(self, user: UserData, train: bool) -> "ArrayDataset":
         """The train or test split, served as ``user`` says (normalization, augmentation)."""
         standardize = user.normalize == "standardize" or (user.normalize == "auto" and self.kind == "static")
@@ -116,7 +122,7 @@ class ArrayDataset(Dataset):
     def __init__(self, x: np.ndarray, y: np.ndarray, *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, augment: bool = False, kind: str = "static") -> None:
         self.x, self.y, self.augment, self.kind = x, y, augment, kind
-        self.scale = 1 / 255 if x.dtype == np.uint8 else None
+        self.scale = 1 / 255 if x.dtype == np.uint8 and kind == "static" else None  # frames: counts
         shape = (-1, 1, 1)
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(shape)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(shape)
@@ -218,7 +224,10 @@ def prepare(user: UserData, root: str | os.PathLike, timesteps: int, *, log=None
     """
     where = cache_dir(user, root, timesteps)
     if (where / "meta.json").exists():
-        return load_prepared(where)
+        try:
+            return load_prepared(where)
+        except DatasetNotFoundError:  # damaged (a disk error, a hand edit): prepare it again
+            shutil.rmtree(where, ignore_errors=True)
     if log:
         log(f"preparing {user.format} data {user.label!r} into {where}")
     say = log or (lambda _: None)
@@ -230,7 +239,7 @@ def prepare(user: UserData, root: str | os.PathLike, timesteps: int, *, log=None
         arrays, classes, kind = _read_events(user, timesteps, say)
     arrays = _split(arrays, user, classes)
     _check_labels(arrays, classes, user)
-    mean, std = _stats(arrays["x_train"])
+    mean, std = _stats(arrays["x_train"], scaled=kind == "static")
     meta = {"name": user.label, "kind": kind, "classes": list(classes), "mean": mean, "std": std,
             "settings": json.loads(_files(user, timesteps)[0]), "train": user.train, "test": user.test}
     _write_cache(where, arrays, meta)
@@ -310,24 +319,22 @@ def _read_npz(user: UserData, timesteps: int) -> tuple[dict[str, np.ndarray], tu
     if user.test and arrays["x_train"].shape[-2:] != arrays["x_test"].shape[-2:]:
         raise DataError(f"dataset.test: its images are {_hw(arrays['x_test'])}, the training images "
                         f"{_hw(arrays['x_train'])}; set dataset.input_size: [H, W] to resize both")
-    k = int(max(a.max(initial=0) for n, a in arrays.items() if n.startswith("y"))) + 1
+    k = int(arrays["y_train"].max()) + 1  # the classes are the training data's; a test label beyond is an error
     return arrays, tuple(str(i) for i in range(k)), kinds.pop()
 
 
 def _npz_arrays(path: Path, field: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise DataError(f"dataset.{field}: {path} is a single .npy array; format npz reads an .npz file "
-                                f"with arrays x and y (np.savez(path, x=..., y=...))")
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise DataError(f"dataset.{field}: {path} is a single .npy array; format npz reads an .npz file with "
+                            f"arrays x and y (np.savez(path, x=..., y=...))")
+        with f:
             missing = [k for k in ("x", "y") if k not in f.files]
             if missing:
                 raise DataError(f"dataset.{field}: {path} has no array {' or '.join(map(repr, missing))} (it has: "
                                 f"{', '.join(f.files) or 'nothing'}); expected x (samples) and y (labels)")
             x, y = f["x"], f["y"]
-    except AttributeError:  # np.load returned a plain array: a .npy file
-        raise DataError(f"dataset.{field}: {path} is a single .npy array; format npz reads an .npz file with "
-                        f"arrays x and y (np.savez(path, x=..., y=...))") from None
     except DataError:
         raise
     except PermissionError as e:
@@ -408,7 +415,7 @@ def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str,
     def header(item: tuple[Path, str]) -> tuple[tuple[int, int], int]:
         try:
             with Image.open(item[0]) as im:
-                return (im.height, im.width), len(im.getbands())
+                return (im.height, im.width), 1 if im.mode in _GREY else 3
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"dataset: {item[0]} is not a readable image ({e})") from None
 
@@ -426,6 +433,9 @@ def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str,
     def decode(path: Path) -> np.ndarray:
         try:
             with Image.open(path) as im:
+                if im.mode in _WIDE:  # 16-bit (or wider) greyscale: scaled to 8 bits, not clipped
+                    im = Image.fromarray(np.round(np.asarray(im, dtype=np.float64) * (255 / _WIDE[im.mode]))
+                                         .clip(0, 255).astype(np.uint8))
                 im = im.convert(mode)
                 if im.size != (w, h):
                     im = im.resize((w, h), Image.Resampling.BILINEAR)
@@ -442,6 +452,10 @@ def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str,
     return arrays, classes, "static"
 
 
+_GREY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # PIL modes of greyscale images
+_WIDE = {"I": 65535, "I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "F": 1.0}  # their full scale
+
+
 def _map(fn, items: list) -> list:
     """``fn`` over ``items`` in threads: PIL and NumPy release the GIL while they decode and read."""
     if len(items) < 64:
@@ -450,7 +464,7 @@ def _map(fn, items: list) -> list:
         return list(pool.map(fn, items, chunksize=64))
 
 
-def _load_events(path: Path) -> np.ndarray:
+def _load_events(path: Path, field: str) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False)
         if isinstance(a, np.lib.npyio.NpzFile):
@@ -458,17 +472,17 @@ def _load_events(path: Path) -> np.ndarray:
                 keys = a.files
                 key = "events" if "events" in keys else keys[0] if len(keys) == 1 else None
                 if key is None:
-                    raise DataError(f"dataset: {path} holds {len(keys)} arrays ({', '.join(keys)}); an event file "
+                    raise DataError(f"dataset.{field}: {path} holds {len(keys)} arrays ({', '.join(keys)}); an event file "
                                     f"holds one (or one named 'events')")
                 a = a[key]
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         why = "it holds Python objects, which are never unpickled" if "allow_pickle" in str(e) else str(e)
-        raise DataError(f"dataset: {path} is not a readable NumPy event file ({why})") from None
+        raise DataError(f"dataset.{field}: {path} is not a readable NumPy event file ({why})") from None
     names = a.dtype.names or ()
     if not set(_EVENT_FIELDS) <= set(names) or a.ndim != 1:
-        raise DataError(f"dataset: {path} holds {'fields ' + ', '.join(names) if names else f'a plain {a.dtype} array'}"
+        raise DataError(f"dataset.{field}: {path} holds {'fields ' + ', '.join(names) if names else f'a plain {a.dtype} array'}"
                         f"; event files hold a structured array with fields x, y, t, p (tonic's layout)")
     return a
 
@@ -491,18 +505,19 @@ def _read_events(user: UserData, timesteps: int, say) -> tuple[dict[str, np.ndar
     if sensor is None:  # one pass to find the sensor's extent (and check every file)
         say("reading the events to infer the sensor size")
 
-        def extent(path: Path) -> tuple[int, int, int]:
-            e = _load_events(path)
+        def extent(item: tuple[Path, str]) -> tuple[int, int, int]:
+            e = _load_events(*item)
             return ((int(e["x"].max()), int(e["y"].max()), int((e["p"] > 0).max())) if len(e) else (0, 0, 0))
 
-        ext = np.array(_map(extent, [p for f in listed for p, _ in listed[f]]))
+        ext = np.array(_map(extent, [(p, f) for f in listed for p, _ in listed[f]]))
         sensor = (int(ext[:, 0].max()) + 1, int(ext[:, 1].max()) + 1, 2 if ext[:, 2].max() > 0 else 1)
     w, h, polarities = sensor
     size = user.input_size or (h, w)
     to_frame = tonic.transforms.ToFrame(sensor_size=tuple(sensor), n_time_bins=timesteps)
 
-    def frames(path: Path) -> np.ndarray:
-        e = _load_events(path)
+    def frames(item: tuple[Path, str]) -> np.ndarray:
+        path, field = item
+        e = _load_events(path, field)
         if len(e) and (e["x"].min() < 0 or e["y"].min() < 0 or e["x"].max() >= w or e["y"].max() >= h):
             raise DataError(f"dataset.sensor_size: {path} has events at x in [{e['x'].min()}, {e['x'].max()}], "
                             f"y in [{e['y'].min()}, {e['y'].max()}], outside the {w}x{h} sensor")
@@ -521,7 +536,7 @@ def _read_events(user: UserData, timesteps: int, say) -> tuple[dict[str, np.ndar
     arrays = {}
     for field, items in listed.items():
         say(f"binning {len(items):,} {field} recordings into {timesteps} frames")
-        arrays[f"x_{field}"] = np.stack(_map(frames, [p for p, _ in items]))
+        arrays[f"x_{field}"] = np.stack(_map(frames, [(p, field) for p, _ in items]))
         arrays[f"y_{field}"] = np.array([index[c] for _, c in items], dtype=np.int64)
     return arrays, classes, "frames"
 
@@ -548,40 +563,49 @@ def _split(arrays: dict[str, np.ndarray], user: UserData, classes: tuple[str, ..
 
 def _check_labels(arrays: dict[str, np.ndarray], classes: tuple[str, ...], user: UserData) -> None:
     ytr, yte = arrays["y_train"], arrays["y_test"]
-    lowest = min(int(ytr.min()), int(yte.min()) if len(yte) else 0)
-    if lowest < 0:
-        raise DataError(f"dataset.train: labels must be 0..K-1, found {lowest}")
+    train = f"dataset.train: {Path(user.train).expanduser().resolve()}"
+    test = (f"dataset.test: {Path(user.test).expanduser().resolve()}" if user.test is not None else
+            f"dataset.test: the {user.test_fraction:g} held out of {Path(user.train).expanduser().resolve()}")
+    for where, y in ((train, ytr), (test, yte)):
+        if len(y) and int(y.min()) < 0:
+            raise DataError(f"{where}: labels must be 0..K-1, found {int(y.min())}")
     k = len(classes)
     if k < 2:
-        raise DataError(f"dataset.train: {k} class{'es' if k != 1 else ''} ({', '.join(classes) or 'none'}); a "
+        raise DataError(f"{train}: {k} class{'es' if k != 1 else ''} ({', '.join(classes) or 'none'}); a "
                         f"classifier needs at least two")
+    if len(yte) and int(yte.max()) >= k:
+        raise DataError(f"{test}: label {int(yte.max())} is not a class of the training data (0..{k - 1})")
     counts_tr, counts_te = np.bincount(ytr, minlength=k), np.bincount(yte, minlength=k)
     empty = [classes[i] for i in np.flatnonzero(counts_tr == 0)]
     if empty:
-        raise DataError(f"dataset.train: labels must be 0..K-1 with every class present; class(es) "
-                        f"{', '.join(empty[:10])} of 0..{k - 1} have no training sample")
-    if len(counts_te) > k:
-        raise DataError(f"dataset.test: label {len(counts_te) - 1} is not a class of the training data (0..{k - 1})")
+        raise DataError(f"{train}: labels must be 0..K-1 with every class present; {_classes(empty)} of 0..{k - 1} "
+                        f"{'has' if len(empty) == 1 else 'have'} no training sample")
     untested = [classes[i] for i in np.flatnonzero(counts_te == 0)]
     if untested:
-        where = (f"the {user.test_fraction:g} held out of dataset.train" if user.test_fraction is not None
-                 else f"dataset.test ({user.test})")
-        raise DataError(f"dataset.test: class(es) {', '.join(untested[:10])} have no test sample in {where}"
+        raise DataError(f"{test}: {_classes(untested)} {'has' if len(untested) == 1 else 'have'} no test sample"
                         + ("; give more samples of them, or a larger test_fraction" if user.test_fraction else ""))
 
 
-def _stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Channel mean and std of ``x`` (scaled to [0, 1] if uint8), in float64, chunk by chunk."""
+def _classes(names: list[str]) -> str:
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"class {shown}" if len(names) == 1 else f"classes {shown}"
+
+
+def _stats(x: np.ndarray, *, scaled: bool, chunk_bytes: int = 32 * 2**20) -> tuple[list[float], list[float]]:
+    """Channel mean and std of ``x`` (scaled to [0, 1] if uint8 and ``scaled``: images, not
+    frames of counts), in float64, a chunk of about ``chunk_bytes`` at a time."""
     c = x.shape[-3]
+    axes = tuple(i for i in range(x.ndim) if i != x.ndim - 3)  # all but the channel's
+    step = max(1, chunk_bytes // (8 * max(1, int(np.prod(x.shape[1:])))))
     total, sq, n = np.zeros(c), np.zeros(c), 0
-    for i in range(0, len(x), chunk):
-        a = np.asarray(x[i:i + chunk], dtype=np.float64)
-        if x.dtype == np.uint8:
+    for i in range(0, len(x), step):
+        a = np.asarray(x[i:i + step], dtype=np.float64)
+        if scaled and x.dtype == np.uint8:
             a /= 255.0
-        a = np.moveaxis(a, -3, 0).reshape(c, -1)
-        total += a.sum(1)
-        sq += (a * a).sum(1)
-        n += a.shape[1]
+        total += a.sum(axis=axes)
+        np.square(a, out=a)
+        sq += a.sum(axis=axes)
+        n += a.size // c
     mean = total / n
     std = np.sqrt(np.maximum(sq / n - mean * mean, 0.0))
     return mean.tolist(), [float(s) if s > 1e-8 else 1.0 for s in std]

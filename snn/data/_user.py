@@ -397,20 +397,26 @@ def _resize(x: np.ndarray, size: tuple[int, int] | None, kind: str, chunk: int =
     return out
 
 
-def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
-    from PIL import Image, UnidentifiedImageError
-
+def _class_folders(user: UserData) -> tuple[dict[str, list[tuple[Path, str]]], tuple[str, ...], dict[str, int]]:
+    """The samples of each split's class folders, the classes (the training folder's, sorted)
+    and each class's label."""
     listed = {}
     for field in ("train", "test"):
         if getattr(user, field) is not None:
-            listed[field] = _class_files(_existing(getattr(user, field), field, folder=True), field, "imagefolder")
+            listed[field] = _class_files(_existing(getattr(user, field), field, folder=True), field, user.format)
     classes = tuple(sorted({c for _, c in listed["train"]}))
     if "test" in listed:
         extra = sorted({c for _, c in listed["test"]} - set(classes))
         if extra:
             raise DataError(f"dataset.test: class folder(s) {extra} have no counterpart in dataset.train "
                             f"({user.train}); the classes are the training folder's")
-    index = {c: i for i, c in enumerate(classes)}
+    return listed, classes, {c: i for i, c in enumerate(classes)}
+
+
+def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
+    from PIL import Image, UnidentifiedImageError
+
+    listed, classes, index = _class_folders(user)
 
     def header(item: tuple[Path, str]) -> tuple[tuple[int, int], int]:
         try:
@@ -490,17 +496,7 @@ def _load_events(path: Path, field: str) -> np.ndarray:
 def _read_events(user: UserData, timesteps: int, say) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
     import tonic
 
-    listed = {}
-    for field in ("train", "test"):
-        if getattr(user, field) is not None:
-            listed[field] = _class_files(_existing(getattr(user, field), field, folder=True), field, "events")
-    classes = tuple(sorted({c for _, c in listed["train"]}))
-    if "test" in listed:
-        extra = sorted({c for _, c in listed["test"]} - set(classes))
-        if extra:
-            raise DataError(f"dataset.test: class folder(s) {extra} have no counterpart in dataset.train "
-                            f"({user.train}); the classes are the training folder's")
-    index = {c: i for i, c in enumerate(classes)}
+    listed, classes, index = _class_folders(user)
     sensor = user.sensor_size
     if sensor is None:  # one pass to find the sensor's extent (and check every file)
         say("reading the events to infer the sensor size")

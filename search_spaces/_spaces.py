@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from snn import registry
 from snn.config import METHODS as _METHODS
-from snn.config import TrainConfig
+from snn.config import HEAD_ONLY, TrainConfig
 
 if TYPE_CHECKING:  # optuna is only needed by whoever calls the space; keep spec validation light
     import optuna
@@ -166,12 +166,17 @@ class SearchSpace:
             out.update(paper_setting(stages))
             out.update(method_setting(method, stages))
             out["seed"] = self.seed + trial.number // len(METHODS)
-        if "lambda0" in dims:
-            trial.suggest_float("lambda0", 0.0, 1.0)
-        if "schedule" in dims:
-            trial.suggest_categorical("schedule", list(_QUICK["schedule"] if quick else registry.SHAPES))
         if "branches" in dims:
-            trial.suggest_categorical("branches", branch_choices(stages))
+            branches = trial.suggest_categorical("branches", branch_choices(stages))
+        else:
+            branches = fixed.get("branches", out.get("branches", TrainConfig.model_fields["branches"].default))
+        # Without a shortcut head, λ₀, its schedule and the loss's reading of the heads mean
+        # nothing: not sampled, so a vanilla trial carries no value for them.
+        heads = bool(registry.resolve_branches(branches, stages))
+        if "lambda0" in dims and heads:
+            trial.suggest_float("lambda0", 0.0, 1.0)
+        if "schedule" in dims and heads:
+            trial.suggest_categorical("schedule", list(_QUICK["schedule"] if quick else registry.SHAPES))
         if "surrogate" in dims:
             name = trial.suggest_categorical("surrogate", list(_QUICK["surrogate"] if quick else registry.SURROGATES))
         else:
@@ -185,11 +190,14 @@ class SearchSpace:
             trial.suggest_float("lr", 1e-3, 3e-2, log=True)
         if "weight_decay" in dims:
             trial.suggest_float("weight_decay", 1e-3, 1e-1, log=True)
-        if "loss_mode" in dims:
+        if "loss_mode" in dims and heads:
             trial.suggest_categorical("loss_mode", list(registry.LOSS_MODES))
         out.update(fixed)
         for k in dims:  # suggested values win over constants of the same name
             out.pop(k, None)
+        if not heads:
+            for k in HEAD_ONLY:
+                out.pop(k, None)
         return out
 
 
@@ -222,7 +230,7 @@ class _Recorder:
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         self.dims[name] = ("categorical", tuple(choices))
-        return choices[0]
+        return choices[-1]  # the last: for branches, every head, so the dimensions they condition show
 
 
 def describe(space: SearchSpace) -> dict[str, str]:

@@ -25,8 +25,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from snn import registry
 
-__all__ = ["FORMATS", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
-           "clip_repr", "dataset_name", "default_lr", "first_error", "method_of"]
+__all__ = ["FORMATS", "HEAD_ONLY", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
+           "clip_repr", "dataset_name", "default_lr", "first_error", "meaningful", "method_of"]
 
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -239,8 +239,13 @@ class TrainConfig(BaseModel):
             raise ValueError(f"{field}: {message}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain data (Tune's config, a checkpoint, MLflow params)."""
+        """The config as plain data (Tune's config, a checkpoint)."""
         return self.model_dump(mode="json")
+
+    def to_params(self) -> dict[str, Any]:
+        """The config as a trial's record and MLflow params: :meth:`to_dict` without what the
+        setting ignores (:func:`meaningful`)."""
+        return meaningful(self.to_dict())
 
     @property
     def dataset_name(self) -> str:
@@ -252,13 +257,29 @@ class TrainConfig(BaseModel):
         return method_of(self.lambda0, self.schedule, self.branches)
 
 
+HEAD_ONLY: tuple[str, ...] = ("lambda0", "schedule", "loss_mode")
+"""Parameters that act only through shortcut heads (Eq. 6-10): meaningless without one."""
+
+
+def _no_heads(branches: Any) -> bool:
+    return branches in ("none", "", [], None)
+
+
+def meaningful(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without the parameters its setting ignores: :data:`HEAD_ONLY` when there is
+    no shortcut head (vanilla training), so no analysis of λ₀ sees a value that did nothing."""
+    if not _no_heads(config.get("branches", "all")):
+        return dict(config)
+    return {k: v for k, v in config.items() if k not in HEAD_ONLY}
+
+
 def method_of(lambda0: float, schedule: str, branches: Any) -> str:
     """The row of :data:`METHODS` a setting is, else ``searched``.
 
     No heads, or λ₀ = 0, is ``vanilla`` whatever the schedule; otherwise λ₀ and the
     schedule decide, on any branch placement.
     """
-    if branches in ("none", "", [], None) or lambda0 == 0:
+    if _no_heads(branches) or lambda0 == 0:
         return "vanilla"
     for name, setting in METHODS.items():
         if name != "vanilla" and (lambda0, schedule) == (setting["lambda0"], setting["schedule"]):

@@ -177,6 +177,8 @@ class Trainer:
 
     # -- one epoch ---------------------------------------------------------------------------
     def _lambda(self) -> float:
+        if not self.model.branch_stages:  # no shortcut head: λ weighs nothing (Eq. 10), and is reported as 0
+            return 0.0
         return schedules.balance(self.cfg.schedule, self.cfg.lambda0, min(self.step, self.total_steps),
                                  self.total_steps)
 

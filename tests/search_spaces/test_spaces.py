@@ -36,7 +36,11 @@ def test_full_space_returns_constants_and_searches_four_dims():
         space(t)
         study.tell(t, 0.5)
     params = [t.params for t in study.trials]
-    assert all(set(p) == {"lambda0", "schedule", "branches", "surrogate", "surrogate_param"} for p in params)
+    assert {p["branches"] for p in params} == set(branch_choices(4))
+    for p in params:  # λ₀ and the schedule only where there is a shortcut head (issue 23: conditional dimensions)
+        heads = p["branches"] != "none"
+        assert set(p) == {"branches", "surrogate", "surrogate_param"} | ({"lambda0", "schedule"} if heads else set())
+    params = [p for p in params if p["branches"] != "none"]
     assert all(0.0 <= p["lambda0"] <= 1.0 for p in params)
     for p in params:  # the parameter's range is conditional on the surrogate
         lo, hi = SURROGATE_RANGES[p["surrogate"]]
@@ -45,7 +49,6 @@ def test_full_space_returns_constants_and_searches_four_dims():
     # the full space reaches every registered shape and surrogate, and every placement
     assert {p["schedule"] for p in params} == set(registry.SHAPES)
     assert {p["surrogate"] for p in params} == set(registry.SURROGATES)
-    assert {p["branches"] for p in params} == set(branch_choices(4))
 
 
 def test_vanilla_is_reachable():
@@ -59,6 +62,28 @@ def test_vanilla_is_reachable():
     space(optuna.trial.FixedTrial(full_point(lambda0=0.0, branches="none")))  # 0 is inside the range
 
 
+def test_a_vanilla_trial_samples_no_lambda0_schedule_or_loss_mode():
+    """No shortcut head: λ₀, the schedule and the loss's reading of the heads mean nothing, so
+    they are neither sampled nor left in the trial's config as a constant (issue 23)."""
+    constants = {"lambda0": 0.25, "schedule": "linear", "loss_mode": "logit_sum", "epochs": 3}
+    space = build_space("full", stages=3, extra=["loss_mode"], constants=constants)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    seen = set()
+    for _ in range(40):
+        t = study.ask()
+        out = space(t)
+        study.tell(t, 0.0)
+        heads = t.params["branches"] != "none"
+        seen.add(heads)
+        assert ({"lambda0", "schedule", "loss_mode"} <= set(t.params)) == heads
+        assert not {"lambda0", "schedule", "loss_mode"} & set(t.params) or heads
+        assert out == {"epochs": 3}  # constants of the searched dimensions never ride along
+    assert seen == {True, False}
+    fixed_vanilla = build_space("full", stages=3, fixed={"branches": "none"}, constants=constants)
+    t = optuna.create_study().ask()
+    assert fixed_vanilla(t) == {"epochs": 3, "branches": "none"} and set(t.params) == {"surrogate", "surrogate_param"}
+
+
 def test_fixed_values_are_not_searched():
     space = build_space("full", stages=4, fixed={"surrogate": "atan", "schedule": "linear"})
     out = space(optuna.trial.FixedTrial({"lambda0": 0.3, "branches": "1", "surrogate_param": 1.0}))
@@ -66,7 +91,7 @@ def test_fixed_values_are_not_searched():
 
 
 def test_optional_dims():
-    space = build_space("quick", stages=3, extra=["timesteps", "lr", "loss_mode"])
+    space = build_space("quick", stages=3, extra=["timesteps", "lr", "loss_mode"], fixed={"branches": "1,2"})
     study = optuna.create_study()
     t = study.ask()
     space(t)
@@ -94,7 +119,8 @@ def test_ablation_cycles_table_1_methods_with_new_seeds():
     space = build_space("ablation", stages=4, seed=7)
     outs = [space(optuna.trial.FixedTrial({}, number=i)) for i in range(6)]
     assert [o["branches"] for o in outs[:3]] == ["1,2,3", "1,2,3", "none"]
-    assert [(o["lambda0"], o["schedule"]) for o in outs[:3]] == [(0.25, "linear"), (1.0, "constant"), (0.0, "constant")]
+    assert [(o.get("lambda0"), o.get("schedule")) for o in outs[:3]] == [(0.25, "linear"), (1.0, "constant"),
+                                                                          (None, None)]  # vanilla: no λ
     assert [o["seed"] for o in outs] == [7, 7, 7, 8, 8, 8]
     assert METHODS[0] == "evolutionary"
     with pytest.raises(ValueError, match="method"):
@@ -128,8 +154,9 @@ def test_every_preset_gives_complete_valid_trials_starting_from_the_papers(prese
         configs.append({**space(t), **t.params})
         study.tell(t, 0.5)
     for c in configs:
-        assert {"lambda0", "schedule", "branches", "surrogate", "surrogate_param"} <= set(c), c
-        assert 0.0 <= c["lambda0"] <= 1.0 and c["schedule"] in registry.SHAPES
+        heads = c["branches"] != "none"  # a vanilla trial has no λ₀ nor schedule; TrainConfig's defaults stand in
+        assert {"branches", "surrogate", "surrogate_param"} | ({"lambda0", "schedule"} if heads else set()) <= set(c), c
+        assert not heads or (0.0 <= c["lambda0"] <= 1.0 and c["schedule"] in registry.SHAPES)
         assert c["branches"] in branch_choices(stages)
         lo, hi = SURROGATE_RANGES[c["surrogate"]]
         assert lo <= c["surrogate_param"] <= hi

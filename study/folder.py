@@ -19,11 +19,24 @@ import yaml
 
 from study.spec import SpecError, StudySpec, parse_spec
 
-__all__ = ["OPTUNA_FILE", "SPEC_FILE", "STATE_FILE", "StudyError", "StudyFolder", "open_study", "study_paths"]
+__all__ = ["CONFIRM", "OPTUNA_FILE", "SEARCH", "SPEC_FILE", "STATE_FILE", "StudyError", "StudyFolder", "open_study",
+           "stage_dir", "stage_of", "study_paths"]
 
 SPEC_FILE = "study.yaml"  # the resolved spec, written before the study starts
 STATE_FILE = "study.json"  # MLflow parent run id and tracking URI of the study
 OPTUNA_FILE = "optuna.db"
+SEARCH, CONFIRM = "search", "confirm"  # a study's stages: the search, then (if the spec asks) the confirm stage
+
+
+def stage_dir(stage: str) -> str:
+    """Where a stage's Tune experiment lives, relative to the study folder: the search in the
+    folder itself, the confirm stage in ``confirm/``."""
+    return "" if stage == SEARCH else stage
+
+
+def stage_of(trial_dir: str | os.PathLike) -> str:
+    """The stage a trial folder belongs to."""
+    return CONFIRM if Path(trial_dir).parent.name == CONFIRM else SEARCH
 
 
 class StudyError(RuntimeError):
@@ -59,9 +72,12 @@ class StudyFolder:
         return self.spec.storage_uri().rstrip("/") + "/" + self.spec.name
 
     def trial_dirs(self) -> list[Path]:
-        """The trial folders Tune made (local storage only; a remote one has none here)."""
-        return sorted(p for p in Path(self.tune_dir).glob("trial_*") if p.is_dir()) if "://" not in self.tune_dir \
-            else []
+        """The trial folders Tune made, the search's then the confirm stage's (local storage
+        only; a remote one has none here)."""
+        if "://" in self.tune_dir:
+            return []
+        root = Path(self.tune_dir)
+        return [p for pattern in ("trial_*", f"{CONFIRM}/trial_*") for p in sorted(root.glob(pattern)) if p.is_dir()]
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:

@@ -3,10 +3,15 @@
 ``snn-study report STUDY`` writes, into ``<study>/report/``:
 
 * ``report.md``: a table of the trials (the searched dimensions, final and best
-  ``test_acc``, status), the paper's rows for the same dataset (or a sentence saying the
-  paper has none), and the best trial's configuration;
+  ``test_acc``, status: a trial the scheduler stopped reads "stopped early (epoch k of K)"),
+  the paper's rows for the same dataset (or a sentence saying the paper has none), the best
+  configuration over its seeds (with its 95 % confidence interval, where it has replicates)
+  and the best full-budget trial, the comparison of the configurations and of the paper's
+  methods, and which dimension matters (:mod:`study.analysis`, which the report also
+  records on the study's parent MLflow run);
 * ``acc_vs_lambda0.png``: final test accuracy against λ₀, coloured by schedule shape;
-* ``acc_curves.png``: test accuracy per epoch of every trial.
+* ``acc_curves.png``: test accuracy per epoch of every trial;
+* ``importance.png``: the importance of each searched dimension, where there are numbers.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from snn.diagnostics import grad_histogram
 from snn.metrics import TEST_ACC
 from study import baselines as _baselines
+from study.analysis import Analysis, Importance, analyse, record_analysis
 from study.folder import open_study
 
 __all__ = ["GRAD_PLOT_FILE", "Report", "plot_grad_histogram", "write_report"]
@@ -61,7 +68,8 @@ class Report:
     path: Path
     trials: list[dict[str, Any]]
     baselines: list[_baselines.Baseline]
-    best: dict[str, Any] | None
+    best: dict[str, Any] | None  # the best trial that trained its full budget
+    analysis: Analysis | None = None
 
 
 def _trial_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
@@ -71,8 +79,13 @@ def _trial_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
     for r in runs:
         history = sorted(client.get_metric_history(r.info.run_id, TEST_ACC), key=lambda m: m.step)
         curve = [(m.step, m.value) for m in history]
-        row = {"trial_id": r.data.tags.get("trial_id", r.info.run_id[:8]), "method": r.data.tags.get("method", ""),
-               "status": r.info.status, "run_id": r.info.run_id, "curve": curve,
+        tags = r.data.tags
+        status = r.info.status
+        if tags.get("stopped_early") == "true":
+            last = tags.get("last_epoch") or (str(curve[-1][0]) if curve else "?")
+            status = f"stopped early (epoch {last} of {r.data.params.get('epochs', '?')})"
+        row = {"trial_id": tags.get("trial_id", r.info.run_id[:8]), "method": tags.get("method", ""),
+               "status": status, "run_id": r.info.run_id, "curve": curve,
                "final": curve[-1][1] if curve else None, "best": max(v for _, v in curve) if curve else None,
                "epochs": len(curve), "params": dict(r.data.params)}
         for c in _COLUMNS:
@@ -129,6 +142,41 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     return files
 
 
+def _importance_plot(imp: Importance, out: Path) -> list[Path]:
+    """Bars of each dimension's importance (fANOVA and PED-ANOVA), or nothing without numbers.
+
+    Drawn here, on a plain Figure: optuna.visualization's plot needs plotly, which the project
+    does not install, and its matplotlib variant draws through pyplot."""
+    if not (imp.fanova or imp.ped_anova):
+        return []
+    dims = sorted(set(imp.fanova) | set(imp.ped_anova), key=lambda d: imp.fanova.get(d, imp.ped_anova.get(d, 0)))
+    fig = _figure((5.5, 0.9 + 0.35 * len(dims)))
+    ax = fig.add_subplot()
+    height = 0.4
+    for i, (name, values) in enumerate((("fANOVA", imp.fanova), ("PED-ANOVA", imp.ped_anova))):
+        if values:
+            ax.barh([j + (i - 0.5) * height for j in range(len(dims))], [values.get(d, 0.0) for d in dims],
+                    height=height, label=name, color=("#4477aa", "#ee6677")[i])
+    ax.set_yticks(range(len(dims)), dims, fontsize=8)
+    ax.set_xlabel("importance (normalised)")
+    ax.set_title("which dimension matters", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "importance.png"
+    fig.savefig(path, dpi=100)
+    return [path]
+
+
+def _analysis(folder) -> Analysis:
+    """The study's analysis, recorded on its parent run; only computed where that run cannot take it."""
+    try:
+        return record_analysis(folder)
+    except MlflowException as e:
+        log.warning("report: the analysis could not be recorded on the parent run %s (%s); it is in the report only",
+                    folder.parent_run_id, " ".join(str(e).split())[:200])
+        return analyse(folder)
+
+
 def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Report:
     """Write the report of the study in ``study_dir`` (see the module docstring).
 
@@ -143,9 +191,11 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     rows = _trial_rows(client, exp.experiment_id, spec.name) if exp is not None else []
     out = Path(out_dir) if out_dir else d / "report"
     out.mkdir(parents=True, exist_ok=True)
-    pngs = _plots(rows, out)
+    analysis = _analysis(folder)
+    pngs = _plots(rows, out) + _importance_plot(analysis.importance, out)
     paper = list(_baselines.rows(spec.dataset_name))
-    best = rows[0] if rows and rows[0]["final"] is not None else None
+    full = [r for r in rows if r["run_id"] in analysis.run_ids and r["final"] is not None]
+    best = full[0] if full else None  # rows are sorted by final test_acc
 
     lines = [f"# Study `{spec.name}`", "",
              f"Dataset `{spec.dataset_name}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
@@ -165,11 +215,25 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
         lines.append(f"The paper reports no results on `{spec.dataset_name}`, so there are no baselines to compare "
                      f"with (it has rows for {', '.join(_baselines.DATASETS)}).")
     lines += ["", "## Best trial", ""]
+    if (config := analysis.best) is not None:
+        lines += [f"Best configuration ({config.stage} stage, {config.label}): mean test_acc {config.mean:.4f}, "
+                  f"95 % CI [{config.ci[0]:.4f}, {config.ci[1]:.4f}] over {config.n} seeds "
+                  f"({', '.join(config.seeds)}; trials {', '.join(config.trial_ids)}).", "",
+                  "```yaml", _yaml(config.params), "```", ""]
     if best:
-        lines += [f"Trial `{best['trial_id']}` reached test_acc {best['final']:.4f} (main branch, as at inference).",
-                  "", "```yaml", yaml.safe_dump({k: yaml.safe_load(v) for k, v in best["params"].items()}, sort_keys=True).rstrip(), "```"]
+        lines += [f"Best single trial among those that trained their full budget: `{best['trial_id']}` reached "
+                  f"test_acc {best['final']:.4f} (main branch, as at inference).",
+                  "", "```yaml", _yaml(best["params"]), "```"]
+    elif rows:
+        lines.append("No trial has trained its full budget yet (stopped early, failed or still running).")
     else:
         lines.append("No trial has reported a test accuracy yet.")
+    lines += [""] + analysis.markdown(level=2).rstrip("\n").split("\n")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    return Report(out, rows, paper, best)
+    return Report(out, rows, paper, best, analysis)
+
+
+def _yaml(params: dict[str, str]) -> str:
+    """MLflow's string params as typed YAML."""
+    return yaml.safe_dump({k: yaml.safe_load(v) for k, v in params.items()}, sort_keys=True).rstrip()

@@ -1,23 +1,48 @@
-"""Ray's OptunaSearch, with two additions: a diverged trial is a FAIL in Optuna, and a
-trial that Optuna already recorded as finished is left alone after a driver restart."""
+"""Ray's OptunaSearch, with three additions: a diverged trial is a FAIL in Optuna, a trial
+the scheduler stopped before its full budget is PRUNED, and a trial that Optuna already
+recorded as finished is left alone after a driver restart. And Ray's Repeater, giving each
+replicate of a configuration its seed."""
 
 from __future__ import annotations
 
+import math
+import os
+import pickle
+from typing import Any
+
 import optuna
+from ray.tune.search import Repeater, Searcher
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from snn.metrics import DIVERGED
+from snn.metrics import DIVERGED, EPOCH
 
 
 class StudyOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a diverged trial (NaN loss) as FAIL in the Optuna storage.
+    """OptunaSearch that records a diverged trial (NaN loss) as FAIL and an early-stopped one
+    as PRUNED in the Optuna storage.
 
     A diverged trial ends with a report whose ``diverged`` is 1 and whose ``test_acc`` is
     NaN; OptunaSearch would try to tell Optuna a NaN value, which Optuna refuses, leaving
     the trial RUNNING in the storage. It is told as failed instead.
+
+    A trial the scheduler (ASHA) stopped before ``epochs`` ends as PRUNED, its per-epoch
+    values reported as intermediate values (OptunaSearch reports every result), so Optuna's
+    samplers and importance evaluators treat it as the partial run it is, not as a final
+    value to rank against full runs.
+
+    Args:
+        epochs: The full budget of a trial, in epochs.
+        **kwargs: OptunaSearch's.
     """
 
+    def __init__(self, *args: Any, epochs: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs
+        self._reported: dict[str, set] = {}  # trial id -> the steps told to Optuna as intermediate values
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._reported.setdefault(trial_id, set()).add(result.get(TRAINING_ITERATION))
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -50,6 +75,15 @@ class StudyOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and result.get(DIVERGED):
             result, error = None, True
+        elif result and not error and self.epochs and int(result.get(EPOCH, self.epochs)) < self.epochs:
+            # Stopped early: PRUNED, at its last intermediate value. Tune hands the result that made
+            # the scheduler stop it to on_trial_complete only, so it is reported here first.
+            step = result.get(TRAINING_ITERATION)
+            if step is not None and step not in self._reported.get(trial_id, ()):
+                super().on_trial_result(trial_id, result)
+            result = None
+        elif result and not isinstance(self.metric, list) and _nan(result.get(self.metric)):
+            result, error = None, True  # every replicate of a configuration diverged (Repeater's mean)
         # Private (no public accessor): OptunaSearch's trials by Tune trial id. A trial Optuna
         # recorded as finished before the driver died is finished again by a resumed Tune,
         # whose saved state was behind: nothing to tell, and Optuna would refuse it with a warning.
@@ -58,3 +92,85 @@ class StudyOptunaSearch(OptunaSearch):
             self._ot_trials.pop(trial_id, None)
             return
         super().on_trial_complete(trial_id, result, error)
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+class SeededRepeater(Repeater):
+    """Ray's Repeater: each configuration the searcher suggests runs ``repeat`` times, the
+    searcher told the mean; replicate k gets seed ``seed + k``, the same k for every
+    configuration, so replicates pair across configurations (same initialisation and data
+    order, as far as the architecture allows).
+
+    Args:
+        searcher: The searcher whose suggestions are repeated.
+        repeat: Replicates per configuration.
+        seed: The study's seed: replicate k trains with ``seed + k``.
+    """
+
+    def __init__(self, searcher: OptunaSearch, repeat: int, seed: int = 0) -> None:
+        super().__init__(searcher, repeat=repeat, set_index=False)
+        self.seed = seed
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            # Private (no public accessor): Repeater's group of this trial, which it was just added to
+            config["seed"] = self.seed + self._trial_id_to_group[trial_id].count() - 1
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
+        if trial_id in self._trial_id_to_group:  # a trial of a group from before a restore it lacks
+            super().on_trial_complete(trial_id, result, **kwargs)
+
+    # Repeater saves only the searcher it wraps: its groups go beside it, so a resumed study
+    # knows which replicates each configuration still lacks.
+    def save(self, checkpoint_path: str) -> None:
+        super().save(checkpoint_path)
+        with open(checkpoint_path + ".groups", "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if os.path.exists(checkpoint_path + ".groups"):
+            with open(checkpoint_path + ".groups", "rb") as f:
+                self.set_state(pickle.load(f))
+
+
+class Points(Searcher):
+    """Tune's searcher interface over a fixed list of trial configs, each run once, as given
+    (the confirm stage). BasicVariantGenerator's ``points_to_evaluate`` only fills in keys
+    of a ``param_space``, and the configurations here differ in their keys (a vanilla one has
+    no λ₀).
+
+    Args:
+        points: The trial configs, in the order they run.
+        metric, mode: What the trials are ranked by.
+    """
+
+    def __init__(self, points: list[dict[str, Any]], metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.points = [dict(p) for p in points]
+        self.given: dict[str, int] = {}  # trial id -> index of its point
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id in self.given:
+            return dict(self.points[self.given[trial_id]])
+        if len(self.given) >= len(self.points):
+            return Searcher.FINISHED
+        self.given[trial_id] = len(self.given)
+        return dict(self.points[self.given[trial_id]])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"points": self.points, "given": self.given}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.points, self.given = state["points"], state["given"]

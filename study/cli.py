@@ -204,8 +204,12 @@ def check(spec: str | None, sets: tuple[str, ...]) -> None:
 
 def _summary(result) -> None:
     recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
-    click.echo(f"\nstudy {result.name}: {result.trials} trial(s), {result.errored} errored{recovered}; folder "
-               f"{result.path}")
+    stopped = f", {result.stopped} stopped early by ASHA" if result.stopped else ""
+    confirmed = f", then {result.confirmed} in the confirm stage" if result.confirmed else ""
+    click.echo(f"\nstudy {result.name}: {result.trials} trial(s){confirmed}, {result.errored} errored{recovered}"
+               f"{stopped}; folder {result.path}")
+    for line in result.answer:
+        click.echo(line)
     if result.best:
         acc = result.best["metrics"].get("test_acc")
         keys = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
@@ -294,27 +298,47 @@ def stop(study: str) -> None:
 @click.argument("spec", required=False, type=click.Path(dir_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="A trial's config.yaml (from its MLflow artifacts) to train exactly that trial.")
+@click.option("--run-id", default=None, metavar="RUN_ID",
+              help="Re-run the trial of this MLflow run (its config and thread count) and compare every epoch "
+                   "with the metrics it recorded.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default="sqlite:///mlflow.db", show_default=True,
+              help="The MLflow store of --run-id (env MLFLOW_TRACKING_URI).")
 @_SET
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch CPU threads; set it to the trial's CPUs to reproduce a trial bit for bit.")
-def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], threads: int | None) -> None:
+              help="Torch CPU threads; set it to the trial's CPUs to reproduce a trial bit for bit "
+                   "(with --run-id: the run's torch_threads unless given).")
+@click.pass_context
+def train(ctx: click.Context, spec: str | None, config_file: str | None, run_id: str | None, tracking_uri: str,
+          sets: tuple[str, ...], threads: int | None) -> None:
     """Train one trial without Ray, through the same training loop as the study.
 
     The hyperparameters are the spec's recipe with the paper's setting for the searched
     dimensions, the --config file's, or both, with --set KEY=VALUE applied last (keys
     are trial config names: lambda0, schedule, branches, surrogate, surrogate_param,
     epochs, lr, seed, ...). Prints one line per epoch.
+
+    With --run-id, the trial of that MLflow run is trained again from the run alone (its
+    config.yaml, else its params; torch threads as the trial had them) and, at the end, one
+    line says whether every epoch's recorded metrics were reproduced exactly, or which
+    differs and by how much.
     """
     import yaml
     from pydantic import ValidationError
 
     from snn.config import TrainConfig, first_error
 
+    if run_id is not None and (spec or config_file):
+        raise click.UsageError("give --run-id, or a SPEC or --config, not both")
+    if run_id is None and ctx.get_parameter_source("tracking_uri") == click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("--tracking-uri goes with --run-id")
     if spec and config_file:
         raise click.UsageError("give a SPEC or --config, not both")
     overrides = _overrides(sets)
+    trial = _trial_run(tracking_uri, run_id) if run_id is not None else None
     try:
-        if config_file:
+        if trial is not None:
+            cfg = TrainConfig.model_validate({**trial.config, **overrides})
+        elif config_file:
             try:
                 config = yaml.safe_load(Path(config_file).read_text())
             except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8, a NUL in the path
@@ -329,16 +353,77 @@ def train(spec: str | None, config_file: str | None, sets: tuple[str, ...], thre
         _fail(f"{field}: {message}", 2)
     import torch
 
+    if trial is not None and not threads:
+        threads = trial.threads
     if threads:
         torch.set_num_threads(threads)
+    if trial is not None:
+        unknown = "" if threads else " (the run records no torch_threads: float sums may differ)"
+        changed = f", changed by --set {' '.join(sets)}" if sets else ""
+        click.echo(f"re-running trial {trial.trial_id} of study {trial.study} (run {trial.run_id}) from its "
+                   f"{trial.source}{changed}, {torch.get_num_threads()} torch thread(s){unknown}")
+    rerun: list[dict[str, float]] = []
 
     def report(metrics: dict[str, float], trainer) -> None:
+        rerun.append(dict(metrics))
         click.echo(f"epoch {int(metrics['epoch'])}/{cfg.epochs}  train_loss={metrics['train_loss']:.4f}  "
                    f"train_acc={metrics['train_acc']:.4f}  test_acc={metrics['test_acc']:.4f}  "
                    f"lambda={metrics['lambda']:.4f}  firing_rate={metrics['firing_rate']:.4f}  "
                    f"{metrics['images_per_s']:.0f} img/s")
 
     _fit(cfg, report)
+    if trial is not None:
+        line = _compare(trial.history, rerun)
+        click.echo(line + ("; the config was changed by --set" if sets else ""))
+
+
+def _trial_run(tracking_uri: str, run_id: str):
+    """The trial of an MLflow run (:func:`study.tracking.read_trial_run`), its failures as one line."""
+    from study.tracking import RunNotFound, read_trial_run
+
+    try:
+        return read_trial_run(tracking_uri, run_id)
+    except (RunNotFound, ConnectionError) as e:  # no such run, or the store does not answer
+        _fail(str(e))
+    except ValueError as e:  # a run that is not a trial's
+        _fail(str(e), 2)
+
+
+_TIMING = ("epoch", "epoch_time", "images_per_s")  # not compared: the step itself, and wall-clock measures
+
+
+def _compare(recorded: dict[int, dict[str, float]], rerun: list[dict[str, float]]) -> str:
+    """One line: every metric the run recorded for the re-run's epochs reproduced exactly, or
+    the first that differs (epoch, metric, by how much) and how many others do."""
+    import math
+
+    diffs, values, names = [], 0, set()
+    epochs = [int(m["epoch"]) for m in rerun if int(m["epoch"]) in recorded]
+    for metrics in rerun:
+        epoch = int(metrics["epoch"])
+        for key, was in sorted(recorded.get(epoch, {}).items()):
+            if key in _TIMING or key not in metrics:
+                continue
+            now = float(metrics[key])
+            values += 1
+            names.add(key)
+            if not (now == was or (math.isnan(now) and math.isnan(was))):
+                diffs.append((epoch, key, was, now))
+    missing = sorted(set(recorded) - {int(m["epoch"]) for m in rerun})
+    notes = []
+    if len(epochs) < len(rerun):
+        notes.append(f"{len(rerun) - len(epochs)} re-run epoch(s) the run did not record (stopped early?)")
+    if missing:
+        notes.append(f"recorded epoch(s) {', '.join(map(str, missing))} not re-run")
+    note = "; " + "; ".join(notes) if notes else ""
+    if not values:
+        return f"nothing to compare: the run records no metrics of the re-run's epochs{note}"
+    if not diffs:
+        return f"reproduced {len(epochs)} epochs exactly ({values} values of {len(names)} metrics){note}"
+    epoch, key, was, now = diffs[0]
+    more = f"; {len(diffs) - 1} more of {values} values differ" if len(diffs) > 1 else f" (1 of {values} values)"
+    return (f"not reproduced: epoch {epoch} {key} differs by {now - was:+.3g} (recorded {was!r}, "
+            f"re-run {now!r}){more}{note}")
 
 
 def _fit(cfg, report) -> None:

@@ -43,7 +43,6 @@ QUICKSTART: dict[str, Any] = {
     "train": {"epochs": 3, "batch_size": 64},
     "search": {"preset": "quick"},
     "trials": 8,
-    "scheduler": "asha",
     # glibc keeps freed activations for the next step instead of faulting them in again:
     # about 1.1x on CPU trials (docs/performance.md)
     "env_vars": {"MALLOC_MMAP_THRESHOLD_": "2147483647", "MALLOC_TRIM_THRESHOLD_": "2147483647"},
@@ -124,6 +123,14 @@ class SearchSpec(_Strict):
         return self.fixed.model_dump()
 
 
+class ConfirmSpec(_Strict):
+    """The confirm stage: after the search, its best configurations (and the paper's setting)
+    run again with new seeds; the study's answer is the best confirmed configuration."""
+
+    top: int = Field(3, ge=1, description="how many of the search's best configurations to confirm")
+    seeds: int = Field(5, ge=2, description="new seeds of each (paired across configurations)")
+
+
 class ResourcesSpec(_Strict):
     """Resources of one trial (fractions allowed, as in Ray)."""
 
@@ -156,9 +163,13 @@ class _Study(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     train: TrainSpec = Field(default_factory=TrainSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
-    trials: int = Field(8, ge=1)
+    trials: int = Field(8, ge=1, description="configurations the search tries")
+    seeds: int = Field(1, ge=1, description="replicates of every configuration, seed + 0..seeds-1, paired across "
+                                            "configurations")
+    confirm: ConfirmSpec | None = Field(None, description="re-run the best configurations with new seeds")
     concurrency: int | None = Field(None, ge=1, description="trials at once; default: as resources allow")
-    scheduler: Literal["fifo", "asha"] = "asha"
+    scheduler: Literal["fifo", "asha"] = Field("asha", description="asha (early stopping); fifo (every trial "
+                                                                   "its full budget; the default with seeds > 1)")
     objective: Literal["test_acc", "test_acc+firing_rate"] = "test_acc"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of the trial processes "
@@ -183,10 +194,26 @@ class _Study(_Strict):
         if isinstance(self.dataset, UserData) and self.dataset.format == "events" and "timesteps" in self.search.dims:
             raise _FieldError("search.dims", "timesteps cannot be searched on event data: the recordings are binned "
                                              "into frames once, for the spec's timesteps")
+        if self.seeds > 1 or self.confirm:
+            self._replicates()
         if self.train.cuda_graphs and not self.resources.gpu:
             # checked here, not in each trial: a CPU trial's Trainer would refuse the setting
             raise _FieldError("train.cuda_graphs", "true needs GPU trials; set resources.gpu > 0 or cuda_graphs: false")
         return self
+
+    def _replicates(self) -> None:
+        """Replicated configurations compare full runs of a single objective."""
+        if self.seeds > 1 and self.scheduler == "asha":
+            if "scheduler" in self.model_fields_set:
+                raise _FieldError("scheduler", "asha stops replicates early, and their mean needs every seed's full "
+                                                "run; use fifo with seeds > 1")
+            self.scheduler = "fifo"
+        if self.objective != "test_acc":
+            raise _FieldError("objective", "replicates and the confirm stage compare test_acc; use objective: "
+                                           "test_acc with seeds > 1 or confirm")
+        if self.confirm and self.search.preset in ("paper", "ablation"):
+            raise _FieldError("confirm", f"preset {self.search.preset} searches nothing to confirm; replicate it "
+                                         f"with seeds: N instead")
 
     def _spec_key(self, field: str) -> str:
         name = field.split(".")[0]

@@ -7,7 +7,8 @@ shows that record:
 
 * a parent run for the study, one nested run per trial (params: the trial's config; one
   metric step per epoch; tags: study, trial id, dataset, architecture, timesteps, method,
-  the Ray node; artifacts: the config, the stripped inference model and the first layer's
+  the Ray node, torch's threads, the code's version and commit (:mod:`study.provenance`);
+  artifacts: the config, the stripped inference model and the first layer's
   gradient histogram, the paper's Fig. 2), and the paper's Tables 1-4 as runs tagged
   ``kind=baseline`` with the same ``test_acc`` metric (a fraction);
 * written live by :class:`StudyTracker`, a Tune callback on the driver (one writer, so
@@ -23,15 +24,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import tempfile
 import threading
 import time
+import types
+import typing
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
+from unittest import mock
 
 import torch
 import yaml
@@ -40,23 +46,25 @@ from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from snn.config import dataset_name, method_of
+from snn.config import dataset_name, meaningful, method_of
 from snn.metrics import DIVERGED, EPOCH, TEST_ACC
 from study import baselines as _baselines
-from study.folder import StudyFolder
+from study.folder import SEARCH, StudyFolder, stage_of
+from study.provenance import provenance
 from study.report import GRAD_PLOT_FILE, plot_grad_histogram
 from study.spec import is_tracking_server
-from trainables.layout import FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, read_record
+from trainables.layout import FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, TORCH_THREADS, read_record
 
-__all__ = ["KIND", "StudyTracker", "SyncSummary", "TrialRecord", "check_tracking_uri", "finish_parent_run",
-           "log_baselines", "read_trial", "reachable", "start_parent_run", "sync_study"]
+__all__ = ["KIND", "RunNotFound", "StudyTracker", "SyncSummary", "TrialRecord", "TrialRun", "check_tracking_uri",
+           "config_of_params", "finish_parent_run", "log_baselines", "read_trial", "read_trial_run", "reachable",
+           "start_parent_run", "sync_study"]
 
 log = logging.getLogger(__name__)
 
 KIND = "kind"  # tag: study | trial | baseline
 CONFIG_ARTIFACT = "config.yaml"
 _NOT_METRICS = (set(AUTO_RESULT_KEYS) - {"time_total_s"}) | {"config", "trial_id", "node_ip", "hostname", "pid",
-                                                              NODE_ID, "error"}
+                                                              NODE_ID, TORCH_THREADS, "error"}
 _BATCH = 1000  # MLflow takes at most 1000 metrics per log_batch
 
 
@@ -112,7 +120,7 @@ def params_of(config: dict[str, Any]) -> dict[str, str]:
     """A trial's config as MLflow params: a user's dataset mapping as ``dataset`` (its name)
     and one ``dataset.<key>`` param per key it sets, so the UI can filter and compare on each."""
     out = {}
-    for k, v in config.items():
+    for k, v in meaningful(config).items():  # a vanilla trial has no λ₀
         if k == "dataset" and isinstance(v, dict):
             out[k] = dataset_name(v)
             out.update({f"{k}.{key}": str(value) for key, value in v.items() if value is not None})
@@ -126,7 +134,8 @@ def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | Non
     c = MlflowClient(tracking_uri)
     if best:
         params = [Param(f"best.{k}", v) for k, v in params_of(best["config"]).items()]
-        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items() if _number(v)]
+        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items()
+                   if _number(v) and k not in _NOT_METRICS]  # Tune's own keys (pid, timestamp, ...) too
         existing = c.get_run(run_id).data.params
         c.log_batch(run_id, metrics=metrics, params=[p for p in params if p.key not in existing],
                     tags=[RunTag("best_trial_id", best["trial_id"])])
@@ -170,6 +179,128 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# -- what re-running a trial reads from its run -------------------------------------------------
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # PyYAML (YAML 1.1) reads 1e-05 as text
+
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a field holds text only (str, a Literal of str, either or None)."""
+    if annotation is str:
+        return True
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) in (Union, types.UnionType) and all(
+        a is type(None) or _is_text(a) for a in args) and any(a is not type(None) for a in args)
+
+
+def _param_value(raw: str, field_info: Any, nullable: bool = True) -> Any:
+    """A param's value back as the config held it: text fields as they are (``"007"`` stays text),
+    ``None`` as None (where ``nullable``: a None was logged), anything else as YAML (numbers,
+    booleans, lists, mappings)."""
+    if raw == "None" and nullable and (field_info is None or field_info.default is None):
+        return None
+    if field_info is not None and _is_text(field_info.annotation):
+        return raw
+    if _EXPONENT.fullmatch(raw):  # Python's str of a small or large float
+        return float(raw)
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def config_of_params(params: dict[str, str]) -> dict[str, Any]:
+    """A trial's config from its MLflow params (the inverse of :func:`params_of`): each value
+    parsed back to its type, a user's dataset mapping rebuilt from its ``dataset.<key>`` params."""
+    from snn.config import TrainConfig, UserData
+
+    config: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for k, raw in params.items():
+        if k.startswith("dataset."):
+            key = k.removeprefix("dataset.")
+            data[key] = _param_value(raw, UserData.model_fields.get(key), nullable=False)  # None is not logged
+        elif k == "dataset":
+            config[k] = raw
+        else:
+            config[k] = _param_value(raw, TrainConfig.model_fields.get(k))
+    if data:
+        config["dataset"] = data
+    return config
+
+
+@dataclass
+class TrialRun:
+    """What a trial's MLflow run says about how to re-run it, and what it recorded."""
+
+    run_id: str
+    study: str | None
+    trial_id: str | None
+    config: dict[str, Any]
+    source: str  # where the config came from: the config.yaml artifact, or the params
+    threads: int | None  # torch's CPU threads in the trial (its torch_threads tag)
+    history: dict[int, dict[str, float]]  # epoch -> metric -> value, as recorded
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class RunNotFound(LookupError):
+    """The tracking store has no such run, or cannot be read."""
+
+
+def read_trial_run(tracking_uri: str, run_id: str) -> TrialRun:
+    """Read a trial's run: its config (the ``config.yaml`` artifact, exact types, where the run
+    has it; else its params), its thread count and its metrics of every epoch.
+
+    Raises:
+        RunNotFound: No such run in the store, or the store cannot be read (one line).
+        ValueError: The run is not a trial's (a baseline, a study's parent run), or its
+            config cannot be read (one line).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise RunNotFound(f"--tracking-uri: no MLflow store at {tracking_uri} (the file does not exist)")
+    check_tracking_uri(tracking_uri)
+    c = MlflowClient(tracking_uri)
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as e:
+        raise RunNotFound(f"--run-id: no run {run_id} in the MLflow store at {tracking_uri} "
+                          f"({' '.join(str(e.message).split())[:200]})") from None
+    tags, kind = run.data.tags, run.data.tags.get(KIND)
+    if kind == "baseline":
+        raise ValueError(f"--run-id: run {run_id} is a result published in the paper ({tags.get('baseline')}), "
+                         f"not a trial: there is nothing to re-run")
+    if kind == "study":
+        raise ValueError(f"--run-id: run {run_id} is the parent run of study {tags.get('study')}, not a trial: "
+                         f"give the run of one of its trials (its nested runs)")
+    if kind != "trial":
+        raise ValueError(f"--run-id: run {run_id} is not a trial of an snn-study study (it has no tag {KIND}=trial)")
+    source, config = "params", None
+    try:
+        if CONFIG_ARTIFACT in {a.path for a in c.list_artifacts(run_id)}:
+            # MLflow draws a progress bar for every download, one file or not
+            quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+            with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
+                config = yaml.safe_load(Path(c.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)).read_text())
+            source = CONFIG_ARTIFACT
+        if not isinstance(config, dict):
+            source, config = "params", config_of_params(run.data.params)
+        history: dict[int, dict[str, float]] = {}
+        for key in sorted(run.data.metrics):
+            for m in c.get_metric_history(run_id, key):
+                history.setdefault(int(m.step), {}).setdefault(key, m.value)
+    except (MlflowException, OSError, yaml.YAMLError) as e:
+        raise RunNotFound(f"--run-id: cannot read run {run_id} from {tracking_uri} ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]})") from None
+    if not config:
+        raise ValueError(f"--run-id: run {run_id} records no config (neither {CONFIG_ARTIFACT} nor params)")
+    threads = tags.get(TORCH_THREADS)
+    return TrialRun(run_id, tags.get("study"), tags.get("trial_id"), config, source,
+                    int(threads) if threads and threads.isdigit() else None, history, dict(tags))
+
+
 # -- the record of a trial, read from its folder ----------------------------------------------
 @dataclass
 class TrialRecord:
@@ -181,6 +312,11 @@ class TrialRecord:
     results: list[dict[str, Any]]  # one per epoch, in order
     checkpoint: Path | None = None
     error: str | None = None
+
+    @property
+    def stage(self) -> str:
+        """The study's stage the trial ran in: search, or confirm."""
+        return stage_of(self.path)
 
     @property
     def complete(self) -> bool:
@@ -264,15 +400,16 @@ class _Projection:
         self._status[run.info.run_id] = run.info.status
         return run.info.run_id
 
-    def run_of(self, trial_id: str, config: dict[str, Any]) -> str:
-        """The trial's run: found by its tags, else created with its params."""
+    def run_of(self, trial_id: str, config: dict[str, Any], stage: str = SEARCH) -> str:
+        """The trial's run: found by its tags, else created with its params (and its ``stage``)."""
         if trial_id in self._runs:
             return self._runs[trial_id]
         run_id = self._find(trial_id)
         if run_id is None:
             tags = {"mlflow.parentRunId": self.parent, "study": self.study, KIND: "trial", "trial_id": trial_id,
                     "dataset": dataset_name(config.get("dataset")), "arch": str(config.get("arch")),
-                    "timesteps": str(config.get("timesteps")), "method": _method(config)}
+                    "timesteps": str(config.get("timesteps")), "method": _method(config), "stage": stage,
+                    **provenance().tags()}
             run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags)
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params_of(config).items())])
@@ -283,9 +420,9 @@ class _Projection:
         self._runs[trial_id] = run_id
         return run_id
 
-    def log(self, trial_id: str, config: dict[str, Any], results: list[dict[str, Any]]) -> int:
+    def log(self, trial_id: str, config: dict[str, Any], results: list[dict[str, Any]], stage: str = SEARCH) -> int:
         """Write the epochs of ``results`` that the trial's run lacks; return how many."""
-        run_id = self.run_of(trial_id, config)
+        run_id = self.run_of(trial_id, config, stage)
         logged = self._logged.setdefault(run_id, set())
         new = [r for r in _by_epoch(results) if int(r[EPOCH]) not in logged]
         if not new:
@@ -294,7 +431,8 @@ class _Projection:
                    for r in new for k, v in r.items() if k not in _NOT_METRICS and _number(v)]
         last = new[-1]
         where = tuple((t, str(last[k])) for t, k in (("ray_node", "node_ip"), ("ray_hostname", "hostname"),
-                                                     ("ray_node_id", NODE_ID)) if last.get(k))
+                                                     ("ray_node_id", NODE_ID), (TORCH_THREADS, TORCH_THREADS))
+                      if last.get(k))
         tags = [RunTag(t, v) for t, v in where] if where != self._where.get(run_id) else []
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH], tags=tags if i == 0 else [])
@@ -324,6 +462,8 @@ class _Projection:
             tags = [RunTag("diverged", "true"), RunTag("error", str(last.get("error", "training diverged")))]
         elif status == "FAILED" and (reason or record.error):
             tags = [RunTag("error", reason or record.error)]
+        elif status == "FINISHED" and not record.complete and record.results:  # the scheduler stopped it
+            tags = [RunTag("stopped_early", "true"), RunTag("last_epoch", str(int(record.results[-1][EPOCH])))]
         if tags:
             self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, status)
@@ -341,12 +481,13 @@ class _Projection:
                 plot_grad_histogram(torch.load(grad, weights_only=True), png, title=f"trial_{record.trial_id}")
                 self.client.log_artifact(run_id, str(png))
 
-    def fail_unknown(self, known: set[str], reason: str) -> int:
-        """Close RUNNING runs of trials not in ``known`` as FAILED with ``reason``; return how many."""
+    def fail_unknown(self, known: set[str], reason: str, stage: str = SEARCH) -> int:
+        """Close RUNNING runs of ``stage``'s trials not in ``known`` as FAILED with ``reason``;
+        return how many."""
         closed = 0
         for r in self.client.search_runs([self.experiment_id], max_results=5000, filter_string=(
                 f"tags.study = '{self.study}' and tags.{KIND} = 'trial' and attributes.status = 'RUNNING'")):
-            if r.data.tags.get("trial_id") not in known:
+            if r.data.tags.get("trial_id") not in known and r.data.tags.get("stage", SEARCH) == stage:
                 self.client.log_batch(r.info.run_id, tags=[RunTag("error", reason)])
                 self.client.set_terminated(r.info.run_id, "FAILED")
                 closed += 1
@@ -355,7 +496,7 @@ class _Projection:
 
 def _method(config: dict[str, Any]) -> str:
     try:
-        return method_of(float(config["lambda0"]), config["schedule"], config["branches"])
+        return method_of(float(config.get("lambda0", 0.0)), config.get("schedule", ""), config["branches"])
     except (KeyError, TypeError, ValueError):
         return "searched"
 
@@ -379,7 +520,7 @@ def _project(projection: _Projection, record: TrialRecord, status: str | None = 
     (FAILED) or ``status`` says how it ended."""
     summary = summary if summary is not None else SyncSummary()
     summary.trials += 1
-    summary.epochs += projection.log(record.trial_id, record.config, record.results)
+    summary.epochs += projection.log(record.trial_id, record.config, record.results, record.stage)
     if record.diverged:
         status = "FAILED"
     elif record.complete:
@@ -389,7 +530,7 @@ def _project(projection: _Projection, record: TrialRecord, status: str | None = 
 
 
 def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, final: bool = False,
-               trial_dirs: Iterable[Path] | None = None) -> SyncSummary:
+               trial_dirs: Iterable[Path] | None = None, stage: str | None = None) -> SyncSummary:
     """Write into MLflow whatever the study's trial folders hold and MLflow lacks.
 
     Idempotent: an epoch MLflow has is not sent again, a closed run is not closed again.
@@ -403,6 +544,7 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
             a driver died, and re-suggested on resume) are closed FAILED.
         trial_dirs: Where to read the trials (default: the study folder's; a study on remote
             storage passes the driver's copies).
+        stage: Only this stage's trials (the end of a stage); None: every stage.
 
     Raises:
         Exception: Whatever the tracking store raised (it is down): run the sync again later.
@@ -411,6 +553,8 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
     projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id)
     summary = SyncSummary()
     for trial_dir in folder.trial_dirs() if trial_dirs is None else trial_dirs:
+        if stage is not None and trial_dirs is None and stage_of(trial_dir) != stage:
+            continue
         record = read_trial(trial_dir)
         if record is None:
             continue
@@ -418,7 +562,7 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
         _project(projection, record, "FAILED" if orphan else statuses.get(record.trial_id),
                  _ORPHAN if orphan else None, summary)
     if final:
-        summary.closed += projection.fail_unknown(set(statuses), _ORPHAN)
+        summary.closed += projection.fail_unknown(set(statuses), _ORPHAN, stage or SEARCH)
     return summary
 
 
@@ -436,12 +580,13 @@ class StudyTracker(tune.Callback):
 
     Args:
         folder: The study (its MLflow experiment, parent run and trial folders).
+        stage: The study's stage whose trials this Tune run holds (search, or confirm).
     """
 
     SLOW_WRITE_S = 5.0  # a write under way this long is reported: the store is probably down
 
-    def __init__(self, folder: StudyFolder) -> None:
-        self.folder = folder
+    def __init__(self, folder: StudyFolder, stage: str = SEARCH) -> None:
+        self.folder, self.stage = folder, stage
         self._init()
 
     def _init(self) -> None:
@@ -455,10 +600,10 @@ class StudyTracker(tune.Callback):
 
     # Tune pickles its callbacks with the experiment: the folder, not the thread or the client
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder}
+        return {"folder": self.folder, "stage": self.stage}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.folder = state["folder"]
+        self.folder, self.stage = state["folder"], state.get("stage", SEARCH)
         self._init()
 
     def _trial_dir(self, trial) -> Path:
@@ -528,12 +673,12 @@ class StudyTracker(tune.Callback):
         return record
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._submit(trial, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config)))
+        self._submit(trial, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config), self.stage))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if result.get(EPOCH) is not None:
             self._submit(trial, f"epoch {result[EPOCH]}",
-                         lambda p: p.log(trial.trial_id, dict(trial.config), [result]))
+                         lambda p: p.log(trial.trial_id, dict(trial.config), [result], self.stage))
 
     def _end(self, trial, status: str) -> None:
         def end(p: _Projection) -> None:
@@ -561,7 +706,7 @@ class StudyTracker(tune.Callback):
         statuses = {t.trial_id: {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status, "RUNNING") for t in trials}
         try:
             remote = "://" in self.folder.tune_dir
-            summary = sync_study(self.folder, statuses, final=True,
+            summary = sync_study(self.folder, statuses, final=True, stage=self.stage,
                                  trial_dirs=[self._trial_dir(t) for t in trials] if remote else None)
         except Exception as e:  # the store is down at the very end
             log.warning("MLflow: the study's end could not be recorded (%s: %s); every result is in the trial "

@@ -10,9 +10,11 @@ what they can before Ray starts, then run it.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,14 @@ import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search_spaces import build_space, first_points
+from search_spaces import build_space, dims_of, first_points, paper_setting
 from snn import data
-from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC
+from snn.config import HEAD_ONLY
+from snn.metrics import DIVERGED, EPOCH, FIRING_RATE, TEST_ACC
 from study import local_ray
-from study._search import StudyOptunaSearch
-from study.folder import StudyError, StudyFolder, open_study, study_paths, write_state
+from study._search import Points, SeededRepeater, StudyOptunaSearch
+from study.folder import CONFIRM, SEARCH, StudyError, StudyFolder, open_study, stage_dir, study_paths, write_state
+from study.analysis import record_analysis
 from study.preflight import prepare_data
 from study.spec import StudySpec
 from study.tracking import (StudyTracker, check_tracking_uri, finish_parent_run, log_baselines, start_parent_run,
@@ -52,6 +56,9 @@ class StudyResult:
     errored: int
     best: dict[str, Any] | None
     recovered: int = 0  # trials that failed, were retried and ended well
+    stopped: int = 0  # trials the scheduler stopped before their full budget (PRUNED in Optuna)
+    confirmed: int = 0  # trials of the confirm stage
+    answer: list[str] = field(default_factory=list)  # the best replicated configuration, the paired differences
 
 
 def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
@@ -60,21 +67,22 @@ def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
     return [TEST_ACC, FIRING_RATE], ["max", "min"]
 
 
-def _searcher(spec: StudySpec) -> StudyOptunaSearch:
+def _searcher(spec: StudySpec) -> StudyOptunaSearch | SeededRepeater:
     metric, mode = _objective(spec)
     fixed = spec.search.fixed_values()
     space = build_space(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed,
                         constants=spec.train_constants(), seed=spec.seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_paths(spec)['optuna']}")
     points = first_points(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed)
-    return StudyOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
-                             sampler=optuna.samplers.TPESampler(seed=spec.seed), study_name=spec.name,
-                             storage=storage, seed=spec.seed)
+    search = StudyOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
+                               sampler=optuna.samplers.TPESampler(seed=spec.seed), study_name=spec.name,
+                               storage=storage, seed=spec.seed, epochs=spec.train.epochs)
+    return SeededRepeater(search, repeat=spec.seeds, seed=spec.seed) if spec.seeds > 1 else search
 
 
-def _trainable(spec: StudySpec, prepared: data.Prepared | None = None):
+def _trainable(spec: StudySpec, prepared: data.Prepared | None = None, stage: str = SEARCH):
     # The trial folders, where a trial finds checkpoints newer than Tune's saved state names
-    study_dir = None if "://" in spec.storage else str(spec.study_dir())
+    study_dir = None if "://" in spec.storage else str(spec.study_dir() / stage_dir(stage))
     shipped = {}
     if prepared is not None:  # a user's data: through the object store if small, else from data_root
         small = prepared.nbytes <= spec.dataset.object_store_limit_mb * 2**20
@@ -117,7 +125,7 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepare
     else:
         scheduler = FIFOScheduler()
     tune_config = tune.TuneConfig(
-        search_alg=_searcher(spec), scheduler=scheduler, num_samples=spec.trials,
+        search_alg=_searcher(spec), scheduler=scheduler, num_samples=spec.trials * spec.seeds,
         max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname, reuse_actors=True,
         trial_name_creator=_trial_dirname, **({"metric": metric, "mode": mode} if single else {}))
     run_config = tune.RunConfig(
@@ -126,6 +134,72 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepare
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[StudyTracker(folder), _FaultLines()], verbose=verbose)
     return tune.Tuner(_trainable(spec, prepared), tune_config=tune_config, run_config=run_config)
+
+
+def _key(config: dict[str, Any]) -> str:
+    """A configuration's identity: its config but the seed."""
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def confirm_points(spec: StudySpec, results) -> list[dict[str, Any]]:
+    """The trials of the confirm stage: the search's ``confirm.top`` best configurations (by
+    their mean final test_acc over full-budget trials) and the paper's setting, each with
+    ``confirm.seeds`` new seeds, paired across configurations (seed + seeds + k)."""
+    assert spec.confirm is not None
+    epochs = spec.train.epochs
+    groups: dict[str, list[float]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if _full(r, epochs):
+            key = _key(dict(r.config))
+            groups.setdefault(key, []).append(float(r.metrics[TEST_ACC]))
+            configs[key] = {k: v for k, v in r.config.items() if k != "seed"}
+    ranked = sorted(groups, key=lambda k: sum(groups[k]) / len(groups[k]), reverse=True)[:spec.confirm.top]
+    chosen = [configs[k] for k in ranked]
+    if chosen:  # the paper's setting, as the search would have given it
+        dims = set(dims_of(spec.search.preset, spec.search.dims)) - set(spec.search.fixed_values())
+        constants = spec.train_constants()  # the spec's value of a searched dimension the paper does not set
+        paper = {**{k: v for k, v in chosen[0].items() if k not in dims | set(HEAD_ONLY)},
+                 **{k: constants[k] for k in dims | set(HEAD_ONLY)}, **paper_setting(spec.stages, tuple(dims))}
+        if _key(paper) not in {_key(c) for c in chosen}:
+            chosen.append(paper)
+    first = spec.seed + spec.seeds
+    return [{**c, "seed": first + k} for c in chosen for k in range(spec.confirm.seeds)]
+
+
+def build_confirm_tuner(folder: StudyFolder, points: list[dict[str, Any]], *, verbose: int = 1,
+                        prepared: data.Prepared | None = None) -> tune.Tuner:
+    """The Tuner of the confirm stage: ``points`` as they are (no search, no early stopping),
+    in the study folder's ``confirm/``, recorded in MLflow with ``stage=confirm``."""
+    spec = folder.spec
+    tune_config = tune.TuneConfig(
+        search_alg=Points(points, TEST_ACC, "max"), num_samples=len(points), metric=TEST_ACC,
+        mode="max", max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
+        trial_name_creator=_trial_dirname, reuse_actors=True)
+    run_config = tune.RunConfig(
+        name=stage_dir(CONFIRM), storage_path=folder.tune_dir,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[StudyTracker(folder, stage=CONFIRM), _FaultLines()], verbose=verbose)
+    return tune.Tuner(_trainable(spec, prepared, CONFIRM), tune_config=tune_config, run_config=run_config)
+
+
+def _confirm(folder: StudyFolder, results, *, verbose: int, prepared: data.Prepared | None):
+    """Run (or resume) the confirm stage after the search; None when the spec has none."""
+    if folder.spec.confirm is None:
+        return None
+    where = folder.tune_dir + "/" + stage_dir(CONFIRM)
+    if tune.Tuner.can_restore(where):
+        log.info("confirm stage: resuming it")
+        return tune.Tuner.restore(where, trainable=_trainable(folder.spec, prepared, CONFIRM), resume_unfinished=True,
+                                  resume_errored=True).fit()
+    points = confirm_points(folder.spec, results)
+    if not points:
+        log.warning("confirm stage: no trial of the search trained its full budget; nothing to confirm")
+        return None
+    log.info("confirm stage: %d configuration(s) x %d new seeds", len(points) // folder.spec.confirm.seeds,
+             folder.spec.confirm.seeds)
+    return build_confirm_tuner(folder, points, verbose=verbose, prepared=prepared).fit()
 
 
 def _project_root() -> str:
@@ -173,22 +247,52 @@ def _check_server(uri: str) -> None:
         raise StudyError(str(e)) from None
 
 
-def _best(results, metric: str) -> dict[str, Any] | None:
-    try:
-        r = results.get_best_result(metric=metric, mode="max", scope="last", filter_nan_and_inf=True)
-    except RuntimeError:
+def _full(r, epochs: int) -> bool:
+    """A trial that trained its whole budget (not stopped early, not failed) with a finite value."""
+    acc = (r.metrics or {}).get(TEST_ACC)
+    return (r.error is None and isinstance(acc, (int, float)) and math.isfinite(acc)
+            and int((r.metrics or {}).get(EPOCH, 0)) >= epochs)
+
+
+def _best(results, epochs: int) -> dict[str, Any] | None:
+    """The best trial among those that trained their whole budget: an early-stopped trial's
+    accuracy is from fewer epochs, not comparable."""
+    full = [r for r in results if _full(r, epochs)]
+    if not full:
         return None
-    if r is None or r.metrics is None:
-        return None
+    r = max(full, key=lambda r: r.metrics[TEST_ACC])
     return {"trial_id": r.metrics.get("trial_id", ""), "config": dict(r.config), "path": r.path,
             "metrics": {k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
 
-def _finish(folder: StudyFolder, results) -> StudyResult:
-    best = _best(results, TEST_ACC)
-    errored = sum(1 for r in results if r.error is not None)
+def _answer(folder: StudyFolder) -> list[str]:
+    """The study's answer, from its full-budget trials in MLflow (:mod:`study.analysis`, also on the
+    parent run): the best replicated configuration with its interval, and the paired differences
+    of the paper's methods; empty without replicates."""
+    try:
+        analysis = record_analysis(folder)
+    except Exception as e:  # the store is down at the very end: 'snn-study report' computes it later
+        log.warning("MLflow: the study's comparison could not be recorded (%s: %s); 'snn-study report %s' "
+                    "computes it once the store answers", type(e).__name__, str(e)[:200], folder.path)
+        return []
+    lines = []
+    best = analysis.best
+    if best is not None and best.ci is not None:
+        lines.append(f"best configuration ({analysis.stage} stage): {best.label}: test_acc {best.mean:.4f} "
+                     f"[{best.ci[0]:.4f}, {best.ci[1]:.4f}] (95 % CI) over {best.n} seeds")
+    lines += [d.sentence for d in analysis.differences if d.stage == analysis.stage]
+    return lines
+
+
+def _finish(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
+    epochs = folder.spec.train.epochs
+    best = _best(results, epochs)
+    stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
+                  and int(r.metrics.get(EPOCH, 0)) < epochs)
+    every = list(results) + list(confirm_results or [])
+    errored = sum(1 for r in every if r.error is not None)
     # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds
-    recovered = sum(1 for r in results if r.error is None and r.path and "://" not in r.path
+    recovered = sum(1 for r in every if r.error is None and r.path and "://" not in r.path
                     and (Path(r.path) / "error.txt").exists())
     try:
         finish_parent_run(folder.tracking_uri, folder.parent_run_id, best)
@@ -197,7 +301,8 @@ def _finish(folder: StudyFolder, results) -> StudyResult:
                     "%s' once the store answers", folder.parent_run_id, type(e).__name__, e, folder.path)
     spec = folder.spec
     return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,
-                       len(results), errored, best, recovered)
+                       len(results), errored, best, recovered, stopped,
+                       len(confirm_results) if confirm_results is not None else 0, _answer(folder))
 
 
 def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,
@@ -238,7 +343,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     write_state(paths["state"], {"parent_run_id": parent, "tracking_uri": uri})
     folder = StudyFolder(paths["dir"], spec, parent, uri)
     results = build_tuner(folder, verbose=verbose, prepared=prepared).fit()
-    return _finish(folder, results)
+    return _finish(folder, results, _confirm(folder, results, verbose=verbose, prepared=prepared))
 
 
 def resume_study(study: str | os.PathLike, *, address: str | None = None, verbose: int = 1) -> StudyResult:
@@ -271,4 +376,5 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     # The RunConfig, with its StudyTracker, comes back from Tune's own state.
     tuner = tune.Tuner.restore(folder.tune_dir, trainable=_trainable(folder.spec, prepared), resume_unfinished=True,
                                resume_errored=True)
-    return _finish(folder, tuner.fit())
+    results = tuner.fit()
+    return _finish(folder, results, _confirm(folder, results, verbose=verbose, prepared=prepared))

@@ -30,7 +30,8 @@ from snn.data import DatasetNotFoundError, Prepared, load_prepared
 from snn.config import TrainConfig
 from snn.metrics import DIVERGED, EPOCH, TEST_ACC
 from snn.training import Trainer, TrainingDiverged, fit
-from trainables.layout import FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE, read_record
+from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE, TORCH_THREADS,
+                               read_record)
 
 __all__ = ["load_state", "train_snn"]
 
@@ -61,12 +62,12 @@ class _Reporter:
         self.cfg, self.history = cfg, history
 
     def __call__(self, metrics: dict[str, float], trainer: Trainer) -> None:
-        result = {**metrics, NODE_ID: _node_id()}
+        result = {**metrics, NODE_ID: _node_id(), TORCH_THREADS: torch.get_num_threads()}
         self.history.append({**result, "hostname": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                              "timestamp": time.time()})
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(trainer.state_dict(), Path(tmp) / STATE_FILE)
-            (Path(tmp) / RECORD_FILE).write_text(json.dumps({"config": self.cfg.to_dict(), "history": self.history}))
+            (Path(tmp) / RECORD_FILE).write_text(json.dumps({"config": self.cfg.to_params(), "history": self.history}))
             if trainer.first_grad is not None:
                 torch.save(trainer.first_grad, Path(tmp) / FIRST_GRAD_FILE)
             if trainer.epoch >= trainer.cfg.epochs:
@@ -182,4 +183,5 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         # Retrying would diverge again from the same checkpoint: end the trial now, marked as
         # diverged; the study records it as FAILED in MLflow and Optuna.
         log.warning("trial diverged: %s", e)
-        tune.report({DIVERGED: 1.0, TEST_ACC: float("nan"), EPOCH: e.epoch, "error": str(e), NODE_ID: _node_id()})
+        tune.report({DIVERGED: 1.0, TEST_ACC: float("nan"), EPOCH: e.epoch, "error": str(e), NODE_ID: _node_id(),
+                     TORCH_THREADS: torch.get_num_threads()})

@@ -13,13 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FIRST_GRAD_FILE", "NODE_ID", "RECORD_FILE", "STATE_FILE", "STRIPPED_MODEL_FILE", "read_record"]
+__all__ = ["FIRST_GRAD_FILE", "NODE_ID", "RECORD_FILE", "STATE_FILE", "STRIPPED_MODEL_FILE", "TORCH_THREADS",
+           "read_record"]
 
 STATE_FILE = "state.pt"  # Trainer.state_dict(), loaded with weights_only=True
 RECORD_FILE = "trial.json"  # {"config": {...}, "history": [metrics of epoch 1, 2, ...]}
 FIRST_GRAD_FILE = "first_grad.pt"  # dL/dW1 at the epoch's last iteration (Fig. 2)
 STRIPPED_MODEL_FILE = "model_stripped.pt"  # final checkpoint only: inference weights, no branches
 NODE_ID = "node_id"  # result key: the Ray node that trained the epoch
+TORCH_THREADS = "torch_threads"  # result key: torch's CPU threads in the epoch (float sums depend on it)
 
 
 def read_record(checkpoint_dir: str | os.PathLike) -> dict[str, Any] | None:

@@ -125,18 +125,30 @@ class SeededRepeater(Repeater):
         if trial_id in self._trial_id_to_group:  # a trial of a group from before a restore it lacks
             super().on_trial_complete(trial_id, result, **kwargs)
 
-    # Repeater saves only the searcher it wraps: its groups go beside it, so a resumed study
-    # knows which replicates each configuration still lacks.
+    # Repeater saves only the searcher it wraps: its groups go into the same file (Tune renames
+    # that one file into place), so a resumed study knows which replicates each configuration lacks.
     def save(self, checkpoint_path: str) -> None:
-        super().save(checkpoint_path)
-        with open(checkpoint_path + ".groups", "wb") as f:
-            pickle.dump(self.get_state(), f)
+        inner = checkpoint_path + ".searcher"
+        self.searcher.save(inner)
+        try:
+            with open(inner, "rb") as f:
+                searcher = f.read()
+        finally:
+            os.unlink(inner)
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"searcher": searcher, "groups": self.get_state()}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        if os.path.exists(checkpoint_path + ".groups"):
-            with open(checkpoint_path + ".groups", "rb") as f:
-                self.set_state(pickle.load(f))
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        inner = checkpoint_path + ".searcher"
+        with open(inner, "wb") as f:
+            f.write(state["searcher"])
+        try:
+            self.searcher.restore(inner)
+        finally:
+            os.unlink(inner)
+        self.set_state(state["groups"])
 
 
 class Points(Searcher):

@@ -83,9 +83,10 @@ def test_replicate_groups_survive_a_restore(tmp_path):
     rep = SeededRepeater(_searcher(), repeat=2, seed=0)
     rep.suggest("a")
     rep.on_trial_complete("a", _result(3, 0.5))
-    rep.save(str(tmp_path / "searcher.pkl"))
+    rep.save_to_dir(str(tmp_path), "s1")  # as Tune saves a searcher: one file, written then renamed into place
+    assert [p.name for p in tmp_path.iterdir()] == ["searcher-state-s1.pkl"]
     again = SeededRepeater(_searcher(), repeat=2, seed=0)
-    again.restore(str(tmp_path / "searcher.pkl"))
+    again.restore_from_dir(str(tmp_path))
     second = again.suggest("b")  # the group's second replicate, not a new configuration
     assert second["seed"] == 1
     again.on_trial_complete("b", _result(3, 0.7))

@@ -4,6 +4,7 @@ placement and the surrogate gradient (Guo et al., NeurIPS 2024, Eq. 4 and 10).""
 from search_spaces._spaces import (
     FIXABLE,
     METHODS,
+    NEURON_RANGES,
     SearchSpace,
     OPTIONAL,
     PRESETS,
@@ -20,6 +21,6 @@ from search_spaces._spaces import (
 )
 
 __all__ = [
-    "FIXABLE", "METHODS", "OPTIONAL", "SearchSpace", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
+    "FIXABLE", "METHODS", "NEURON_RANGES", "OPTIONAL", "SearchSpace", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
     "build_space", "describe", "dims_of", "first_points", "method_setting", "paper_setting",
 ]

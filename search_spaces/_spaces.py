@@ -11,7 +11,8 @@ The four dimensions the project searches are named as everywhere else in the pro
   conditional dimension whose range depends on the surrogate.
 
 Optional dimensions a spec may switch on: ``timesteps``, ``lr``, ``weight_decay``,
-``loss_mode``.
+``loss_mode``, and the neuron's ``tau`` and ``v_threshold`` (:data:`NEURON_RANGES`, wide
+enough to reach silent networks, which the firing-rate guard of :mod:`snn.guard` stops).
 
 As in Ray's Optuna example, the define-by-run function only calls ``trial.suggest_*``
 and returns a dict of constants; no computation happens there.
@@ -41,10 +42,13 @@ SURROGATE_RANGES: dict[str, tuple[float, float]] = {
 }
 assert set(SURROGATE_RANGES) == set(registry.SURROGATES)
 
+NEURON_RANGES: dict[str, tuple[float, float]] = {"tau": (0.05, 1.0), "v_threshold": (0.1, 10.0)}
+"""Ranges of the neuron's dimensions (Eq. 1-2): τ's factor uniform, the threshold log-uniform."""
+
 SEARCHED: tuple[str, ...] = ("lambda0", "schedule", "branches", "surrogate")
 """The four dimensions of a full search (``surrogate_param`` goes with ``surrogate``)."""
 
-OPTIONAL: tuple[str, ...] = ("timesteps", "lr", "weight_decay", "loss_mode")
+OPTIONAL: tuple[str, ...] = ("timesteps", "lr", "weight_decay", "loss_mode", "tau", "v_threshold")
 """Dimensions a spec may switch on in addition to a preset's."""
 
 FIXABLE: tuple[str, ...] = SEARCHED + ("surrogate_param",) + OPTIONAL
@@ -192,6 +196,12 @@ class SearchSpace:
             trial.suggest_float("weight_decay", 1e-3, 1e-1, log=True)
         if "loss_mode" in dims and heads:
             trial.suggest_categorical("loss_mode", list(registry.LOSS_MODES))
+        # The neuron: wide enough to reach networks that never fire (a high threshold, a fast
+        # leak) or fire at every step, which the firing-rate guard stops (snn.guard).
+        if "tau" in dims:
+            trial.suggest_float("tau", *NEURON_RANGES["tau"])
+        if "v_threshold" in dims:
+            trial.suggest_float("v_threshold", *NEURON_RANGES["v_threshold"], log=True)
         out.update(fixed)
         for k in dims:  # suggested values win over constants of the same name
             out.pop(k, None)

@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from snn import registry
 
-__all__ = ["FORMATS", "HEAD_ONLY", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
+__all__ = ["FORMATS", "FiringStop", "HEAD_ONLY", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
            "clip_repr", "dataset_name", "default_lr", "first_error", "meaningful", "method_of"]
 
 
@@ -163,6 +163,21 @@ Workers = Annotated[int | str, BeforeValidator(_workers)]
 Branches = Annotated[str | list[int], BeforeValidator(_branches)]
 
 
+class FiringStop(BaseModel):
+    """When a trial stops because a stage of its network is silent or saturated
+    (:mod:`snn.guard`): checked ``checks_per_epoch`` times an epoch on a training batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    silent_rate: float | None = Field(1e-3, ge=0, le=1, description="a stage firing less than this is silent; "
+                                                                    "null: never stop a silent trial")
+    saturated_rate: float | None = Field(0.9, gt=0, le=1, description="a stage firing more than this is "
+                                                                     "saturated; null: never stop for it")
+    patience: int = Field(3, ge=1, description="consecutive checks a stage must stay out of range")
+    checks_per_epoch: int = Field(4, ge=1, description="checks per epoch: a silent trial stops within its "
+                                                       "first epoch")
+
+
 class TrainConfig(BaseModel):
     """Everything one trial needs; defaults are the paper's setting and CIFAR recipe.
 
@@ -193,6 +208,8 @@ class TrainConfig(BaseModel):
     lambda0: float = Field(_PAPER["lambda0"], ge=0, le=1, description="λ₀, the balance coefficient of Eq. 10")
     schedule: Shape = Field(_PAPER["schedule"], description="shape of λ(i); linear is Eq. 10")
     loss_mode: LossMode = Field("logit_sum", description="Eq. 10 as printed, or deep_supervision")
+    stop: FiringStop = Field(default_factory=FiringStop, description="stop a trial whose network is silent or "
+                                                                     "saturated (Firmin et al., 2024)")
     # -- recipe (section 5.2) ----------------------------------------------------------------
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(128, ge=1)

@@ -6,7 +6,7 @@ and the study records, ranks and plots them under the same names.
 
 from __future__ import annotations
 
-__all__ = ["DIVERGED", "EPOCH", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "SYNOPS",
+__all__ = ["DIVERGED", "EPOCH", "STOPPED", "STOPPED_STAGE", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "SYNOPS",
            "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "branch_acc_metric", "firing_rate_metric",
            "grad_norm_metric"]
 
@@ -22,6 +22,8 @@ SYNOPS = "synops"  # synaptic operations per test image
 EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
 IMAGES_PER_S = "images_per_s"  # training throughput
 DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf
+STOPPED = "stopped"  # "silent" or "saturated" in the last report of a trial the firing-rate guard stopped
+STOPPED_STAGE = "stopped_stage"  # the stage that was silent or saturated
 
 
 def branch_acc_metric(stage: int) -> str:

@@ -30,13 +30,14 @@ from torch import Tensor, nn
 from snn import data as snn_data
 from snn import diagnostics, losses, models, registry, schedules
 from snn.config import TrainConfig, UserData
+from snn.guard import FiringGuard, Verdict
 from snn.metrics import (DIVERGED, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST, IMAGES_PER_S, LAMBDA, SYNOPS,
                          TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, branch_acc_metric, firing_rate_metric,
                          grad_norm_metric)
 
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
-    "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged",
+    "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingStopped",
     "adamw", "amp_dtype", "branch_acc_metric", "data_workers", "fit",
 ]
 
@@ -54,6 +55,22 @@ class TrainingDiverged(FloatingPointError):
     def __init__(self, message: str, *, epoch: int, step: int) -> None:
         super().__init__(message)
         self.epoch, self.step = epoch, step
+
+
+class TrainingStopped(RuntimeError):
+    """A stage of the network stayed silent or saturated (:mod:`snn.guard`): the trial cannot learn.
+
+    Attributes:
+        verdict: What the guard saw (kind, stage, rate).
+        epoch: The epoch (1-based) in which it stopped.
+        step: The iteration i at which it stopped.
+        epochs_done: Epochs trained, a fraction of the last one included.
+    """
+
+    def __init__(self, verdict: Verdict, *, epoch: int, step: int, epochs_done: float) -> None:
+        super().__init__(f"the network is {verdict.kind}: {verdict.stage} fires {verdict.rate:.2g} spikes per neuron "
+                         f"and step (epoch {epoch}, iteration {step})")
+        self.verdict, self.epoch, self.step, self.epochs_done = verdict, epoch, step, epochs_done
 
 
 def _device(name: str) -> torch.device:
@@ -167,6 +184,7 @@ class Trainer:
         self.layer_grad_norms: dict[str, float] = {}  # mean over the last epoch, per layer
         self._check_each_step = self.device.type == "cpu"  # see train_epoch
         self._graph: _CapturedStep | None = None
+        self.guard = FiringGuard(cfg.stop.silent_rate, cfg.stop.saturated_rate, cfg.stop.patience)
         if cfg.cuda_graphs:
             if self.device.type != "cuda":
                 raise ValueError(f"cuda_graphs: needs a CUDA device, got {self.device}")
@@ -205,25 +223,37 @@ class Trainer:
         stem = diagnostics.first_conv(self.model)
         first_step = self.step
         lam = self._lambda()
+        every = max(1, self.steps_per_epoch // self.cfg.stop.checks_per_epoch)  # the guard's checks
+        checked = 0  # losses already checked to be finite
         for b, (x, y) in enumerate(self.train_loader):
             if b >= self.steps_per_epoch:
                 break
             x, y = self._inputs(x), y.to(self.device, non_blocking=True)
             lam = self._lambda()  # Algorithm 1, line 4
-            if self._graph is not None and self._graph.takes(x, y):
-                loss, hits, names, norms = self._graph.replay(x, y, lam)
-                self.optimizer.step()
-            elif self._graph is not None:
-                with self._graph.eager(y):
+            check = self.guard.active and (b + 1) % every == 0
+            with diagnostics.ActivityMonitor(self.model) if check else contextlib.nullcontext() as monitor:
+                if self._graph is not None and self._graph.takes(x, y) and not check:  # a replay has no hooks
+                    loss, hits, names, norms = self._graph.replay(x, y, lam)
+                    self.optimizer.step()
+                elif self._graph is not None:
+                    with self._graph.eager(y):
+                        loss, hits, names, norms = self._eager_step(x, y, lam)
+                else:
                     loss, hits, names, norms = self._eager_step(x, y, lam)
-            else:
-                loss, hits, names, norms = self._eager_step(x, y, lam)
             step_norms.setdefault(names, []).append(norms)
             self.lr_schedule.step()
             self.step += 1
             sizes.append(y.shape[0])
             step_losses.append(loss.detach())
             correct += hits
+            if check:  # this reads values back anyway: a loss gone non-finite is named first, as divergence
+                for i, v in enumerate(torch.stack(step_losses[checked:]).float().tolist(), start=checked):
+                    if not math.isfinite(v):
+                        raise self._diverged(v, first_step + i)
+                checked = len(step_losses)
+                if (verdict := self.guard.update(monitor.firing_rates())) is not None:
+                    raise TrainingStopped(verdict, epoch=self.epoch + 1, step=self.step - 1,
+                                          epochs_done=self.epoch + (b + 1) / self.steps_per_epoch)
         loss_values = torch.stack(step_losses).float().tolist() if step_losses else []  # the one wait per epoch
         for i, v in enumerate(loss_values):
             if not math.isfinite(v):
@@ -462,6 +492,7 @@ def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | 
 
     Raises:
         TrainingDiverged: The loss became NaN or infinite.
+        TrainingStopped: A stage stayed silent or saturated (``cfg.stop``).
     """
     trainer = Trainer(cfg, data)
     if state is not None:

@@ -15,7 +15,7 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from snn.metrics import DIVERGED, EPOCH
+from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE
 
 
 class StudyOptunaSearch(OptunaSearch):
@@ -73,7 +73,17 @@ class StudyOptunaSearch(OptunaSearch):
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and result.get(DIVERGED):
+        ot_trial = self._ot_trials.get(trial_id)
+        stopped = (result or {}).get(STOPPED)
+        if ot_trial is not None and not self._finished(ot_trial):
+            # Optuna's constraint (> 0: infeasible), which its samplers (TPE, NSGA-II) read to steer
+            # later suggestions away from silent and saturated regions
+            ot_trial.set_constraint(CONSTRAINT, 1.0 if stopped else 0.0)
+            if stopped:
+                ot_trial.set_user_attr(STOPPED, f"{stopped} ({result.get(STOPPED_STAGE)})")
+        if stopped:
+            result = None  # the firing-rate guard stopped it: PRUNED, at its last intermediate value
+        elif result and result.get(DIVERGED):
             result, error = None, True
         elif result and not error and self.epochs and int(result.get(EPOCH, self.epochs)) < self.epochs:
             # Stopped early: PRUNED, at its last intermediate value. Tune hands the result that made
@@ -87,11 +97,16 @@ class StudyOptunaSearch(OptunaSearch):
         # Private (no public accessor): OptunaSearch's trials by Tune trial id. A trial Optuna
         # recorded as finished before the driver died is finished again by a resumed Tune,
         # whose saved state was behind: nothing to tell, and Optuna would refuse it with a warning.
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished():
+        if ot_trial is not None and self._finished(ot_trial):
             self._ot_trials.pop(trial_id, None)
             return
         super().on_trial_complete(trial_id, result, error)
+
+    def _finished(self, ot_trial) -> bool:
+        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished()
+
+
+CONSTRAINT = "firing"  # an Optuna constraint of every trial: 1 for a silent or saturated network, else 0
 
 
 def _nan(value: Any) -> bool:

@@ -81,18 +81,36 @@ def _trial_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
         curve = [(m.step, m.value) for m in history]
         tags = r.data.tags
         status = r.info.status
+        saved = 0.0
         if tags.get("stopped_early") == "true":
             last = tags.get("last_epoch") or (str(curve[-1][0]) if curve else "?")
             status = f"stopped early (epoch {last} of {r.data.params.get('epochs', '?')})"
+        elif tags.get("stopped") in ("silent", "saturated"):  # the firing-rate guard (snn.guard)
+            done, budget = float(tags.get("epochs_done", 0)), float(r.data.params.get("epochs", 0))
+            saved = max(0.0, budget - done)
+            status = f"stopped: {tags['stopped']} {tags.get('stopped_stage', '')} after {done:.2g} of {budget:g} epochs"
         row = {"trial_id": tags.get("trial_id", r.info.run_id[:8]), "method": tags.get("method", ""),
                "status": status, "run_id": r.info.run_id, "curve": curve,
                "final": curve[-1][1] if curve else None, "best": max(v for _, v in curve) if curve else None,
-               "epochs": len(curve), "params": dict(r.data.params)}
+               "epochs": len(curve), "params": dict(r.data.params), "stopped": tags.get("stopped"), "saved": saved}
         for c in _COLUMNS:
             row[c] = r.data.params.get(c, "")
         rows.append(row)
     rows.sort(key=lambda r: (r["final"] is None, -(r["final"] or 0)))
     return rows
+
+
+def _guard_lines(rows: list[dict[str, Any]], epochs: int) -> list[str]:
+    """One sentence on the trials the firing-rate guard stopped and the compute it saved."""
+    stopped = [r for r in rows if r.get("stopped")]
+    if not stopped:
+        return []
+    kinds = {k: sum(r["stopped"] == k for r in stopped) for k in ("silent", "saturated")}
+    saved, budget = sum(r["saved"] for r in stopped), epochs * len(rows)
+    what = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+    return ["", f"The firing-rate guard stopped {len(stopped)} trial(s) ({what}), saving {saved:.1f} of the study's "
+                f"{budget} trial-epochs ({saved / budget:.0%}); they are PRUNED in Optuna, whose sampler now avoids "
+                f"such settings."]
 
 
 def _fmt(v: Any) -> str:
@@ -197,15 +215,17 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     full = [r for r in rows if r["run_id"] in analysis.run_ids and r["final"] is not None]
     best = full[0] if full else None  # rows are sorted by final test_acc
 
+    columns = _COLUMNS + tuple(d for d in spec.search.dims if d not in _COLUMNS)  # and the spec's extra dimensions
     lines = [f"# Study `{spec.name}`", "",
              f"Dataset `{spec.dataset_name}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
              f"search preset `{spec.search.preset}`, {len(rows)} trial(s). MLflow experiment "
              f"`{experiment}` at `{folder.tracking_uri}`.", "", "## Trials", "",
-             "| trial | method | " + " | ".join(_COLUMNS) + " | epochs | final test_acc | best test_acc | status |",
-             "|" + "---|" * (len(_COLUMNS) + 6)]
+             "| trial | method | " + " | ".join(columns) + " | epochs | final test_acc | best test_acc | status |",
+             "|" + "---|" * (len(columns) + 6)]
     for r in rows:
-        lines.append(f"| {r['trial_id']} | {r['method']} | " + " | ".join(_fmt(r[c]) for c in _COLUMNS)
+        lines.append(f"| {r['trial_id']} | {r['method']} | " + " | ".join(_fmt(r["params"].get(c, "")) for c in columns)
                      + f" | {r['epochs']} | {_fmt(r['final'])} | {_fmt(r['best'])} | {r['status']} |")
+    lines += _guard_lines(rows, spec.train.epochs)
     lines += ["", "## The paper's results on this dataset", ""]
     if paper:
         lines += ["| table | method | architecture | T | test_acc | ± |", "|---|---|---|---|---|---|"]

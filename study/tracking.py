@@ -47,7 +47,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from snn.config import dataset_name, meaningful, method_of
-from snn.metrics import DIVERGED, EPOCH, TEST_ACC
+from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, TEST_ACC
 from study import baselines as _baselines
 from study.folder import SEARCH, StudyFolder, stage_of
 from study.provenance import provenance
@@ -328,6 +328,11 @@ class TrialRecord:
     def diverged(self) -> bool:
         return bool(self.results) and bool(self.results[-1].get(DIVERGED))
 
+    @property
+    def stopped(self) -> str | None:
+        """``silent`` or ``saturated``: the firing-rate guard stopped it (:mod:`snn.guard`)."""
+        return (self.results[-1].get(STOPPED) or None) if self.results else None
+
 
 def _checkpoints(trial_dir: Path) -> list[Path]:
     return sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
@@ -462,6 +467,10 @@ class _Projection:
             tags = [RunTag("diverged", "true"), RunTag("error", str(last.get("error", "training diverged")))]
         elif status == "FAILED" and (reason or record.error):
             tags = [RunTag("error", reason or record.error)]
+        elif record.stopped:  # the firing-rate guard stopped it
+            last = record.results[-1]
+            tags = [RunTag("stopped", record.stopped), RunTag("stopped_stage", str(last.get(STOPPED_STAGE))),
+                    RunTag("epochs_done", f"{float(last.get('epochs_done', 0)):.3g}")]
         elif status == "FINISHED" and not record.complete and record.results:  # the scheduler stopped it
             tags = [RunTag("stopped_early", "true"), RunTag("last_epoch", str(int(record.results[-1][EPOCH])))]
         if tags:
@@ -523,6 +532,8 @@ def _project(projection: _Projection, record: TrialRecord, status: str | None = 
     summary.epochs += projection.log(record.trial_id, record.config, record.results, record.stage)
     if record.diverged:
         status = "FAILED"
+    elif record.stopped:
+        status, reason = "FINISHED", None
     elif record.complete:
         status, reason = "FINISHED", None
     if status in ("FINISHED", "FAILED"):

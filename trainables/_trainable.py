@@ -28,8 +28,8 @@ from ray import tune
 from snn import models
 from snn.data import DatasetNotFoundError, Prepared, load_prepared
 from snn.config import TrainConfig
-from snn.metrics import DIVERGED, EPOCH, TEST_ACC
-from snn.training import Trainer, TrainingDiverged, fit
+from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, TEST_ACC
+from snn.training import Trainer, TrainingDiverged, TrainingStopped, fit
 from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE, TORCH_THREADS,
                                read_record)
 
@@ -75,23 +75,60 @@ class _Reporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _newer_checkpoint(trial_dir: Path, epoch: int) -> Path | None:
-    """The newest checkpoint in the trial's own folder, where it holds more than ``epoch`` epochs.
+def _newer_checkpoint(trial_dir: Path, history: list[dict[str, Any]], handed: str | None = None) -> Path | None:
+    """The newest checkpoint in the trial's own folder that continues ``history`` with more epochs.
 
     A driver killed after a trial checkpointed, and before Tune saved its experiment state,
     leaves that state naming an older checkpoint, or none; on resume Tune restores the trial
-    from it, or starts it afresh. The trial folder still has the newer ones.
+    from it, or starts it afresh. The trial folder still has the newer ones. (A trial that
+    PBT paused may also have trained one epoch ahead of what the driver heard of.)
+
+    Args:
+        trial_dir: The trial's own folder, ``study_dir/trial_<id>``.
+        history: The epochs of the checkpoint Tune handed over (empty: none).
+        handed: Where that checkpoint is. Another trial's (PBT's exploit: this trial continues
+            a top trial's training with perturbed hyperparameters) means the trial's own newer
+            checkpoints are of the training it gave up: none is taken. Nor is one whose first
+            epochs are not ``history``'s, a lineage the trial left at an earlier exploit.
     """
-    newest, most = None, epoch
+    if handed is not None and not _inside(handed, trial_dir):
+        return None
+    newest, most = None, len(history)
     for d in trial_dir.glob("checkpoint_*"):
         try:
             record = read_record(d)
         except (OSError, ValueError):  # a folder half written when the driver died
             continue
-        done = len((record or {}).get("history", []))
-        if done > most and (d / STATE_FILE).exists():
-            newest, most = d, done
+        done = (record or {}).get("history", [])
+        if len(done) > most and done[:len(history)] == history and (d / STATE_FILE).exists():
+            newest, most = d, len(done)
     return newest
+
+
+def _inside(path: str | os.PathLike, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _with_lr(state: dict[str, Any], lr: float) -> dict[str, Any]:
+    """``state`` trained on with the config's learning rate, where PBT perturbed it since.
+
+    The optimizer's and the cosine schedule's rates are scaled by new / old: with the schedule's
+    floor at 0 every later step follows lr·(1 + cos(πi/I))/2 from the new lr.
+    """
+    old = float(state["config"]["lr"])
+    if old == lr:
+        return state
+    ratio = lr / old
+    for group in state["optimizer"]["param_groups"]:
+        group["lr"] = group["lr"] * ratio
+        if "initial_lr" in group:
+            group["initial_lr"] = group["initial_lr"] * ratio
+    schedule = state["lr_schedule"]
+    for key in ("base_lrs", "_last_lr"):
+        if key in schedule:
+            schedule[key] = [v * ratio for v in schedule[key]]
+    state["config"] = {**state["config"], "lr": lr}
+    return state
 
 
 def _keep_prunable(restored: Path) -> None:
@@ -172,11 +209,17 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
     newer = None
     if study_dir is not None:
         trial_dir = Path(study_dir) / f"trial_{tune.get_context().get_trial_id()}"
-        newer = _newer_checkpoint(trial_dir, int(state["epoch"]) if state is not None else 0)
+        handed = checkpoint.path if checkpoint is not None else None
+        newer = _newer_checkpoint(trial_dir, history, handed)
+        if handed is not None and not _inside(handed, trial_dir):  # PBT's exploit: the donor's record goes on
+            log.info("continuing %s at epoch %d with lambda0=%g, lr=%g", Path(handed).parent.name,
+                     int(state["epoch"]), cfg.lambda0, cfg.lr)
     if newer is not None:  # Tune's saved state is behind what the trial did: catch it up, train nothing twice
         if checkpoint is not None and checkpoint.filesystem.type_name == "local":
             _keep_prunable(Path(checkpoint.path))
         state, history = _replay(newer, history)
+    if state is not None:
+        state = _with_lr(state, cfg.lr)
     try:
         fit(cfg, _Reporter(cfg, history), state=state, data=prepared)
     except TrainingDiverged as e:
@@ -184,4 +227,11 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         # diverged; the study records it as FAILED in MLflow and Optuna.
         log.warning("trial diverged: %s", e)
         tune.report({DIVERGED: 1.0, TEST_ACC: float("nan"), EPOCH: e.epoch, "error": str(e), NODE_ID: _node_id(),
+                     TORCH_THREADS: torch.get_num_threads()})
+    except TrainingStopped as e:
+        # A silent (or saturated) network cannot learn: the trial ends here, its compute saved;
+        # the study records it as stopped (MLflow) and PRUNED (Optuna), and steers the search away.
+        log.info("trial stopped: %s", e)
+        tune.report({STOPPED: e.verdict.kind, STOPPED_STAGE: e.verdict.stage, "stopped_rate": e.verdict.rate,
+                     "epochs_done": e.epochs_done, TEST_ACC: float("nan"), EPOCH: e.epoch, NODE_ID: _node_id(),
                      TORCH_THREADS: torch.get_num_threads()})

@@ -99,7 +99,23 @@ def test_optional_dims():
     assert t.params["loss_mode"] in registry.LOSS_MODES
     with pytest.raises(ValueError, match="search.dims: unknown dimension"):
         build_space("quick", stages=3, extra=["epochs"])
-    assert set(OPTIONAL) == {"timesteps", "lr", "weight_decay", "loss_mode"}
+    assert set(OPTIONAL) == {"timesteps", "lr", "weight_decay", "loss_mode", "tau", "v_threshold"}
+
+
+def test_the_neuron_dimensions_reach_silent_networks():
+    """tau and v_threshold (issue 25): their ranges include thresholds no input reaches."""
+    from search_spaces import NEURON_RANGES
+
+    space = build_space("quick", stages=3, extra=["tau", "v_threshold"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        t = study.ask()
+        space(t)
+        study.tell(t, 0.0)
+    taus = [t.params["tau"] for t in study.trials]
+    thresholds = [t.params["v_threshold"] for t in study.trials]
+    assert all(NEURON_RANGES["tau"][0] <= v <= NEURON_RANGES["tau"][1] for v in taus)
+    assert min(thresholds) < 1.0 < 4.0 < max(thresholds)  # the default, and a threshold where digits' network is silent
 
 
 def test_paper_point_is_enqueued_first_and_is_the_papers_setting():

@@ -211,13 +211,48 @@ def test_a_non_finite_loss_names_its_iteration_whether_read_at_once_or_at_the_ep
         return value * float("nan") if len(calls) == 9 else value  # iteration 8 (0-based), in epoch 2
 
     monkeypatch.setattr(training.losses, "shortcut_loss", loss)
-    t = Trainer(cfg(epochs=3))
+    # the firing-rate guard off: its checks read the losses back too (see the next test)
+    t = Trainer(cfg(epochs=3, stop={"silent_rate": None, "saturated_rate": None}))
     t._check_each_step = each_step
     t.run_epoch()
     with pytest.raises(TrainingDiverged, match="became nan at iteration 8 ") as e:
         t.train_epoch()
     assert (e.value.epoch, e.value.step) == (2, 8)
     assert t.step == (8 if each_step else 12)  # read at the epoch end, the rest of the epoch has run
+
+
+def test_the_guard_stops_a_silent_network_within_its_first_epoch_and_names_the_stage():
+    """issue 25: a threshold no input reaches leaves every stage silent; with checks 4 times an
+    epoch and a patience of 3, the trial stops at its third check, before the epoch ends."""
+    from snn.training import TrainingStopped
+
+    t = Trainer(cfg(epochs=3, v_threshold=50.0, stop={"checks_per_epoch": 4, "patience": 3}))
+    with pytest.raises(TrainingStopped, match="the network is silent: stem fires 0 spikes") as e:
+        t.run_epoch()
+    every = t.steps_per_epoch // 4
+    assert e.value.verdict.kind == "silent" and e.value.epoch == 1 and e.value.step == 3 * every - 1
+    assert e.value.epochs_done == pytest.approx(3 * every / t.steps_per_epoch) and e.value.epochs_done < 1
+    healthy = Trainer(cfg(epochs=1))  # the default neuron fires: the guard lets it train
+    healthy.run_epoch()
+
+
+def test_the_guards_check_names_a_divergence_first(monkeypatch):
+    import snn.training as training
+    from snn.training import TrainingDiverged
+
+    real_loss = training.losses.shortcut_loss
+    calls = []
+
+    def loss(*a):
+        calls.append(1)
+        value = real_loss(*a)
+        return value * float("nan") if len(calls) == 2 else value
+
+    monkeypatch.setattr(training.losses, "shortcut_loss", loss)
+    t = Trainer(cfg(epochs=1, stop={"checks_per_epoch": 100}))  # a check every iteration
+    t._check_each_step = False
+    with pytest.raises(TrainingDiverged, match="became nan at iteration 1 "):
+        t.train_epoch()
 
 
 def test_cuda_graphs_need_a_cuda_device():

@@ -228,3 +228,61 @@ def test_points_run_each_config_once_as_given_and_survive_a_restore(tmp_path):
     assert again.suggest("a") == configs[0]  # the same trial asks again after a restore: the same config
     assert again.suggest("b") == configs[1]
     assert again.suggest("c") == Searcher.FINISHED
+
+
+def test_a_silent_trial_is_pruned_with_its_reason_and_infeasible_for_the_sampler():
+    """The constraint hand-off (issue 25): the guard's stop reaches Optuna as PRUNED, its reason
+    as a user attribute, and as an infeasible constraint (Trial.set_constraint), which TPE reads
+    when it splits trials into good and bad, single- and multi-objective."""
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    from snn.metrics import STOPPED, STOPPED_STAGE
+
+    for metric, mode in ((TEST_ACC, "max"), ([TEST_ACC, "firing_rate"], ["max", "min"])):
+        space = build_space("quick", stages=3, extra=["v_threshold"], constants={"epochs": 3})
+        s = StudyOptunaSearch(space=space, metric=metric, mode=mode, epochs=3,
+                              sampler=optuna.samplers.TPESampler(seed=0))
+        s.suggest("silent")
+        s.suggest("fine")
+        s.on_trial_complete("silent", {STOPPED: "silent", STOPPED_STAGE: "stage2", TEST_ACC: math.nan, EPOCH: 1,
+                                       "training_iteration": 1})
+        s.on_trial_complete("fine", {**_result(3, 0.9), "firing_rate": 0.1})
+        silent, fine = s._ot_study.trials
+        assert silent.state == optuna.trial.TrialState.PRUNED and silent.user_attrs[STOPPED] == "silent (stage2)"
+        assert fine.state == optuna.trial.TrialState.COMPLETE
+        assert silent.constraints == {"firing": 1.0} and fine.constraints == {"firing": 0.0}
+        below, above = _split_trials(s._ot_study, s._ot_study.trials, 1)
+        assert [t.number for t in below] == [fine.number] and [t.number for t in above] == [silent.number]
+
+
+@pytest.mark.slow
+def test_a_search_over_the_neuron_stops_silent_trials_and_records_them(ray_session, tmp_path):
+    """search.dims [tau, v_threshold] reaches silent networks (issue 25): the guard stops them in
+    their first epoch; MLflow tags them silent with the stage, Optuna has them PRUNED with the
+    reason and infeasible, the report says what it saved."""
+    from mlflow import MlflowClient
+
+    from snn.metrics import STOPPED
+    from study.folder import OPTUNA_FILE
+    from study.report import write_report
+
+    # seed 1: TPE's start-up draws a threshold of 5.7 as the third trial (v_threshold is log-uniform in [0.1, 10])
+    spec, result, uri = _study(ray_session, tmp_path, name="neuron", trials=4, scheduler="fifo", seed=1,
+                               **{"train.epochs": 1, "search.dims": ["tau", "v_threshold"]})
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("neuron").experiment_id
+    runs = c.search_runs([exp], filter_string="tags.kind = 'trial'", max_results=100)
+    silent = [r for r in runs if r.data.tags.get("stopped") == "silent"]
+    assert silent, "the neuron's range reaches silent networks (v_threshold up to 10)"
+    st = optuna.load_study(study_name="neuron", storage=f"sqlite:///{result.path / OPTUNA_FILE}")
+    pruned = {t.number: t for t in st.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert len(pruned) == len(silent) == sum(t.constraints.get("firing", 0) > 0 for t in st.trials)
+    for t in pruned.values():
+        assert t.user_attrs[STOPPED].startswith("silent (") and t.params["v_threshold"] > 1.0
+    for r in silent:
+        assert float(r.data.tags["epochs_done"]) < 1 and r.data.tags["stopped_stage"]  # stopped in its first epoch
+        assert r.info.status == "FINISHED"
+    text = (write_report(result.path).path / "report.md").read_text()
+    assert f"The firing-rate guard stopped {len(silent)} trial(s) ({len(silent)} silent)" in text
+    header = next(line for line in text.splitlines() if line.startswith("| trial |"))
+    assert "| tau | v_threshold |" in header  # the searched neuron has its columns

@@ -18,7 +18,7 @@ from snn import data
 from snn.config import UserData
 from study import baselines
 from study.folder import StudyError
-from study.spec import StudySpec
+from study.spec import PERTURBED, POPULATION, StudySpec
 
 __all__ = ["plan", "prepare_data"]
 
@@ -99,8 +99,19 @@ def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None
     space = build_space(spec.search.preset, stages=spec.stages, extra=spec.search.dims,
                         fixed=spec.search.fixed_values(), constants={}, seed=spec.seed)
     dims = describe(space)
-    out = [f"study {spec.name}: {spec.trials} trial(s), search preset {spec.search.preset}, scheduler "
-           f"{spec.scheduler}, objective {spec.objective}"]
+    out = [f"study {spec.name}: {spec.trials} configuration(s) x {spec.seeds} seed(s) = {spec.trials * spec.seeds} "
+           f"trial(s), search preset {spec.search.preset}, scheduler {spec.scheduler}, objective {spec.objective}"]
+    if spec.seeds > 1:
+        out.append(f"  replicates: seeds {spec.seed}..{spec.seed + spec.seeds - 1}, the same for every configuration "
+                   f"(paired); Optuna learns from each configuration's mean")
+    if spec.confirm:
+        out.append(f"  then a confirm stage: the {spec.confirm.top} best configuration(s) and the paper's setting, "
+                   f"{spec.confirm.seeds} new seeds each (up to {(spec.confirm.top + 1) * spec.confirm.seeds} trials)")
+    stop = cfg.stop
+    if stop.silent_rate is not None or stop.saturated_rate is not None:
+        out.append(f"  firing-rate guard: a stage firing below {stop.silent_rate} or above {stop.saturated_rate} "
+                   f"spikes/neuron/step at {stop.patience} checks in a row ({stop.checks_per_epoch} an epoch) stops "
+                   f"its trial")
     out.append("data:")
     if prepared is not None:
         small = prepared.nbytes <= cfg.dataset.object_store_limit_mb * 2**20
@@ -118,13 +129,26 @@ def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None
     rows = baselines.rows(spec.dataset_name)
     out.append(f"  the paper's rows to compare with: {len(rows)}" if rows else
                f"  the paper has no rows on {spec.dataset_name}: the study is recorded without baselines")
-    out.append("search (Optuna TPE, the paper's setting first):" if dims else "search: nothing searched")
-    if spec.search.preset == "paper":
+    if spec.scheduler in POPULATION:  # no Optuna: Tune draws the population, the scheduler perturbs it
+        cfg = spec.trial_config(schedule="constant")
+        dims = {k: f"{'log-uniform' if k == 'lr' else 'uniform'} in [{lo:g}, {hi:g}]"
+                for k, (lo, hi) in PERTURBED.items() if k == "lambda0" or k in spec.search.dims}
+        out.append(f"population ({spec.scheduler}, no Optuna): {spec.trials} trials drawn by Tune; every "
+                   f"{spec.population.interval} epoch(s) its bottom {spec.population.quantile:.0%} continue from a top "
+                   f"trial's checkpoint, perturbed (λ constant in between):")
+    elif dims:
+        out.append("search (Optuna TPE, the paper's setting first):")
+    else:
+        out.append("search: nothing searched")
+    if spec.scheduler in POPULATION:
+        pass
+    elif spec.search.preset == "paper":
         out.append(f"  the paper's setting, repeated with seeds {spec.seed}, {spec.seed + 1}, ...")
     elif spec.search.preset == "ablation":
         out.append("  evolutionary, shortcut and vanilla training (Table 1) in turn, a new seed each round")
     out += [f"  {k}: {v}" for k, v in dims.items()]
-    out.append("trial config (searched keys: the paper's value, which the first trial tries):")
+    out.append("trial config:" if spec.scheduler in POPULATION else
+               "trial config (searched keys: the paper's value, which the first trial tries):")
     out += [f"  {k}: {_show(v)}" for k, v in cfg.to_dict().items() if k not in dims]
     cpus, gpus = _machine()
     n, bound = _concurrency(spec, cpus, gpus)

@@ -21,7 +21,7 @@ study: $(STAMP)
 	$(VENV)/bin/snn-study run
 
 test: $(STAMP) test-tools
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # Tools some tests use, from Debian's packages where they are missing and we may install
 # them (CI runs as root): PostgreSQL under MLflow in the cluster test, docker-compose (v1) to

@@ -223,14 +223,14 @@ class Trainer:
         stem = diagnostics.first_conv(self.model)
         first_step = self.step
         lam = self._lambda()
-        every = max(1, self.steps_per_epoch // self.cfg.stop.checks_per_epoch)  # the guard's checks
+        n_checks, steps = self.cfg.stop.checks_per_epoch, self.steps_per_epoch  # the guard's checks, spread evenly
         checked = 0  # losses already checked to be finite
         for b, (x, y) in enumerate(self.train_loader):
             if b >= self.steps_per_epoch:
                 break
             x, y = self._inputs(x), y.to(self.device, non_blocking=True)
             lam = self._lambda()  # Algorithm 1, line 4
-            check = self.guard.active and (b + 1) % every == 0
+            check = self.guard.active and (b + 1) * n_checks // steps > b * n_checks // steps
             with diagnostics.ActivityMonitor(self.model) if check else contextlib.nullcontext() as monitor:
                 if self._graph is not None and self._graph.takes(x, y) and not check:  # a replay has no hooks
                     loss, hits, names, norms = self._graph.replay(x, y, lam)

@@ -42,6 +42,8 @@ class StudyOptunaSearch(OptunaSearch):
         self._reported: dict[str, set] = {}  # trial id -> the steps told to Optuna as intermediate values
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if result.get(STOPPED) or result.get(DIVERGED):  # the last report of a stopped or diverged trial: no value
+            return
         self._reported.setdefault(trial_id, set()).add(result.get(TRAINING_ITERATION))
         try:
             super().on_trial_result(trial_id, result)
@@ -128,6 +130,7 @@ class SeededRepeater(Repeater):
     def __init__(self, searcher: OptunaSearch, repeat: int, seed: int = 0) -> None:
         super().__init__(searcher, repeat=repeat, set_index=False)
         self.seed = seed
+        self._stopped: dict[str, list[str]] = {}  # a group's primary trial id -> its replicates the guard stopped
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -137,8 +140,18 @@ class SeededRepeater(Repeater):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
-        if trial_id in self._trial_id_to_group:  # a trial of a group from before a restore it lacks
-            super().on_trial_complete(trial_id, result, **kwargs)
+        """As Repeater's, and a configuration whose every replicate the firing-rate guard stopped
+        reaches the searcher as stopped (PRUNED and infeasible), not as a NaN mean."""
+        group = self._trial_id_to_group.get(trial_id)
+        if group is None:  # a trial of a group from before a restore it lacks
+            return
+        if result and result.get(STOPPED):
+            self._stopped.setdefault(group.primary_trial_id, []).append(trial_id)
+        if len(self._stopped.get(group.primary_trial_id, ())) == group.max_trials:  # every replicate stopped
+            group.report(trial_id, math.nan)
+            self.searcher.on_trial_complete(group.primary_trial_id, result=dict(result), **kwargs)
+            return
+        super().on_trial_complete(trial_id, result, **kwargs)
 
     # Repeater saves only the searcher it wraps: its groups go into the same file (Tune renames
     # that one file into place), so a resumed study knows which replicates each configuration lacks.

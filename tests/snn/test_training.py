@@ -229,9 +229,11 @@ def test_the_guard_stops_a_silent_network_within_its_first_epoch_and_names_the_s
     t = Trainer(cfg(epochs=3, v_threshold=50.0, stop={"checks_per_epoch": 4, "patience": 3}))
     with pytest.raises(TrainingStopped, match="the network is silent: stem fires 0 spikes") as e:
         t.run_epoch()
-    every = t.steps_per_epoch // 4
-    assert e.value.verdict.kind == "silent" and e.value.epoch == 1 and e.value.step == 3 * every - 1
-    assert e.value.epochs_done == pytest.approx(3 * every / t.steps_per_epoch) and e.value.epochs_done < 1
+    steps = t.steps_per_epoch
+    checks = [b for b in range(steps) if (b + 1) * 4 // steps > b * 4 // steps]  # 4 checks, spread over the epoch
+    assert len(checks) == 4 and checks[-1] == steps - 1
+    assert e.value.verdict.kind == "silent" and e.value.epoch == 1 and e.value.step == checks[2]
+    assert e.value.epochs_done == pytest.approx((checks[2] + 1) / steps) and e.value.epochs_done < 1
     healthy = Trainer(cfg(epochs=1))  # the default neuron fires: the guard lets it train
     healthy.run_epoch()
 

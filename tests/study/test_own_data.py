@@ -229,7 +229,8 @@ def test_each_format_runs_a_study_end_to_end(fmt, ray_session, tmp_path):
         ds = {"format": "events", "train": str(tmp_path / "own"), "test_fraction": 0.25, "name": "my-events"}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = parse_spec({"name": f"own-{fmt}", "dataset": ds, "data_root": str(tmp_path / "data"), "arch": "resnet-tiny",
-                       "timesteps": 2, "train": {"epochs": 1, "batch_size": 16}, "trials": 2, "scheduler": "fifo",
+                       "timesteps": 2, "train": {"epochs": 1, "batch_size": 16, "max_batches": 4}, "trials": 2,
+                       "scheduler": "fifo",
                        "storage": str(tmp_path / "studies"), "mlflow": {"tracking_uri": uri}})
     result = run_study(spec, verbose=0)
     assert result.trials == 2 and result.errored == 0

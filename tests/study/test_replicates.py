@@ -129,8 +129,10 @@ def _study(ray_session, tmp_path, **over):
     from study.tuner import run_study
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # 6 batches of 64 an epoch: enough to tell the methods apart, and the guard checks every batch
     spec = quickstart_spec({"storage": str(tmp_path / "studies"), "mlflow.tracking_uri": uri,
-                            "data_root": str(tmp_path / "data"), "train.batch_size": 64, **over})
+                            "data_root": str(tmp_path / "data"), "train.batch_size": 64, "train.max_batches": 6,
+                            **over})
     return spec, run_study(spec, verbose=0), uri
 
 
@@ -286,3 +288,31 @@ def test_a_search_over_the_neuron_stops_silent_trials_and_records_them(ray_sessi
     assert f"The firing-rate guard stopped {len(silent)} trial(s) ({len(silent)} silent)" in text
     header = next(line for line in text.splitlines() if line.startswith("| trial |"))
     assert "| tau | v_threshold |" in header  # the searched neuron has its columns
+
+
+def test_a_configuration_whose_every_replicate_was_silent_reaches_optuna_as_stopped():
+    from snn.metrics import STOPPED, STOPPED_STAGE
+
+    inner = _searcher()
+    rep = SeededRepeater(inner, repeat=2, seed=0)
+    for t in ("a", "b", "c", "d"):
+        rep.suggest(t)
+    silent = {STOPPED: "silent", STOPPED_STAGE: "stem", TEST_ACC: math.nan, EPOCH: 1, "training_iteration": 1}
+    rep.on_trial_complete("a", silent)
+    rep.on_trial_complete("b", silent)  # both replicates silent: PRUNED and infeasible
+    rep.on_trial_complete("c", silent)
+    rep.on_trial_complete("d", _result(3, 0.8))  # one of two: the other's value
+    first, second = inner._ot_study.trials
+    assert first.state == optuna.trial.TrialState.PRUNED and first.constraints == {"firing": 1.0}
+    assert second.state == optuna.trial.TrialState.COMPLETE and second.value == pytest.approx(0.8)
+
+
+def test_the_guard_is_set_in_the_spec_and_a_stopped_report_gives_no_intermediate_value():
+    from snn.metrics import STOPPED
+
+    assert quickstart_spec({"stop": {"silent_rate": None}}).trial_config().stop.silent_rate is None
+    s = _searcher()
+    s.suggest("t")
+    s.on_trial_result("t", {STOPPED: "silent", TEST_ACC: math.nan, EPOCH: 1, "training_iteration": 1})
+    s.on_trial_complete("t", {STOPPED: "silent", TEST_ACC: math.nan, EPOCH: 1, "training_iteration": 1})
+    assert s._ot_study.trials[0].intermediate_values == {}

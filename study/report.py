@@ -12,6 +12,8 @@
 * ``acc_vs_lambda0.png``: final test accuracy against λ₀, coloured by schedule shape;
 * ``acc_curves.png``: test accuracy per epoch of every trial;
 * ``importance.png``: the importance of each searched dimension, where there are numbers.
+* ``lambda_trajectories.png`` (``scheduler: pbt`` or ``pb2``): the learned λ per epoch of the
+  best trials beside the paper's linear decay from λ₀ = 0.25.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from snn.diagnostics import grad_histogram
-from snn.metrics import TEST_ACC
+from snn.config import METHODS, PAPER_METHOD
+from snn.metrics import LAMBDA, TEST_ACC
 from study import baselines as _baselines
 from study.analysis import Analysis, Importance, analyse, record_analysis
 from study.folder import open_study
+from study.spec import POPULATION
 
 __all__ = ["GRAD_PLOT_FILE", "Report", "plot_grad_histogram", "write_report"]
 
@@ -77,8 +81,7 @@ def _trial_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
                               max_results=10000)
     rows = []
     for r in runs:
-        history = sorted(client.get_metric_history(r.info.run_id, TEST_ACC), key=lambda m: m.step)
-        curve = [(m.step, m.value) for m in history]
+        curve = _per_epoch(client, r.info.run_id, TEST_ACC)
         tags = r.data.tags
         status = r.info.status
         saved = 0.0
@@ -111,6 +114,46 @@ def _guard_lines(rows: list[dict[str, Any]], epochs: int) -> list[str]:
     return ["", f"The firing-rate guard stopped {len(stopped)} trial(s) ({what}), saving {saved:.1f} of the study's "
                 f"{budget} trial-epochs ({saved / budget:.0%}); they are PRUNED in Optuna, whose sampler now avoids "
                 f"such settings."]
+
+
+def _per_epoch(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """A metric's (epoch, value) pairs in order, the newest value of an epoch logged again (PBT's exploit)."""
+    newest = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+    return sorted(newest.items())
+
+
+LAMBDA_PLOT_FILE = "lambda_trajectories.png"
+_TRAJECTORIES = 5  # the best trials whose learned λ is drawn
+
+
+def _lambda_plot(client, rows: list[dict[str, Any]], spec, out: Path) -> list[Path]:
+    """The learned λ per epoch of the best trials (by final test_acc) of a pbt or pb2 study, beside
+    the paper's linear decay λ₀·(1 - e/E) from λ₀ = 0.25 (Eq. 10); nothing for other studies,
+    whose λ follows a fixed schedule."""
+    if spec.scheduler not in POPULATION:
+        return []
+    epochs = spec.train.epochs
+    lambda0 = METHODS[PAPER_METHOD]["lambda0"]
+    fig = _figure((7.5, 3.6))
+    ax = fig.add_subplot()
+    ax.plot([0, epochs], [lambda0, 0.0], ls="--", color="black", lw=1.2, label=f"paper: {lambda0:g}·(1 - e/E)")
+    for r in [r for r in rows if r["final"] is not None][:_TRAJECTORIES]:
+        points = _per_epoch(client, r["run_id"], LAMBDA)
+        if points:
+            steps, values = zip(*points)
+            # the λ of epoch e held from e - 1 to e (constant between perturbations)
+            ax.step([0, *steps], [values[0], *values], where="pre", lw=1.4,
+                    label=f"{r['trial_id']} (test_acc {r['final']:.3f})")
+    ax.set_xlim(0, epochs)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("λ")
+    ax.set_title(f"learned λ of the best trials ({spec.scheduler}) and the paper's decay", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path = out / LAMBDA_PLOT_FILE
+    fig.savefig(path, dpi=100)
+    return [path]
 
 
 def _fmt(v: Any) -> str:
@@ -210,7 +253,7 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     out = Path(out_dir) if out_dir else d / "report"
     out.mkdir(parents=True, exist_ok=True)
     analysis = _analysis(folder)
-    pngs = _plots(rows, out) + _importance_plot(analysis.importance, out)
+    pngs = _plots(rows, out) + _importance_plot(analysis.importance, out) + _lambda_plot(client, rows, spec, out)
     paper = list(_baselines.rows(spec.dataset_name))
     full = [r for r in rows if r["run_id"] in analysis.run_ids and r["final"] is not None]
     best = full[0] if full else None  # rows are sorted by final test_acc

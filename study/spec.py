@@ -32,8 +32,8 @@ from search_spaces import FIXABLE, OPTIONAL, PRESETS
 from snn import registry
 from snn.config import TrainConfig, UserData, dataset_name, first_error
 
-__all__ = ["MAX_SPEC_BYTES", "QUICKSTART", "SpecError", "StudySpec", "is_tracking_server", "load_spec", "parse_spec",
-           "quickstart_spec"]
+__all__ = ["MAX_SPEC_BYTES", "PERTURBED", "POPULATION", "QUICKSTART", "SpecError", "StudySpec", "is_tracking_server",
+           "load_spec", "parse_spec", "quickstart_spec"]
 
 QUICKSTART: dict[str, Any] = {
     "name": "quickstart",
@@ -65,7 +65,7 @@ class _Strict(BaseModel):
 
 # Which of the trial's parameters (snn.config.TrainConfig) a spec sets where. Their types,
 # defaults, ranges and allowed values are TrainConfig's: copied from it, never restated.
-_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed")
+_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed", "stop")
 _RECIPE = ("epochs", "batch_size", "lr", "weight_decay", "loss_mode", "tau", "v_threshold", "workers", "amp",
            "cuda_graphs", "max_batches")
 
@@ -131,6 +131,25 @@ class ConfirmSpec(_Strict):
     seeds: int = Field(5, ge=2, description="new seeds of each (paired across configurations)")
 
 
+POPULATION: tuple[str, ...] = ("pbt", "pb2")
+"""Schedulers that train a population and perturb its hyperparameters during training."""
+
+PERTURBED: dict[str, tuple[float, float]] = {"lambda0": (0.0, 1.0), "lr": (1e-3, 3e-2)}
+"""What population-based training perturbs, with its range: λ₀ always (TrainConfig's range), lr
+where ``search.dims`` lists it (log-uniform; the range of the Optuna space's lr)."""
+
+
+class PopulationSpec(_Strict):
+    """Population-based training (``scheduler: pbt`` or ``pb2``): how the population is perturbed."""
+
+    interval: int = Field(1, ge=1, description="epochs between perturbations: a trial in the bottom quantile "
+                                               "copies a top trial's checkpoint and perturbs its λ (and lr)")
+    quantile: float = Field(0.25, gt=0, le=0.5, description="the fraction of the population that copies, and "
+                                                            "the fraction copied from")
+    synch: bool = Field(False, description="true: every trial waits at each perturbation until all have reached "
+                                           "it, and the whole population is ranked at once (Ray's synchronous PBT)")
+
+
 class ResourcesSpec(_Strict):
     """Resources of one trial (fractions allowed, as in Ray)."""
 
@@ -168,8 +187,12 @@ class _Study(_Strict):
                                             "configurations")
     confirm: ConfirmSpec | None = Field(None, description="re-run the best configurations with new seeds")
     concurrency: int | None = Field(None, ge=1, description="trials at once; default: as resources allow")
-    scheduler: Literal["fifo", "asha"] = Field("asha", description="asha (early stopping); fifo (every trial "
-                                                                   "its full budget; the default with seeds > 1)")
+    scheduler: Literal["fifo", "asha", "pbt", "pb2"] = Field(
+        "asha", description="asha (early stopping); fifo (every trial its full budget; the default with seeds > 1); "
+                            "pbt or pb2 (population-based training: λ learned during training)")
+    pbt: PopulationSpec | None = Field(None, description="scheduler pbt or pb2: the perturbation interval, "
+                                                         "quantile and synch (default: every epoch, 0.25, "
+                                                         "asynchronous)")
     objective: Literal["test_acc", "test_acc+firing_rate"] = "test_acc"
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of the trial processes "
@@ -194,6 +217,11 @@ class _Study(_Strict):
         if isinstance(self.dataset, UserData) and self.dataset.format == "events" and "timesteps" in self.search.dims:
             raise _FieldError("search.dims", "timesteps cannot be searched on event data: the recordings are binned "
                                              "into frames once, for the spec's timesteps")
+        if self.scheduler in POPULATION:
+            self._population()
+        elif self.pbt is not None:
+            raise _FieldError("pbt", f"only with scheduler: pbt or pb2 (this spec's scheduler is {self.scheduler}); "
+                                     f"remove it, or set the scheduler")
         if self.seeds > 1 or self.confirm:
             self._replicates()
         if self.train.cuda_graphs and not self.resources.gpu:
@@ -214,6 +242,56 @@ class _Study(_Strict):
         if self.confirm and self.search.preset in ("paper", "ablation"):
             raise _FieldError("confirm", f"preset {self.search.preset} searches nothing to confirm; replicate it "
                                          f"with seeds: N instead")
+
+    def _population(self) -> None:
+        """Population-based training learns λ (and lr) during training: nothing else is searched,
+        and a trial's configuration changes as it trains."""
+        how = f"scheduler {self.scheduler}"
+        if self.seeds > 1:
+            raise _FieldError("seeds", f"{how} trains one population whose members copy each other's weights, so "
+                                       f"there are no replicates of a configuration; use seeds: 1")
+        if self.confirm:
+            raise _FieldError("confirm", f"{how}: a trial's λ changes while it trains, so there is no configuration "
+                                         f"to re-run with new seeds; remove confirm")
+        if self.objective != "test_acc":
+            raise _FieldError("objective", f"{how} ranks the population by test_acc alone; use objective: test_acc")
+        if self.search.preset in ("paper", "ablation"):
+            raise _FieldError("search.preset", f"{self.search.preset} fixes λ to the paper's schedules, which leaves "
+                                               f"{how} nothing to learn; use quick or full")
+        other = [d for d in self.search.dims if d not in PERTURBED]
+        if other:
+            raise _FieldError("search.dims", f"{how} perturbs λ₀ and, where listed, lr during training; "
+                                             f"{', '.join(other)} cannot change mid-training (allowed: lr)")
+        fixed = self.search.fixed_values()
+        if "lambda0" in fixed:
+            raise _FieldError("search.fixed.lambda0", f"{how} learns λ; remove it (the population starts from λ₀ "
+                                                      f"uniform in [0, 1])")
+        if fixed.get("schedule", "constant") != "constant":
+            raise _FieldError("search.fixed.schedule", f"{how} holds λ constant between perturbations; remove it "
+                                                       f"or set constant")
+        if "lr" in fixed and "lr" in self.search.dims:
+            raise _FieldError("search.fixed.lr", "lr is in search.dims, so it is perturbed; fix it or list it, "
+                                                 "not both")
+        if not registry.resolve_branches(self.trial_config().branches, self.stages):
+            raise _FieldError("search.fixed.branches", f"none has no shortcut head, so λ weighs nothing and {how} "
+                                                       f"has nothing to learn; keep heads")
+        if self.trials < 2:
+            raise _FieldError("trials", f"{how} needs a population of at least 2 trials (4 or more is sensible)")
+        interval = self.population.interval
+        if interval >= self.train.epochs:
+            raise _FieldError("pbt.interval", f"{interval} epoch(s) leave no perturbation within train.epochs "
+                                              f"{self.train.epochs}; use fewer epochs than that")
+
+    @property
+    def population(self) -> PopulationSpec:
+        """The population's settings (scheduler pbt or pb2): the spec's ``pbt``, else the defaults."""
+        return self.pbt or PopulationSpec()
+
+    def population_config(self) -> dict[str, Any]:
+        """A population trial's parameters as plain data, before Tune draws λ₀ (and lr): the spec's
+        with the paper's setting in every other searched dimension, and λ constant between
+        perturbations (``schedule: constant``)."""
+        return self.trial_config(schedule="constant").to_dict()
 
     def _spec_key(self, field: str) -> str:
         name = field.split(".")[0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -47,7 +48,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from snn.config import dataset_name, meaningful, method_of
-from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, TEST_ACC
+from snn.metrics import DIVERGED, EPOCH, LAMBDA, STOPPED, STOPPED_STAGE, TEST_ACC
 from study import baselines as _baselines
 from study.folder import SEARCH, StudyFolder, stage_of
 from study.provenance import provenance
@@ -289,8 +290,8 @@ def read_trial_run(tracking_uri: str, run_id: str) -> TrialRun:
             source, config = "params", config_of_params(run.data.params)
         history: dict[int, dict[str, float]] = {}
         for key in sorted(run.data.metrics):
-            for m in c.get_metric_history(run_id, key):
-                history.setdefault(int(m.step), {}).setdefault(key, m.value)
+            for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+                history.setdefault(int(m.step), {})[key] = m.value  # an epoch logged again: the newest value
     except (MlflowException, OSError, yaml.YAMLError) as e:
         raise RunNotFound(f"--run-id: cannot read run {run_id} from {tracking_uri} ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:200]})") from None
@@ -347,12 +348,22 @@ def _by_epoch(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
+_SIGNATURE = (TEST_ACC, LAMBDA)  # what tells two trainings of one epoch apart (PBT's exploit replaces a trial's epochs)
+
+
+def _signature(values: dict[str, Any]) -> tuple:
+    return tuple(("nan" if math.isnan(float(v)) else float(v)) if _number(v) else None
+                 for v in (values.get(k) for k in _SIGNATURE))
+
+
 def read_trial(trial_dir: str | Path) -> TrialRecord | None:
     """Read a trial folder: its newest checkpoint's record, and Tune's ``result.json``.
 
     The checkpoint is written by the trial before the driver hears of the epoch, so it is
     never behind Tune's own log; ``result.json`` adds what has no checkpoint (the report of
-    a diverged trial). Returns None for a folder with neither (a trial that never reported).
+    a diverged trial), its latest report of each such epoch. The checkpoint's epochs are the
+    trial's lineage: after PBT's exploit they are the donor's, whatever ``result.json`` logged
+    of the trial's own before. Returns None for a folder with neither (a trial that never reported).
     """
     trial_dir = Path(trial_dir)
     results: list[dict[str, Any]] = []
@@ -366,6 +377,7 @@ def read_trial(trial_dir: str | Path) -> TrialRecord | None:
         if record:
             results, config = list(record.get("history", [])), dict(record.get("config", {}))
             break
+    lineage = len(results)
     result_file = trial_dir / "result.json"
     if result_file.exists():
         for line in result_file.read_text().splitlines():
@@ -379,7 +391,8 @@ def read_trial(trial_dir: str | Path) -> TrialRecord | None:
         return None
     error_file = trial_dir / "error.txt"
     error = error_file.read_text().strip().splitlines()[-1][-1000:] if error_file.exists() else None
-    return TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, _by_epoch(results),
+    newest_first = results[:lineage] + results[lineage:][::-1]  # _by_epoch keeps the first one of an epoch
+    return TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, _by_epoch(newest_first),
                        checkpoints[-1] if checkpoints else None, error)
 
 
@@ -392,7 +405,7 @@ class _Projection:
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment)
         self._runs: dict[str, str] = {}  # trial id -> run id
-        self._logged: dict[str, set[int]] = {}  # run id -> epochs MLflow has
+        self._logged: dict[str, dict[int, tuple]] = {}  # run id -> epoch -> (its _signature, ms) as MLflow has it
         self._status: dict[str, str] = {}  # run id -> its status, as last read or set
         self._where: dict[str, tuple] = {}  # run id -> the Ray node tags it has
 
@@ -419,20 +432,42 @@ class _Projection:
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params_of(config).items())])
             self._status[run_id] = "RUNNING"
-            self._logged[run_id] = set()
+            self._logged[run_id] = {}
         else:
-            self._logged[run_id] = {int(m.step) for m in self.client.get_metric_history(run_id, EPOCH)}
+            self._logged[run_id] = self._logged_epochs(run_id)
         self._runs[trial_id] = run_id
         return run_id
 
+    def _logged_epochs(self, run_id: str) -> dict[int, tuple]:
+        """The epochs a run has, each with its newest values' signature and time."""
+        newest: dict[str, dict[int, Any]] = {}
+        for key in (EPOCH, *_SIGNATURE):
+            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+                newest.setdefault(key, {})[int(m.step)] = m
+        out = {}
+        for step, m in newest.get(EPOCH, {}).items():
+            values = {k: newest.get(k, {}).get(step) for k in _SIGNATURE}
+            out[step] = (_signature({k: v.value for k, v in values.items() if v is not None}),
+                         max([m.timestamp] + [v.timestamp for v in values.values() if v is not None]))
+        return out
+
     def log(self, trial_id: str, config: dict[str, Any], results: list[dict[str, Any]], stage: str = SEARCH) -> int:
-        """Write the epochs of ``results`` that the trial's run lacks; return how many."""
+        """Write the epochs of ``results`` that the trial's run lacks, or holds with other values;
+        return how many.
+
+        An epoch with other values is the trial's after PBT's exploit (the donor's training, as
+        the trial's checkpoint holds it, in place of the trial's own): it is logged again at its
+        step, newer than what it replaces, and every reader takes an epoch's newest value.
+        """
         run_id = self.run_of(trial_id, config, stage)
-        logged = self._logged.setdefault(run_id, set())
-        new = [r for r in _by_epoch(results) if int(r[EPOCH]) not in logged]
+        logged = self._logged.setdefault(run_id, {})
+        new = [r for r in _by_epoch(results) if logged.get(int(r[EPOCH]), (None,))[0] != _signature(r)]
         if not new:
             return 0
-        metrics = [Metric(k, float(v), int(float(r.get("timestamp", 0)) * 1000), int(r[EPOCH]))
+        now = int(time.time() * 1000)
+        stamps = {int(r[EPOCH]): max(now, logged[int(r[EPOCH])][1] + 1) if int(r[EPOCH]) in logged
+                  else int(float(r.get("timestamp", 0)) * 1000) for r in new}
+        metrics = [Metric(k, float(v), stamps[int(r[EPOCH])], int(r[EPOCH]))
                    for r in new for k, v in r.items() if k not in _NOT_METRICS and _number(v)]
         last = new[-1]
         where = tuple((t, str(last[k])) for t, k in (("ray_node", "node_ip"), ("ray_hostname", "hostname"),
@@ -441,7 +476,8 @@ class _Projection:
         tags = [RunTag(t, v) for t, v in where] if where != self._where.get(run_id) else []
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH], tags=tags if i == 0 else [])
-        logged.update(int(r[EPOCH]) for r in new)  # only once all are in: a failed batch is sent again
+        # only once all are in: a failed batch is sent again
+        logged.update({int(r[EPOCH]): (_signature(r), stamps[int(r[EPOCH])]) for r in new})
         self._where[run_id] = where
         if self._status.get(run_id) not in (None, "RUNNING"):  # a resumed trial trains on
             self.client.update_run(run_id, status="RUNNING")
@@ -603,6 +639,9 @@ class StudyTracker(tune.Callback):
     def _init(self) -> None:
         self._projection: _Projection | None = None
         self._trials: dict[str, Any] = {}  # trial id -> Tune's trial (its folder, config, last result)
+        # trial id -> the config it started with: its run's params (PBT changes a trial's config as it
+        # trains; the run's config.yaml is the last one)
+        self._initial: dict[str, dict[str, Any]] = {}
         self._behind: set[str] = set()  # trials the store has not seen all of
         self._lock = threading.Lock()  # guards _behind
         self._writer: threading.Thread | None = None
@@ -624,6 +663,7 @@ class StudyTracker(tune.Callback):
 
     def _submit(self, trial, what: str, fn) -> None:
         self._trials[trial.trial_id] = trial
+        self._initial.setdefault(trial.trial_id, dict(trial.config))
         with self._lock:
             if self._writer is not None and self._writer.is_alive():
                 self._behind.add(trial.trial_id)  # the next write catches it up
@@ -649,6 +689,7 @@ class StudyTracker(tune.Callback):
             if self._projection is None:
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
                                                self.folder.spec.name, self.folder.parent_run_id)
+            self._projection.run_of(trial_id, self._initial[trial_id], self.stage)
             fn(self._projection)
             took = time.monotonic() - self._started
             if took > self.SLOW_WRITE_S and not self._down:  # it waited out an outage in MLflow's retries
@@ -657,6 +698,7 @@ class StudyTracker(tune.Callback):
             for other in sorted(behind):  # results that came while the writer was busy, from their folders
                 trial = self._trials.get(other)
                 if trial is not None and (record := self._record(trial)) is not None:
+                    self._projection.run_of(other, self._initial[other], self.stage)
                     _project(self._projection, record)
                 behind.discard(other)
         except Exception as e:  # the store refused or failed: the trial folders keep the record
@@ -687,9 +729,20 @@ class StudyTracker(tune.Callback):
         self._submit(trial, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config), self.stage))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if result.get(EPOCH) is not None:
-            self._submit(trial, f"epoch {result[EPOCH]}",
-                         lambda p: p.log(trial.trial_id, dict(trial.config), [result], self.stage))
+        if result.get(EPOCH) is None:
+            return
+        if result.get("iterations_since_restore") == 1 and int(result[EPOCH]) > 1:
+            # restarted from a checkpoint, perhaps another trial's (PBT's exploit): the epochs
+            # before are as its record holds them
+            def log(p: _Projection) -> None:
+                record = self._record(trial)
+                if record is not None:
+                    _project(p, record)
+        else:
+            def log(p: _Projection) -> None:
+                p.log(trial.trial_id, dict(trial.config), [result], self.stage)
+
+        self._submit(trial, f"epoch {result[EPOCH]}", log)
 
     def _end(self, trial, status: str) -> None:
         def end(p: _Projection) -> None:

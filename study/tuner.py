@@ -4,16 +4,20 @@ The wiring is in :func:`build_tuner`, in the order Ray's own examples use: the t
 with its resources, the searcher (Optuna TPE, seeded, backed by an RDB storage in the
 study folder so ``optuna-dashboard`` can open it, with the paper's setting enqueued
 first), the scheduler, the ``TuneConfig`` and the ``RunConfig`` (storage, failure retries,
-checkpoints, the MLflow projection). :func:`run_study` and :func:`resume_study` check
-what they can before Ray starts, then run it.
+checkpoints, the MLflow projection). With ``scheduler: pbt`` or ``pb2`` there is no
+searcher: Tune draws the initial population and PBT (or PB2) perturbs λ (and lr) while the
+trials train (:func:`population`). :func:`run_study` and :func:`resume_study` check what
+they can before Ray starts, then run it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,9 @@ import optuna
 import ray
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers.pb2 import PB2
+from ray.tune.search import BasicVariantGenerator
 
 from search_spaces import build_space, dims_of, first_points, paper_setting
 from snn import data
@@ -33,7 +39,7 @@ from study._search import Points, SeededRepeater, StudyOptunaSearch
 from study.folder import CONFIRM, SEARCH, StudyError, StudyFolder, open_study, stage_dir, study_paths, write_state
 from study.analysis import record_analysis
 from study.preflight import prepare_data
-from study.spec import StudySpec
+from study.spec import PERTURBED, POPULATION, StudySpec
 from study.tracking import (StudyTracker, check_tracking_uri, finish_parent_run, log_baselines, start_parent_run,
                             sync_study)
 from trainables import train_snn
@@ -112,10 +118,75 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+# -- population-based training (scheduler pbt, pb2) -------------------------------------------------
+def _clip(config: dict[str, Any], bounds: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """PBT's explore step multiplies a value by 0.8 or 1.2, past its range if need be: bring it back."""
+    for k, (lo, hi) in bounds.items():
+        if k in config:
+            config[k] = min(max(float(config[k]), lo), hi)
+    return config
+
+
+class _UntilTheLastEpoch:
+    """No perturbation at a trial's last epoch: a trial exploited there would restart from a
+    checkpoint with nothing left to train, and end as a copy of its donor. Nor at a trial's
+    last report without an accuracy (diverged, or stopped by the firing-rate guard): paused
+    there, it would train and stop again when it resumes."""
+
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epochs = epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        acc = result.get(TEST_ACC)
+        if int(result.get(EPOCH, 0)) >= self._epochs or not (isinstance(acc, (int, float)) and math.isfinite(acc)):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+class _PBT(_UntilTheLastEpoch, PopulationBasedTraining):
+    pass
+
+
+class _PB2(_UntilTheLastEpoch, PB2):
+    pass
+
+
+def perturbed(spec: StudySpec) -> dict[str, tuple[float, float]]:
+    """What a population study perturbs, with its range: λ₀, and lr where ``search.dims`` lists it."""
+    return {k: r for k, r in PERTURBED.items() if k == "lambda0" or k in spec.search.dims}
+
+
+def _initial(name: str, bounds: tuple[float, float]):
+    return tune.loguniform(*bounds) if name == "lr" else tune.uniform(*bounds)
+
+
+def population(spec: StudySpec) -> tuple[TrialScheduler, dict[str, Any]]:
+    """The scheduler of a pbt or pb2 study and its initial population (Tune's ``param_space``).
+
+    Every trial starts from the spec's parameters with λ constant (``schedule: constant``) at
+    λ₀ ~ U[0, 1] (and lr log-uniform where ``search.dims`` lists it), drawn by Tune, not Optuna;
+    every ``pbt.interval`` epochs a trial in the bottom ``pbt.quantile`` by test_acc continues
+    from a top trial's checkpoint with that trial's λ₀ (and lr) perturbed: PBT by 0.8 or 1.2,
+    or a new draw; PB2 by a Gaussian-process bandit over the population's results.
+    """
+    bounds = perturbed(spec)
+    pop = spec.population
+    common = dict(time_attr="training_iteration", perturbation_interval=pop.interval, quantile_fraction=pop.quantile,
+                  synch=pop.synch, custom_explore_fn=functools.partial(_clip, bounds=bounds), epochs=spec.train.epochs)
+    if spec.scheduler == "pbt":
+        scheduler = _PBT(hyperparam_mutations={k: _initial(k, b) for k, b in bounds.items()}, **common)
+    else:
+        scheduler = _PB2(hyperparam_bounds={k: list(b) for k, b in bounds.items()}, **common)
+    return scheduler, {**spec.population_config(), **{k: _initial(k, b) for k, b in bounds.items()}}
+
+
 def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepared | None = None) -> tune.Tuner:
     """The :class:`ray.tune.Tuner` of a study (Ray must already be initialised); ``prepared``:
     the user's data, as :func:`snn.data.prepare` returned it."""
     spec = folder.spec
+    if spec.scheduler in POPULATION:
+        return _population_tuner(folder, verbose=verbose, prepared=prepared)
     metric, mode = _objective(spec)
     single = isinstance(metric, str)
     if spec.scheduler == "asha":
@@ -134,6 +205,31 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepare
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=[StudyTracker(folder), _FaultLines()], verbose=verbose)
     return tune.Tuner(_trainable(spec, prepared), tune_config=tune_config, run_config=run_config)
+
+
+def _population_tuner(folder: StudyFolder, *, verbose: int, prepared: data.Prepared | None) -> tune.Tuner:
+    """The Tuner of a pbt or pb2 study: no Optuna (PBT takes no searcher; Tune draws the initial
+    population, seeded), checkpoints kept long enough for a donor's to outlive its copy."""
+    spec = folder.spec
+    scheduler, space = population(spec)
+    # Tune fetches a trial's result.json whenever PBT restarts it, and warns of each one not
+    # synced yet: a console line per restart that says nothing wrong
+    logging.getLogger("ray.tune.logger.logger").setLevel(logging.ERROR)
+    # PB2 fits a Gaussian process to a handful of results at each perturbation, and scikit-learn
+    # warns that its kernel's variance reached a bound: the bandit still chooses
+    warnings.filterwarnings("ignore", message="The optimal value found for dimension", module="sklearn")
+    tune_config = tune.TuneConfig(
+        search_alg=BasicVariantGenerator(random_state=spec.seed), scheduler=scheduler, num_samples=spec.trials,
+        metric=TEST_ACC, mode="max", max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
+        trial_name_creator=_trial_dirname, reuse_actors=True)
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=spec.storage_uri(),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        # a bottom trial restarts from a top trial's checkpoint of the last perturbation, which
+        # must still be there when it starts (Ray warns at 2 or fewer)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=max(4, 2 * spec.population.interval + 2)),
+        callbacks=[StudyTracker(folder), _FaultLines()], verbose=verbose)
+    return tune.Tuner(_trainable(spec, prepared), param_space=space, tune_config=tune_config, run_config=run_config)
 
 
 def _key(config: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ def spec(**kw):
     (spec(train={"workers": "many"}), "train.workers: expected a count >= 0 or 'auto', got 'many'"),
     (spec(train={"workers": -1}), "train.workers: expected a count >= 0 or 'auto', got -1"),
     (spec(trails=3), "trails: unknown key (a typo?)"),
-    (spec(scheduler="hyperband"), "scheduler: Input should be 'fifo' or 'asha'"),
+    (spec(scheduler="hyperband"), "scheduler: Input should be 'fifo', 'asha', 'pbt' or 'pb2'"),
     (spec(search={"preset": "fast"}), "search.preset: unknown value 'fast'; choose one of paper, ablation, full, quick"),
     (spec(search={"dims": ["epochs"]}), "search.dims: unknown value 'epochs'; choose one of timesteps, lr, weight_decay, loss_mode"),
     (spec(resources={"gpu": -1}), "resources.gpu: Input should be greater than or equal to 0"),

@@ -219,8 +219,9 @@ def _population_tuner(folder: StudyFolder, *, verbose: int, prepared: data.Prepa
     # warns that its kernel's variance reached a bound: the bandit still chooses
     warnings.filterwarnings("ignore", message="The optimal value found for dimension", module="sklearn")
     tune_config = tune.TuneConfig(
-        search_alg=BasicVariantGenerator(random_state=spec.seed), scheduler=scheduler, num_samples=spec.trials,
-        metric=TEST_ACC, mode="max", max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
+        # Tune ignores max_concurrent_trials beside a BasicVariantGenerator: the generator takes the limit
+        search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.concurrency or 0),
+        scheduler=scheduler, num_samples=spec.trials, metric=TEST_ACC, mode="max", trial_dirname_creator=_trial_dirname,
         trial_name_creator=_trial_dirname, reuse_actors=True)
     run_config = tune.RunConfig(
         name=spec.name, storage_path=spec.storage_uri(),

@@ -167,6 +167,17 @@ def test_a_trial_never_returns_to_a_lineage_it_left(tmp_path):
 def test_a_perturbed_learning_rate_takes_over_the_cosine_decay():
     """PBT's explore may change lr: the restarted trial follows lr·(1 + cos(πi/I))/2 from the new
     lr, not the donor's, and λ from its own config."""
+    # One torch thread: in the full suite this test took minutes where it takes a second alone,
+    # as if its two OpenMP threads waited on each other behind other processes on the 2 cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _perturbed_lr_case()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _perturbed_lr_case() -> None:
     from snn.training import Trainer
 
     def cfg(**kw):

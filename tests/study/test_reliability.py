@@ -95,7 +95,7 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
     # Epochs of about a second (batches of 16). With sub-second epochs a known Tune race shows:
     # checkpoints are pruned (num_to_keep=2) before the experiment state that still names the
     # pruned one is saved, and a driver killed in between leaves a trial that cannot be restored
-    # (README, Reliability). Real epochs are far longer than the state's 2 s save period.
+    # (docs/reliability.md). Real epochs are far longer than the state's 2 s save period.
     spec = _spec(tmp_path, "killd", trials=4, epochs=8, batch_size=16)
     proc = _snn_study(["run", str(spec)], address, tmp_path)
     study_dir = tmp_path / "studies" / "killd"

@@ -38,7 +38,7 @@ from study.analysis import Analysis, Importance, analyse, record_analysis
 from study.folder import open_study
 from study.spec import POPULATION
 
-__all__ = ["GRAD_PLOT_FILE", "Report", "plot_grad_histogram", "write_report"]
+__all__ = ["GRAD_PLOT_FILE", "Report", "metric_per_epoch", "plot_grad_histogram", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _trial_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
                               max_results=10000)
     rows = []
     for r in runs:
-        curve = _per_epoch(client, r.info.run_id, TEST_ACC)
+        curve = metric_per_epoch(client, r.info.run_id, TEST_ACC)
         tags = r.data.tags
         status = r.info.status
         saved = 0.0
@@ -116,7 +116,7 @@ def _guard_lines(rows: list[dict[str, Any]], epochs: int) -> list[str]:
                 f"such settings."]
 
 
-def _per_epoch(client, run_id: str, key: str) -> list[tuple[int, float]]:
+def metric_per_epoch(client, run_id: str, key: str) -> list[tuple[int, float]]:
     """A metric's (epoch, value) pairs in order, the newest value of an epoch logged again (PBT's exploit)."""
     newest = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
     return sorted(newest.items())
@@ -138,7 +138,7 @@ def _lambda_plot(client, rows: list[dict[str, Any]], spec, out: Path) -> list[Pa
     ax = fig.add_subplot()
     ax.plot([0, epochs], [lambda0, 0.0], ls="--", color="black", lw=1.2, label=f"paper: {lambda0:g}·(1 - e/E)")
     for r in [r for r in rows if r["final"] is not None][:_TRAJECTORIES]:
-        points = _per_epoch(client, r["run_id"], LAMBDA)
+        points = metric_per_epoch(client, r["run_id"], LAMBDA)
         if points:
             steps, values = zip(*points)
             # the λ of epoch e held from e - 1 to e (constant between perturbations)

@@ -52,7 +52,7 @@ from snn.metrics import DIVERGED, EPOCH, LAMBDA, STOPPED, STOPPED_STAGE, TEST_AC
 from study import baselines as _baselines
 from study.folder import SEARCH, StudyFolder, stage_of
 from study.provenance import provenance
-from study.report import GRAD_PLOT_FILE, plot_grad_histogram
+from study.report import GRAD_PLOT_FILE, metric_per_epoch, plot_grad_histogram
 from study.spec import is_tracking_server
 from trainables.layout import FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, TORCH_THREADS, read_record
 
@@ -290,8 +290,8 @@ def read_trial_run(tracking_uri: str, run_id: str) -> TrialRun:
             source, config = "params", config_of_params(run.data.params)
         history: dict[int, dict[str, float]] = {}
         for key in sorted(run.data.metrics):
-            for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.timestamp):
-                history.setdefault(int(m.step), {})[key] = m.value  # an epoch logged again: the newest value
+            for step, value in metric_per_epoch(c, run_id, key):  # an epoch logged again: the newest value
+                history.setdefault(int(step), {})[key] = value
     except (MlflowException, OSError, yaml.YAMLError) as e:
         raise RunNotFound(f"--run-id: cannot read run {run_id} from {tracking_uri} ({type(e).__name__}: "
                           f"{' '.join(str(e).split())[:200]})") from None

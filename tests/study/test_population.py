@@ -218,10 +218,10 @@ class _Client:
 
 
 def test_the_report_draws_learned_trajectories_only_for_a_population(tmp_path):
-    from study.report import LAMBDA_PLOT_FILE, _lambda_plot, _per_epoch
+    from study.report import LAMBDA_PLOT_FILE, _lambda_plot, metric_per_epoch
 
     client = _Client({"r1": [_Metric(1, 0.1, 10), _Metric(2, 0.1, 20), _Metric(1, 0.6, 30), _Metric(3, 0.4, 40)]})
-    assert _per_epoch(client, "r1", LAMBDA) == [(1, 0.6), (2, 0.1), (3, 0.4)]  # the newest value of an epoch
+    assert metric_per_epoch(client, "r1", LAMBDA) == [(1, 0.6), (2, 0.1), (3, 0.4)]  # the newest value of an epoch
     rows = [{"run_id": "r1", "trial_id": "a", "final": 0.9}, {"run_id": "r2", "trial_id": "b", "final": None}]
     assert _lambda_plot(client, rows, quickstart_spec(), tmp_path) == []
     (png,) = _lambda_plot(client, rows, quickstart_spec({"scheduler": "pbt"}), tmp_path)
@@ -237,7 +237,7 @@ def test_mlflow_holds_the_lineage_a_trials_checkpoint_holds(tmp_path):
     from mlflow import MlflowClient
 
     from study.folder import StudyFolder
-    from study.report import _per_epoch
+    from study.report import metric_per_epoch
     from study.tracking import read_trial, start_parent_run, sync_study
 
     spec = quickstart_spec({"scheduler": "pbt", "storage": str(tmp_path / "studies"), "train.epochs": 3})
@@ -256,8 +256,8 @@ def test_mlflow_holds_the_lineage_a_trials_checkpoint_holds(tmp_path):
     assert sync_study(folder).epochs == 3
     c = MlflowClient(uri)
     (run,) = c.search_runs([c.get_experiment_by_name(spec.experiment).experiment_id], "tags.kind = 'trial'")
-    assert _per_epoch(c, run.info.run_id, LAMBDA) == [(1, 0.7), (2, 0.7), (3, 0.5)]
-    assert [v for _, v in _per_epoch(c, run.info.run_id, TEST_ACC)] == [e[TEST_ACC] for e in lineage]
+    assert metric_per_epoch(c, run.info.run_id, LAMBDA) == [(1, 0.7), (2, 0.7), (3, 0.5)]
+    assert [v for _, v in metric_per_epoch(c, run.info.run_id, TEST_ACC)] == [e[TEST_ACC] for e in lineage]
     assert c.get_run(run.info.run_id).data.metrics[LAMBDA] == 0.5
     assert sync_study(folder).epochs == 0  # idempotent: the newest values are the record's
 
@@ -281,14 +281,14 @@ def _trajectories(spec, result, uri):
     import yaml
     from mlflow import MlflowClient
 
-    from study.report import _per_epoch
+    from study.report import metric_per_epoch
 
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name(spec.experiment).experiment_id], "tags.kind = 'trial'")
     out = {}
     for r in runs:
         path = c.download_artifacts(r.info.run_id, "config.yaml", str(Path(result.path) / f"dl_{r.info.run_id}"))
-        out[r.data.tags["trial_id"]] = (float(r.data.params["lambda0"]), _per_epoch(c, r.info.run_id, LAMBDA),
+        out[r.data.tags["trial_id"]] = (float(r.data.params["lambda0"]), metric_per_epoch(c, r.info.run_id, LAMBDA),
                                         yaml.safe_load(Path(path).read_text()), r.info.status)
     return out
 

@@ -147,10 +147,20 @@ class Trainer:
         cfg: The trial's configuration.
         data: A user's data, prepared (:func:`snn.data.prepare`); None: a built-in dataset,
             or the user's data prepared (or read from its cache) under ``cfg.data_root``.
+        progress: Called as ``progress(phase, done, total)`` while an epoch runs: ``phase``
+            is ``"train"`` or ``"test"``, ``done`` the batches of that phase done so far (0
+            when it starts, then after each batch), ``total`` the phase's batches. It only
+            watches: training is the same with or without it. None (the default): no calls.
+
+    Attributes:
+        info: What the model was built for (classes, channels, input size, kind).
+        data: The user's data as prepared, or None for a built-in dataset.
     """
 
-    def __init__(self, cfg: TrainConfig, data: snn_data.Prepared | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, data: snn_data.Prepared | None = None, *,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
         self.cfg = cfg
+        self.progress = progress
         self.device = _device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN times its algorithms once, keeps the fastest
@@ -158,6 +168,7 @@ class Trainer:
         if isinstance(cfg.dataset, UserData) and data is None:
             data = snn_data.prepare(cfg.dataset, cfg.data_root, cfg.timesteps)
         info = snn_data.info(cfg.dataset, data)
+        self.info, self.data = info, data
         self.train_loader, self.test_loader = snn_data.loaders(
             cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, data_workers(cfg.workers, self.device),
             download=cfg.download, seed=cfg.seed, prepared=data)
@@ -225,6 +236,9 @@ class Trainer:
         lam = self._lambda()
         n_checks, steps = self.cfg.stop.checks_per_epoch, self.steps_per_epoch  # the guard's checks, spread evenly
         checked = 0  # losses already checked to be finite
+        progress = self.progress
+        if progress is not None:
+            progress("train", 0, steps)
         for b, (x, y) in enumerate(self.train_loader):
             if b >= self.steps_per_epoch:
                 break
@@ -254,6 +268,8 @@ class Trainer:
                 if (verdict := self.guard.update(monitor.firing_rates())) is not None:
                     raise TrainingStopped(verdict, epoch=self.epoch + 1, step=self.step - 1,
                                           epochs_done=self.epoch + (b + 1) / self.steps_per_epoch)
+            if progress is not None:
+                progress("train", b + 1, steps)
         loss_values = torch.stack(step_losses).float().tolist() if step_losses else []  # the one wait per epoch
         for i, v in enumerate(loss_values):
             if not math.isfinite(v):
@@ -313,8 +329,11 @@ class Trainer:
         # summed on the device and read once at the end, as in train_epoch
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros(1 + len(self.model.branch_stages), dtype=torch.int64, device=self.device)  # main, branches
+        progress, total = self.progress, len(self.test_loader)
+        if progress is not None:
+            progress("test", 0, total)
         with diagnostics.ActivityMonitor(self.model) as mon:
-            for x, y in self.test_loader:
+            for b, (x, y) in enumerate(self.test_loader):
                 x, y = self._inputs(x), y.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out = self.model(x)
@@ -322,6 +341,8 @@ class Trainer:
                 logits = torch.stack([out.main, *out.branches])  # [1 + branches, B, K]
                 correct += (logits.argmax(2) == y).sum(1)
                 seen += y.shape[0]
+                if progress is not None:
+                    progress("test", b + 1, total)
         hits = correct.tolist()
         metrics = {TEST_ACC: hits[0] / max(seen, 1), TEST_LOSS: float(loss_sum) / max(seen, 1),
                    FIRING_RATE: mon.mean_firing_rate(), SYNOPS: mon.synops_per_image()}
@@ -477,7 +498,9 @@ def _set_python_state(s: list) -> None:
 
 
 def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | None = None, *,
-        state: dict[str, Any] | None = None, data: snn_data.Prepared | None = None) -> dict[str, float]:
+        state: dict[str, Any] | None = None, data: snn_data.Prepared | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+        start: Callable[[Trainer], None] | None = None) -> dict[str, float]:
     """Train for ``cfg.epochs`` epochs, calling ``report`` after each one.
 
     Args:
@@ -486,6 +509,9 @@ def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | 
             :meth:`Trainer.state_dict` is what a checkpoint should hold.
         state: A state dict to resume from; training continues after its epoch.
         data: A user's data, prepared (see :class:`Trainer`).
+        progress: Called per batch while an epoch runs (see :class:`Trainer`); None: no calls.
+        start: Called as ``start(trainer)`` once, before the first epoch (after a resume's
+            state is loaded): to say what is about to be trained.
 
     Returns:
         The last epoch's metrics (empty if there was nothing left to train).
@@ -494,10 +520,12 @@ def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | 
         TrainingDiverged: The loss became NaN or infinite.
         TrainingStopped: A stage stayed silent or saturated (``cfg.stop``).
     """
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, progress=progress)
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resumed at epoch %d (iteration %d)", trainer.epoch, trainer.step)
+    if start is not None:
+        start(trainer)
     metrics: dict[str, float] = {}
     while trainer.epoch < cfg.epochs:
         metrics = trainer.run_epoch()

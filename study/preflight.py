@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from search_spaces import build_space, describe
@@ -20,7 +21,7 @@ from study import baselines
 from study.folder import StudyError
 from study.spec import PERTURBED, POPULATION, StudySpec
 
-__all__ = ["plan", "prepare_data"]
+__all__ = ["PrepareProgress", "plan", "prepare_data"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ def prepare_data(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepa
 
     Args:
         spec: A validated spec.
-        say: Called with each line about the data (default: the log, at INFO).
+        say: Called with each line about the data (default: the log, at INFO); a long
+            preparation of a user's data adds a line of its progress every 10 s.
         fetch: Download a built-in dataset's missing files where the spec says ``download:
             true``; False only looks for them (and passes when they would be downloaded).
 
@@ -48,7 +50,7 @@ def prepare_data(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepa
     try:
         data.check_root(root)
         if isinstance(cfg.dataset, UserData):
-            prepared = data.prepare(cfg.dataset, root, cfg.timesteps, log=say)
+            prepared = data.prepare(cfg.dataset, root, cfg.timesteps, log=say, progress=PrepareProgress(say))
             if prepared.kind == "frames" and "timesteps" in spec.search.dims:
                 raise StudyError(f"search.dims: timesteps cannot be searched: {spec.dataset_name} holds frames of "
                                  f"T={spec.timesteps}, prepared once", exit_code=2)
@@ -66,6 +68,32 @@ def prepare_data(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepa
     except OSError as e:  # unreadable
         raise StudyError(f"data_root: {root}: {e.strerror or e}") from None
     return None
+
+
+class PrepareProgress:
+    """A user's data being prepared (:func:`snn.data.prepare`'s ``progress``), as lines for ``say``.
+
+    A phase that reads file by file (decoding images, binning recordings) says how far it
+    got every ``every`` seconds, and when it ends, how long it took; a phase shorter than
+    ``every`` says nothing, so a small dataset's preparation stays at its one line per phase.
+    """
+
+    def __init__(self, say, every: float = 10.0, clock=time.monotonic) -> None:
+        self.say, self.every, self.clock = say, every, clock
+        self.start = self.last = clock()
+        self.said = False
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = self.clock()
+        if done == 0:
+            self.start = self.last = now
+            self.said = False
+        elif done >= total:
+            if self.said:
+                self.say(f"  {phase}: all {total:,} done in {now - self.start:.0f} s")
+        elif now - self.last >= self.every:
+            self.last, self.said = now, True
+            self.say(f"  {phase}: {done:,} of {total:,} ({done / total:.0%}) after {now - self.start:.0f} s")
 
 
 def _machine() -> tuple[int, int]:

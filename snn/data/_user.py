@@ -24,6 +24,7 @@ and the file. Pickled content is never loaded (``allow_pickle=False``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -208,7 +209,7 @@ def load_prepared(path: str | os.PathLike, *, mmap: bool = True) -> Prepared:
                     std=tuple(meta["std"]), path=str(path))
 
 
-def prepare(user: UserData, root: str | os.PathLike, timesteps: int, *, log=None) -> Prepared:
+def prepare(user: UserData, root: str | os.PathLike, timesteps: int, *, log=None, progress=None) -> Prepared:
     """Read, check and prepare ``user``'s data once; later calls read the cache under ``root``.
 
     Args:
@@ -217,6 +218,9 @@ def prepare(user: UserData, root: str | os.PathLike, timesteps: int, *, log=None
         timesteps: T: event recordings are binned into T frames; npz frames must have T.
         log: Called with a line of progress while a preparation runs (it can take minutes
             on a large image folder); None: quiet.
+        progress: Called as ``progress(phase, done, total)`` while a phase that reads file by
+            file runs (image folders, event recordings): ``done`` is 0 when it starts, then the
+            files read so far; ``phase`` names it (``"decoding train images"``, ...). None: no calls.
 
     Raises:
         DatasetNotFoundError: A path is missing or unreadable.
@@ -234,9 +238,9 @@ def prepare(user: UserData, root: str | os.PathLike, timesteps: int, *, log=None
     if user.format == "npz":
         arrays, classes, kind = _read_npz(user, timesteps)
     elif user.format == "imagefolder":
-        arrays, classes, kind = _read_images(user, say)
+        arrays, classes, kind = _read_images(user, say, progress)
     else:
-        arrays, classes, kind = _read_events(user, timesteps, say)
+        arrays, classes, kind = _read_events(user, timesteps, say, progress)
     arrays = _split(arrays, user, classes)
     _check_labels(arrays, classes, user)
     mean, std = _stats(arrays["x_train"], scaled=kind == "static")
@@ -413,7 +417,7 @@ def _class_folders(user: UserData) -> tuple[dict[str, list[tuple[Path, str]]], t
     return listed, classes, {c: i for i, c in enumerate(classes)}
 
 
-def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
+def _read_images(user: UserData, say, progress=None) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
     from PIL import Image, UnidentifiedImageError
 
     listed, classes, index = _class_folders(user)
@@ -425,7 +429,7 @@ def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str,
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise DataError(f"dataset: {item[0]} is not a readable image ({e})") from None
 
-    heads = {f: _map(header, items) for f, items in listed.items()}
+    heads = {f: _map(header, items, progress, f"reading {f} image headers") for f, items in listed.items()}
     everything = [(p, h) for f in listed for (p, _), h in zip(listed[f], heads[f])]
     channels = 1 if all(bands == 1 for _, (_, bands) in everything) else 3
     sizes = {size for _, (size, _) in everything}
@@ -453,7 +457,7 @@ def _read_images(user: UserData, say) -> tuple[dict[str, np.ndarray], tuple[str,
     arrays = {}
     for field, items in listed.items():
         say(f"decoding {len(items):,} {field} images")
-        arrays[f"x_{field}"] = np.stack(_map(decode, [p for p, _ in items]))
+        arrays[f"x_{field}"] = np.stack(_map(decode, [p for p, _ in items], progress, f"decoding {field} images"))
         arrays[f"y_{field}"] = np.array([index[c] for _, c in items], dtype=np.int64)
     return arrays, classes, "static"
 
@@ -462,12 +466,29 @@ _GREY = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # PIL mod
 _WIDE = {"I": 65535, "I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "F": 1.0}  # their full scale
 
 
-def _map(fn, items: list) -> list:
-    """``fn`` over ``items`` in threads: PIL and NumPy release the GIL while they decode and read."""
-    if len(items) < 64:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(fn, items, chunksize=64))
+def _map(fn, items: list, progress=None, phase: str = "") -> list:
+    """``fn`` over ``items`` in threads: PIL and NumPy release the GIL while they decode and read.
+
+    ``progress(phase, done, len(items))`` is called at the start and after each item, if given.
+    """
+    if progress is None:
+        if len(items) < 64:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return list(pool.map(fn, items, chunksize=64))
+    total = len(items)
+    progress(phase, 0, total)
+    out: list = []
+    with contextlib.ExitStack() as stack:
+        if total < 64:
+            results = map(fn, items)
+        else:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)))
+            results = pool.map(fn, items, chunksize=64)
+        for r in results:
+            out.append(r)
+            progress(phase, len(out), total)
+    return out
 
 
 def _load_events(path: Path, field: str) -> np.ndarray:
@@ -493,7 +514,8 @@ def _load_events(path: Path, field: str) -> np.ndarray:
     return a
 
 
-def _read_events(user: UserData, timesteps: int, say) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
+def _read_events(user: UserData, timesteps: int, say,
+                 progress=None) -> tuple[dict[str, np.ndarray], tuple[str, ...], str]:
     import tonic
 
     listed, classes, index = _class_folders(user)
@@ -505,7 +527,8 @@ def _read_events(user: UserData, timesteps: int, say) -> tuple[dict[str, np.ndar
             e = _load_events(*item)
             return ((int(e["x"].max()), int(e["y"].max()), int((e["p"] > 0).max())) if len(e) else (0, 0, 0))
 
-        ext = np.array(_map(extent, [(p, f) for f in listed for p, _ in listed[f]]))
+        ext = np.array(_map(extent, [(p, f) for f in listed for p, _ in listed[f]], progress,
+                            "reading the events for the sensor size"))
         sensor = (int(ext[:, 0].max()) + 1, int(ext[:, 1].max()) + 1, 2 if ext[:, 2].max() > 0 else 1)
     w, h, polarities = sensor
     size = user.input_size or (h, w)
@@ -532,7 +555,8 @@ def _read_events(user: UserData, timesteps: int, say) -> tuple[dict[str, np.ndar
     arrays = {}
     for field, items in listed.items():
         say(f"binning {len(items):,} {field} recordings into {timesteps} frames")
-        arrays[f"x_{field}"] = np.stack(_map(frames, [(p, field) for p, _ in items]))
+        arrays[f"x_{field}"] = np.stack(_map(frames, [(p, field) for p, _ in items], progress,
+                                             f"binning {field} recordings"))
         arrays[f"y_{field}"] = np.array([index[c] for _, c in items], dtype=np.int64)
     return arrays, classes, "frames"
 

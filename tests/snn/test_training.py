@@ -38,6 +38,29 @@ def test_resume_is_exact():
         assert a[TRAIN_LOSS] == b[TRAIN_LOSS] and a[TEST_ACC] == b[TEST_ACC] and a["lambda"] == b["lambda"]
 
 
+def test_the_progress_hook_sees_every_batch_and_changes_nothing():
+    # what snn-study train draws its bar from: each phase's start (0) and every batch, with the
+    # phase's total; training with it is the same, bit for bit, as without it
+    def run(progress):
+        epochs, started = [], []
+        fit(cfg(epochs=2), lambda m, t: epochs.append((m, {k: v.clone() for k, v in t.model.state_dict().items()})),
+            progress=progress, start=lambda t: started.append((t, t.epoch)))
+        assert len(started) == 1 and started[0][1] == 0  # once, before the first epoch
+        return epochs, started[0][0]
+
+    calls = []
+    watched, trainer = run(lambda *a: calls.append(a))
+    plain, _ = run(None)
+    tests = len(trainer.test_loader)
+    one_epoch = [("train", b, 6) for b in range(7)] + [("test", b, tests) for b in range(tests + 1)]
+    assert tests > 1 and calls == one_epoch * 2
+    assert len(watched) == len(plain) == 2
+    for (a, wa), (b, wb) in zip(watched, plain):
+        timing = ("epoch_time", "images_per_s")
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_lambda_follows_the_schedule_per_iteration():
     seen = []
     fit(cfg(epochs=2, lambda0=0.5, schedule="linear"), lambda m, t: seen.append((m["lambda"], t.step, t.total_steps)))

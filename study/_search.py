@@ -41,6 +41,22 @@ class StudyOptunaSearch(OptunaSearch):
         self.epochs = epochs
         self._reported: dict[str, set] = {}  # trial id -> the steps told to Optuna as intermediate values
 
+    def suggest(self, trial_id: str) -> dict | None:
+        """OptunaSearch's suggestion; the Optuna trial names the Tune trial that runs it
+        (user attribute :data:`TUNE_TRIAL_IDS`), so Optuna's view links to Tune and MLflow."""
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self.link(trial_id, [trial_id])
+        return config
+
+    def link(self, trial_id: str, tune_trial_ids: list[str]) -> None:
+        """Record on the Optuna trial of Tune trial ``trial_id`` the Tune trials that ran its
+        configuration (a configuration replicated over seeds runs in several)."""
+        # Private (no public accessor): OptunaSearch's Optuna trials by Tune trial id
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and not self._finished(ot_trial):
+            ot_trial.set_user_attr(TUNE_TRIAL_IDS, list(tune_trial_ids))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get(STOPPED) or result.get(DIVERGED):  # the last report of a stopped or diverged trial: no value
             return
@@ -108,6 +124,8 @@ class StudyOptunaSearch(OptunaSearch):
         return self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished()
 
 
+TUNE_TRIAL_IDS = "tune_trial_ids"  # an Optuna trial's user attribute: the Tune trials that ran its configuration
+MLFLOW_RUN_IDS = "mlflow_run_ids"  # an Optuna trial's user attribute: their MLflow runs (set by study.tracking)
 CONSTRAINT = "firing"  # an Optuna constraint of every trial: 1 for a silent or saturated network, else 0
 
 
@@ -136,7 +154,10 @@ class SeededRepeater(Repeater):
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             # Private (no public accessor): Repeater's group of this trial, which it was just added to
-            config["seed"] = self.seed + self._trial_id_to_group[trial_id].count() - 1
+            group = self._trial_id_to_group[trial_id]
+            config["seed"] = self.seed + group.count() - 1
+            if trial_id != group.primary_trial_id and isinstance(self.searcher, StudyOptunaSearch):
+                self.searcher.link(group.primary_trial_id, list(group._trials))  # private too: the group's trials
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:

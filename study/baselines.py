@@ -10,8 +10,10 @@ are lower-cased as in :data:`snn.registry.ARCHS` where the project builds them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from snn.config import PAPER_NAMES
+from snn.config import METHODS, PAPER_NAMES, PAPER_SURROGATE, meaningful
+from snn.registry import SURROGATE_DEFAULTS
 
 __all__ = ["BASELINES", "DATASETS", "Baseline", "rows"]
 
@@ -41,6 +43,23 @@ class Baseline:
     def method_tag(self) -> str:
         """The project's method vocabulary: vanilla, shortcut, evolutionary, or other."""
         return _OURS.get(self.method, "other")
+
+    def setting(self) -> dict[str, Any]:
+        """The row's setting, under the names of a trial's config (its MLflow params).
+
+        The paper's own rows carry its full setting (:data:`snn.config.METHODS`: λ₀, the
+        schedule and the branches of Eq. 10, the triangle surrogate of Eq. 4 with its default
+        parameter, T, the architecture, the dataset), without what the setting ignores
+        (:func:`snn.config.meaningful`: no λ₀ for vanilla training), so a row lands on the
+        same axes as the trials. Other methods' rows carry what the paper gives: the
+        architecture, T and the dataset.
+        """
+        common = {"dataset": self.dataset, "arch": self.architecture, "timesteps": self.timesteps,
+                  "method": self.method_tag}
+        if not self.ours:
+            return common
+        return meaningful({**common, **METHODS[self.method_tag], "surrogate": PAPER_SURROGATE,
+                           "surrogate_param": SURROGATE_DEFAULTS[PAPER_SURROGATE]})
 
     def run_name(self) -> str:
         """A stable name, unique over all rows, used for the row's MLflow run."""

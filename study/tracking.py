@@ -22,6 +22,7 @@ shows that record:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 from unittest import mock
 
+import numpy as np
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -47,22 +49,26 @@ from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from snn.config import dataset_name, meaningful, method_of
+from snn.config import TrainConfig, dataset_name, meaningful, method_of
+from snn.registry import SURROGATE_DEFAULTS
 from snn.metrics import DIVERGED, EPOCH, LAMBDA, STOPPED, STOPPED_STAGE, TEST_ACC
 from study import baselines as _baselines
-from study.folder import SEARCH, StudyFolder, stage_of
+from study.folder import OPTUNA_FILE, SEARCH, StudyFolder, stage_of
 from study.provenance import provenance
 from study.report import GRAD_PLOT_FILE, metric_per_epoch, plot_grad_histogram
 from study.spec import is_tracking_server
-from trainables.layout import FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, TORCH_THREADS, read_record
+from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE, TORCH_THREADS,
+                               read_record)
 
-__all__ = ["KIND", "RunNotFound", "StudyTracker", "SyncSummary", "TrialRecord", "TrialRun", "check_tracking_uri",
-           "config_of_params", "finish_parent_run", "log_baselines", "read_trial", "read_trial_run", "reachable",
-           "start_parent_run", "sync_study"]
+__all__ = ["BASELINE_ARTIFACT", "BEST_CONFIG_ARTIFACT", "KIND", "MODEL_NAME", "OPTUNA_TRIAL_TAG", "RunNotFound",
+           "StudyTracker", "SyncSummary", "TrialRecord", "TrialRun", "check_tracking_uri", "config_of_params",
+           "finish_parent_run", "inference_model", "log_baselines", "log_inference_model", "params_of", "read_trial",
+           "read_trial_run", "reachable", "register_best_model", "RegisteredModel", "start_parent_run", "sync_study"]
 
 log = logging.getLogger(__name__)
 
 KIND = "kind"  # tag: study | trial | baseline
+OPTUNA_TRIAL_TAG = "optuna_trial_number"  # tag of a trial's run: its Optuna trial's number
 CONFIG_ARTIFACT = "config.yaml"
 _NOT_METRICS = (set(AUTO_RESULT_KEYS) - {"time_total_s"}) | {"config", "trial_id", "node_ip", "hostname", "pid",
                                                               NODE_ID, TORCH_THREADS, "error"}
@@ -97,9 +103,22 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
                               f"start it or pass another --tracking-uri")
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3's UI: the classic ML view
+
+
 def _experiment_id(c: MlflowClient, name: str) -> str:
+    """The experiment's id; a new one is created as a model-training experiment (MLflow 3's UI
+    opens those on the runs table, not on the GenAI traces page)."""
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else c.create_experiment(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+    except Exception:  # another study or process created it meanwhile
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[str, Any],
@@ -109,7 +128,10 @@ def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[
     if run_id is not None:
         c.update_run(run_id, status="RUNNING")
         return run_id
-    run = c.create_run(_experiment_id(c, experiment), run_name=study, tags={KIND: "study", "study": study})
+    exp_id = _experiment_id(c, experiment)
+    if EXPERIMENT_KIND[0] not in c.get_experiment(exp_id).tags:  # made by an older version, or by hand
+        c.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    run = c.create_run(exp_id, run_name=study, tags={KIND: "study", "study": study})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -117,67 +139,255 @@ def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[
     return run.info.run_id
 
 
+MACHINE_PARAMS = ("data_root",)  # where this machine keeps the data: not what defines a trial
+
+
+def _relative(path: Any, root: str | None) -> str:
+    """``path`` relative to ``root`` where it lies inside it, else as it is."""
+    if root is None or not isinstance(path, str):
+        return str(path)
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except (ValueError, OSError):
+        return path
+
+
 def params_of(config: dict[str, Any]) -> dict[str, str]:
-    """A trial's config as MLflow params: a user's dataset mapping as ``dataset`` (its name)
-    and one ``dataset.<key>`` param per key it sets, so the UI can filter and compare on each."""
+    """A trial's config as MLflow params: what defines the trial, not where this machine keeps
+    its data (:data:`MACHINE_PARAMS`). A user's dataset mapping becomes ``dataset`` (its name)
+    and one ``dataset.<key>`` param per key it sets, its files relative to the data root, so
+    the UI can filter and compare on each and two machines' runs read the same. A surrogate
+    parameter left to its default is logged as that default's value (Eq. 4's shape, as trained),
+    on the same axis as the searched ones and the paper's rows."""
+    root = config.get("data_root")
     out = {}
     for k, v in meaningful(config).items():  # a vanilla trial has no λ₀
+        if k in MACHINE_PARAMS:
+            continue
         if k == "dataset" and isinstance(v, dict):
             out[k] = dataset_name(v)
-            out.update({f"{k}.{key}": str(value) for key, value in v.items() if value is not None})
+            out.update({f"{k}.{key}": _relative(value, root) if key in ("train", "test") else str(value)
+                        for key, value in v.items() if value is not None})
+        elif k == "surrogate_param" and v is None:  # the surrogate's default, as the trial trained with it
+            out[k] = str(SURROGATE_DEFAULTS.get(config.get("surrogate", ""), v))
         else:
             out[k] = str(v)
     return {k: v[:6000] for k, v in out.items()}  # MLflow's longest param value
 
 
-def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | None, status: str = "FINISHED") -> None:
-    """Record the best trial's config and metrics on the parent run and close it."""
+BEST_CONFIG_ARTIFACT = "best_trial_config.yaml"  # on the parent run: the best full-budget trial's config
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
+
+
+def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | None, status: str = "FINISHED",
+                      note: str | None = None) -> None:
+    """Record the study's best full-budget trial on its parent run, and close the run.
+
+    The parent run holds the study's answer, not a copy of a trial's internals: the metric
+    ``best_test_acc`` (that trial's final test accuracy), the tags ``best_trial_id`` and
+    ``best_run_id`` (its run), the artifact :data:`BEST_CONFIG_ARTIFACT` (its config), and
+    ``note``, the answer in a few lines, as the run's description. The comparison of the
+    configurations and the importance of each dimension are recorded by
+    :func:`study.analysis.record_analysis`, the report's plots by :func:`study.report.write_report`.
+    """
     c = MlflowClient(tracking_uri)
+    tags = [RunTag(NOTE, note)] if note else []
     if best:
-        params = [Param(f"best.{k}", v) for k, v in params_of(best["config"]).items()]
-        metrics = [Metric(f"best_{k}", float(v), 0, 0) for k, v in best["metrics"].items()
-                   if _number(v) and k not in _NOT_METRICS]  # Tune's own keys (pid, timestamp, ...) too
-        existing = c.get_run(run_id).data.params
-        c.log_batch(run_id, metrics=metrics, params=[p for p in params if p.key not in existing],
-                    tags=[RunTag("best_trial_id", best["trial_id"])])
+        tags.append(RunTag("best_trial_id", best["trial_id"]))
+        run = c.get_run(run_id)
+        found = c.search_runs([run.info.experiment_id], max_results=1, filter_string=(
+            f"tags.mlflow.parentRunId = '{run_id}' and tags.trial_id = '{best['trial_id']}'"))
+        if found:
+            tags.append(RunTag("best_run_id", found[0].info.run_id))
+        acc = best["metrics"].get(TEST_ACC)
+        metrics = [Metric("best_test_acc", float(acc), int(time.time() * 1000), 0)] if _number(acc) else []
+        c.log_batch(run_id, metrics=metrics, tags=tags)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / BEST_CONFIG_ARTIFACT
+            path.write_text(yaml.safe_dump(best["config"], sort_keys=True))
+            c.log_artifact(run_id, str(path))
+    elif tags:
+        c.log_batch(run_id, tags=tags)
     c.set_terminated(run_id, status)
+
+
+BASELINE_ARTIFACT = "baseline.json"  # every baseline run's artifact: the row as the paper gives it
 
 
 def log_baselines(tracking_uri: str, experiment: str, dataset: str | None) -> int:
     """Log the paper's rows for ``dataset`` (all rows for None) as ``kind=baseline`` runs.
 
-    Idempotent: a row already in the experiment is not logged again.
+    Each run carries the row's full setting as params (:meth:`Baseline.setting`: the same
+    names and values as a trial's params, so it lands on the trials' axes in MLflow's
+    charts), ``test_acc`` (a fraction, and its std where the paper gives one), and the row
+    as an artifact (:data:`BASELINE_ARTIFACT`), so that no view of it has an empty artifact
+    section. Idempotent: a row already in the experiment is not logged again; one logged by
+    an older version is completed with what it lacks.
 
     Returns:
         The number of runs created.
     """
     c = MlflowClient(tracking_uri)
     exp_id = _experiment_id(c, experiment)
-    existing = {r.data.tags.get("baseline") for r in c.search_runs([exp_id], filter_string=f"tags.{KIND} = 'baseline'",
-                                                                    max_results=5000)}
+    existing = {r.data.tags.get("baseline"): r for r in c.search_runs(
+        [exp_id], filter_string=f"tags.{KIND} = 'baseline'", max_results=5000)}
     created = 0
     for row in _baselines.rows(dataset):
         name = row.run_name()
-        if name in existing:
-            continue
-        run = c.create_run(exp_id, run_name=name, tags={
-            KIND: "baseline", "baseline": name, "table": str(row.table), "dataset": row.dataset,
-            "method": row.method_tag, "paper_method": row.method, "citation": row.citation,
-            "arch": row.architecture, "timesteps": str(row.timesteps)})
-        metrics = [Metric(TEST_ACC, row.accuracy, 0, 0)]
-        if row.std is not None:
-            metrics.append(Metric(f"{TEST_ACC}_std", row.std, 0, 0))
-        c.log_batch(run.info.run_id, metrics=metrics,
-                    params=[Param("arch", row.architecture), Param("timesteps", str(row.timesteps)),
-                            Param("dataset", row.dataset)],
-                    tags=[RunTag("mlflow.note.content", f"Table {row.table} of Guo et al., NeurIPS 2024")])
-        c.set_terminated(run.info.run_id, "FINISHED")
-        created += 1
+        params = {k: str(v) for k, v in row.setting().items()}
+        run = existing.get(name)
+        if run is None:
+            run = c.create_run(exp_id, run_name=name, tags={
+                KIND: "baseline", "baseline": name, "table": str(row.table), "dataset": row.dataset,
+                "method": row.method_tag, "paper_method": row.method, "citation": row.citation,
+                "arch": row.architecture, "timesteps": str(row.timesteps),
+                "mlflow.note.content": f"Table {row.table} of Guo et al., NeurIPS 2024: {row.method}"
+                                       f"{f' ({row.citation})' if row.citation else ''}, {row.architecture}, "
+                                       f"T={row.timesteps} on {row.dataset}"})
+            metrics = [Metric(TEST_ACC, row.accuracy, 0, 0)]
+            if row.std is not None:
+                metrics.append(Metric(f"{TEST_ACC}_std", row.std, 0, 0))
+            c.log_batch(run.info.run_id, metrics=metrics)
+            created += 1
+        have = run.data.params if name in existing else {}
+        missing = [Param(k, v) for k, v in params.items() if k not in have]
+        if missing:
+            c.log_batch(run.info.run_id, params=missing)
+        if name not in existing or BASELINE_ARTIFACT not in {a.path for a in c.list_artifacts(run.info.run_id)}:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / BASELINE_ARTIFACT
+                path.write_text(json.dumps({**dataclasses.asdict(row), "setting": row.setting()}, indent=2))
+                c.log_artifact(run.info.run_id, str(path))
+        if name not in existing:
+            c.set_terminated(run.info.run_id, "FINISHED")
     return created
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# -- a finished trial's inference network, as an MLflow model -----------------------------------
+MODEL_NAME = "model"  # the name of every trial's logged model
+
+
+class _NoPickleAdvice(logging.Filter):
+    """Drops mlflow.pytorch's advice to save as 'pt2' (torch.export): an exported spiking
+    network is fixed to the example's batch size, so the study saves the module itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serialization_format" not in record.getMessage()
+
+
+def inference_model(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, np.ndarray]:
+    """The stripped network of a trial's final checkpoint (Algorithm 1, inference part: the
+    main branch only, Eq. 7's b_n) with its weights, in eval mode, and an input example of
+    one sample (``[1, C, H, W]``; frames ``[T, 1, C, H, W]``, as the network takes them).
+
+    Raises:
+        FileNotFoundError: The checkpoint holds no stripped model (not the trial's last epoch).
+    """
+    from snn import models
+
+    checkpoint = Path(checkpoint)
+    spec = json.loads((checkpoint / STRIPPED_SPEC_FILE).read_text())
+    net = models.strip_shortcuts(models.build(**spec["build"]))
+    net.load_state_dict(torch.load(checkpoint / STRIPPED_MODEL_FILE, weights_only=True))
+    shape = spec["input_shape"]
+    example_shape = [shape[0], 1, *shape[1:]] if spec["kind"] == "frames" else [1, *shape]
+    example = np.random.default_rng(0).random(example_shape, dtype=np.float32)  # a fixed, non-trivial input
+    return net.eval(), example
+
+
+def log_inference_model(tracking_uri: str, run_id: str, checkpoint: str | os.PathLike) -> str:
+    """Log a finished trial's inference network to its run with ``mlflow.pytorch`` (signature
+    and input example included); return the model's URI, for ``mlflow.pytorch.load_model``.
+
+    The module is saved whole (``serialization_format="pickle"``) with the ``snn`` package's
+    source (``code_paths``), so it loads where the project is not installed; torch.export's
+    format would fix the batch size to the example's.
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    import snn
+
+    net, example = inference_model(checkpoint)
+    mlflow.set_tracking_uri(tracking_uri)  # the driver's one store; the active run below is this thread's
+    advice = _NoPickleAdvice()
+    logging.getLogger("mlflow.pytorch").addFilter(advice)
+    try:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            info = mlflow.pytorch.log_model(
+                net, name=MODEL_NAME, input_example=example, serialization_format="pickle",
+                code_paths=[str(Path(snn.__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", "numba"])
+    finally:
+        logging.getLogger("mlflow.pytorch").removeFilter(advice)
+    return info.model_uri
+
+
+BEST_ALIAS = "best"  # the registered version of a study's best model: models:/<study>@best
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A study's best model in the Model Registry."""
+
+    name: str
+    version: str
+    run_id: str
+    trial_id: str
+    test_acc: float
+
+    @property
+    def uri(self) -> str:
+        """What ``mlflow.pytorch.load_model`` loads: the study's model by its alias."""
+        return f"models:/{self.name}@{BEST_ALIAS}"
+
+
+def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str) -> RegisteredModel | None:
+    """Register, under the study's name, the logged model of the trial among ``trial_ids`` with
+    the best final ``test_acc`` (the best configuration's replicates, or the best trial), and
+    point the alias :data:`BEST_ALIAS` at it. Idempotent: the same model is not registered twice.
+
+    Args:
+        folder: The study.
+        trial_ids: The trials to choose from.
+        why: The version's description: what made these trials the best.
+
+    Returns:
+        The registered version, or None where none of the trials has a logged model.
+    """
+    c = MlflowClient(folder.tracking_uri)
+    exp = c.get_experiment_by_name(folder.spec.experiment)
+    if exp is None:
+        return None
+    runs = []
+    for trial_id in dict.fromkeys(trial_ids):
+        runs += c.search_runs([exp.experiment_id], max_results=1, filter_string=(
+            f"tags.study = '{folder.spec.name}' and tags.{KIND} = 'trial' and tags.trial_id = '{trial_id}'"))
+    runs = sorted((r for r in runs if _number(r.data.metrics.get(TEST_ACC)) and math.isfinite(r.data.metrics[TEST_ACC])),
+                  key=lambda r: -r.data.metrics[TEST_ACC])
+    for run in runs:
+        models = c.search_logged_models([exp.experiment_id], max_results=1,
+                                        filter_string=f"source_run_id = '{run.info.run_id}'")
+        if models:
+            break
+    else:
+        return None
+    name, model = folder.spec.name, models[0]
+    versions = c.search_model_versions(f"name = '{name}'")
+    version = next((v for v in versions if v.source == model.model_uri), None)
+    if version is None:
+        if not versions and not c.search_registered_models(f"name = '{name}'"):
+            c.create_registered_model(name, description=f"The best model of study {name} (snn-study)")
+        version = c.create_model_version(name, model.model_uri, run_id=run.info.run_id, model_id=model.model_id,
+                                         description=why, tags={"trial_id": run.data.tags.get("trial_id", ""),
+                                                                TEST_ACC: str(run.data.metrics[TEST_ACC])})
+    c.set_registered_model_alias(name, BEST_ALIAS, version.version)
+    return RegisteredModel(name, str(version.version), run.info.run_id, run.data.tags.get("trial_id", ""),
+                           float(run.data.metrics[TEST_ACC]))
 
 
 # -- what re-running a trial reads from its run -------------------------------------------------
@@ -211,17 +421,26 @@ def _param_value(raw: str, field_info: Any, nullable: bool = True) -> Any:
         return raw
 
 
-def config_of_params(params: dict[str, str]) -> dict[str, Any]:
+def config_of_params(params: dict[str, str], data_root: str | None = None) -> dict[str, Any]:
     """A trial's config from its MLflow params (the inverse of :func:`params_of`): each value
-    parsed back to its type, a user's dataset mapping rebuilt from its ``dataset.<key>`` params."""
-    from snn.config import TrainConfig, UserData
+    parsed back to its type, a user's dataset mapping rebuilt from its ``dataset.<key>`` params.
 
-    config: dict[str, Any] = {}
+    Args:
+        params: The run's params.
+        data_root: Where the data is on this machine (the params do not say): the config's
+            ``data_root``, and the folder that a user's relative ``train``/``test`` files are
+            in. None: TrainConfig's default, files as logged.
+    """
+    from snn.config import UserData
+
+    config: dict[str, Any] = {} if data_root is None else {"data_root": data_root}
     data: dict[str, Any] = {}
     for k, raw in params.items():
         if k.startswith("dataset."):
             key = k.removeprefix("dataset.")
             data[key] = _param_value(raw, UserData.model_fields.get(key), nullable=False)  # None is not logged
+            if key in ("train", "test") and data_root is not None and not Path(raw).is_absolute():
+                data[key] = str(Path(data_root) / raw)
         elif k == "dataset":
             config[k] = raw
         else:
@@ -287,7 +506,8 @@ def read_trial_run(tracking_uri: str, run_id: str) -> TrialRun:
                 config = yaml.safe_load(Path(c.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)).read_text())
             source = CONFIG_ARTIFACT
         if not isinstance(config, dict):
-            source, config = "params", config_of_params(run.data.params)
+            # where the data was is not a param: read it under this machine's default data root
+            source, config = "params", config_of_params(run.data.params, TrainConfig.model_fields["data_root"].default)
         history: dict[int, dict[str, float]] = {}
         for key in sorted(run.data.metrics):
             for step, value in metric_per_epoch(c, run_id, key):  # an epoch logged again: the newest value
@@ -396,12 +616,25 @@ def read_trial(trial_dir: str | Path) -> TrialRecord | None:
                        checkpoints[-1] if checkpoints else None, error)
 
 
+def _started_ms(results: list[dict[str, Any]]) -> int | None:
+    """When a trial started, in ms, from its first epoch's result (its end less its duration);
+    None without one."""
+    first = next((r for r in results if _number(r.get("timestamp"))), None)
+    if first is None:
+        return None
+    took = first.get("time_this_iter_s", first.get("epoch_time", 0.0))
+    return int((float(first["timestamp"]) - (float(took) if _number(took) else 0.0)) * 1000)
+
+
 # -- the projection into MLflow ------------------------------------------------------------------
 class _Projection:
     """Writes trial records into one study's MLflow runs; idempotent: what MLflow has is not sent again."""
 
-    def __init__(self, tracking_uri: str, experiment: str, study: str, parent_run_id: str) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, study: str, parent_run_id: str,
+                 optuna_db: Path | None = None) -> None:
         self.uri, self.study, self.parent = tracking_uri, study, parent_run_id
+        self.optuna_db = optuna_db  # the study's Optuna storage, whose trials name their runs
+        self._optuna = None  # that Optuna study, once loaded
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment)
         self._runs: dict[str, str] = {}  # trial id -> run id
@@ -418,8 +651,11 @@ class _Projection:
         self._status[run.info.run_id] = run.info.status
         return run.info.run_id
 
-    def run_of(self, trial_id: str, config: dict[str, Any], stage: str = SEARCH) -> str:
-        """The trial's run: found by its tags, else created with its params (and its ``stage``)."""
+    def run_of(self, trial_id: str, config: dict[str, Any], stage: str = SEARCH,
+               results: list[dict[str, Any]] | None = None) -> str:
+        """The trial's run: found by its tags, else created with its params (and its ``stage``),
+        starting when the trial started where ``results`` say (a run made after the fact, by a
+        writer that was behind or by a sync, then shows how long the trial trained)."""
         if trial_id in self._runs:
             return self._runs[trial_id]
         run_id = self._find(trial_id)
@@ -428,15 +664,53 @@ class _Projection:
                     "dataset": dataset_name(config.get("dataset")), "arch": str(config.get("arch")),
                     "timesteps": str(config.get("timesteps")), "method": _method(config), "stage": stage,
                     **provenance().tags()}
-            run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags)
+            run = self.client.create_run(self.experiment_id, run_name=f"trial_{trial_id}", tags=tags,
+                                         start_time=_started_ms(results or []))
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(params_of(config).items())])
             self._status[run_id] = "RUNNING"
             self._logged[run_id] = {}
+            self._link_optuna(trial_id, run_id)
         else:
             self._logged[run_id] = self._logged_epochs(run_id)
         self._runs[trial_id] = run_id
         return run_id
+
+    def _link_optuna(self, trial_id: str, run_id: str) -> None:
+        """Tag a new run with its Optuna trial's number (:data:`OPTUNA_TRIAL_TAG`), and add the
+        run to that trial's user attribute ``mlflow_run_ids``: each view links to the other.
+
+        The Optuna trial is found by the Tune trial ids it names (``tune_trial_ids``, set by
+        :class:`study._search.StudyOptunaSearch`), first among the running ones: a run is made as
+        its trial starts. A trial that ended before its run was made (seconds long, or written
+        by a later sync) is named by its run only: Optuna keeps a finished trial as it is. A
+        study without Optuna (PBT, the confirm stage) has nothing to link.
+        """
+        if self.optuna_db is None or not self.optuna_db.is_file():
+            return
+        import optuna
+
+        from study._search import MLFLOW_RUN_IDS, TUNE_TRIAL_IDS
+
+        try:
+            if self._optuna is None:
+                self._optuna = optuna.load_study(study_name=self.study, storage=f"sqlite:///{self.optuna_db}")
+            running = self._optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            trial = next((t for t in running if trial_id in t.user_attrs.get(TUNE_TRIAL_IDS, ())), None)
+            if trial is None:  # finished before its run was made (a short trial, a sync): the run still names it
+                trial = next((t for t in reversed(self._optuna.get_trials(deepcopy=False))
+                              if trial_id in t.user_attrs.get(TUNE_TRIAL_IDS, ())), None)
+            if trial is None:
+                return
+            self.client.set_tag(run_id, OPTUNA_TRIAL_TAG, str(trial.number))
+            if trial.state.is_finished():  # Optuna keeps a finished trial as it is
+                return
+            runs = list(dict.fromkeys([*trial.user_attrs.get(MLFLOW_RUN_IDS, []), run_id]))
+            # Private: Optuna sets a user attribute only through a Trial object (the searcher's) or the
+            # storage by internal trial id
+            self._optuna._storage.set_trial_user_attr(trial._trial_id, MLFLOW_RUN_IDS, runs)
+        except Exception as e:  # the links are a convenience: the run and the trial stand without them
+            log.debug("MLflow: could not link trial %s to its Optuna trial (%s: %s)", trial_id, type(e).__name__, e)
 
     def _logged_epochs(self, run_id: str) -> dict[int, tuple]:
         """The epochs a run has, each with its newest values' signature and time."""
@@ -459,7 +733,7 @@ class _Projection:
         the trial's checkpoint holds it, in place of the trial's own): it is logged again at its
         step, newer than what it replaces, and every reader takes an epoch's newest value.
         """
-        run_id = self.run_of(trial_id, config, stage)
+        run_id = self.run_of(trial_id, config, stage, results)
         logged = self._logged.setdefault(run_id, {})
         new = [r for r in _by_epoch(results) if logged.get(int(r[EPOCH]), (None,))[0] != _signature(r)]
         if not new:
@@ -487,7 +761,7 @@ class _Projection:
     def end(self, record: TrialRecord, status: str, reason: str | None = None) -> bool:
         """Close the trial's run as ``status`` (FINISHED or FAILED), with its artifacts and the
         reason of a failure; return whether the run's status changed."""
-        run_id = self.run_of(record.trial_id, record.config)
+        run_id = self.run_of(record.trial_id, record.config, record.stage, record.results)
         if self._status.get(run_id) == status:
             return False
         have = {a.path for a in self.client.list_artifacts(run_id)}
@@ -511,13 +785,18 @@ class _Projection:
             tags = [RunTag("stopped_early", "true"), RunTag("last_epoch", str(int(record.results[-1][EPOCH])))]
         if tags:
             self.client.log_batch(run_id, tags=tags)
-        self.client.set_terminated(run_id, status)
+        last = record.results[-1].get("timestamp") if record.results else None
+        self.client.set_terminated(run_id, status, end_time=int(float(last) * 1000) if _number(last) else None)
         self._status[run_id] = status
         return True
 
     def _checkpoint_artifacts(self, run_id: str, record: TrialRecord, have: set[str]) -> None:
         model = record.checkpoint / STRIPPED_MODEL_FILE
-        if model.exists() and STRIPPED_MODEL_FILE not in have:
+        if (record.checkpoint / STRIPPED_SPEC_FILE).exists():
+            if not self.client.search_logged_models([self.experiment_id], max_results=1,
+                                                    filter_string=f"source_run_id = '{run_id}'"):
+                log_inference_model(self.uri, run_id, record.checkpoint)
+        elif model.exists() and STRIPPED_MODEL_FILE not in have:  # a trial of an older version: the bare weights
             self.client.log_artifact(run_id, str(model))
         grad = record.checkpoint / FIRST_GRAD_FILE
         if grad.exists() and GRAD_PLOT_FILE not in have:
@@ -597,7 +876,8 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
         Exception: Whatever the tracking store raised (it is down): run the sync again later.
     """
     statuses = statuses or {}
-    projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id)
+    projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id,
+                             folder.path / OPTUNA_FILE)
     summary = SyncSummary()
     for trial_dir in folder.trial_dirs() if trial_dirs is None else trial_dirs:
         if stage is not None and trial_dirs is None and stage_of(trial_dir) != stage:
@@ -688,8 +968,10 @@ class StudyTracker(tune.Callback):
                 raise ConnectionError("the server does not answer")
             if self._projection is None:
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
-                                               self.folder.spec.name, self.folder.parent_run_id)
-            self._projection.run_of(trial_id, self._initial[trial_id], self.stage)
+                                               self.folder.spec.name, self.folder.parent_run_id,
+                                               self.folder.path / OPTUNA_FILE)
+            last = getattr(self._trials.get(trial_id), "last_result", None)  # when it started, if it has reported
+            self._projection.run_of(trial_id, self._initial[trial_id], self.stage, [last] if last else None)
             fn(self._projection)
             took = time.monotonic() - self._started
             if took > self.SLOW_WRITE_S and not self._down:  # it waited out an outage in MLflow's retries
@@ -698,7 +980,7 @@ class StudyTracker(tune.Callback):
             for other in sorted(behind):  # results that came while the writer was busy, from their folders
                 trial = self._trials.get(other)
                 if trial is not None and (record := self._record(trial)) is not None:
-                    self._projection.run_of(other, self._initial[other], self.stage)
+                    self._projection.run_of(other, self._initial[other], self.stage, record.results)
                     _project(self._projection, record)
                 behind.discard(other)
         except Exception as e:  # the store refused or failed: the trial folders keep the record

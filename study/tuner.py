@@ -37,11 +37,13 @@ from snn.metrics import DIVERGED, EPOCH, FIRING_RATE, TEST_ACC
 from study import local_ray
 from study._search import Points, SeededRepeater, StudyOptunaSearch
 from study.folder import CONFIRM, SEARCH, StudyError, StudyFolder, open_study, stage_dir, study_paths, write_state
-from study.analysis import record_analysis
+from study import baselines as _baselines
+from study.analysis import Analysis, record_analysis
 from study.preflight import prepare_data
 from study.spec import PERTURBED, POPULATION, StudySpec
-from study.tracking import (StudyTracker, check_tracking_uri, finish_parent_run, log_baselines, start_parent_run,
-                            sync_study)
+from study.report import write_report
+from study.tracking import (RegisteredModel, StudyTracker, check_tracking_uri, finish_parent_run, log_baselines,
+                            register_best_model, start_parent_run, sync_study)
 from trainables import train_snn
 
 __all__ = ["StudyError", "StudyResult", "build_tuner", "resume_study", "run_study", "study_paths"]
@@ -65,6 +67,7 @@ class StudyResult:
     stopped: int = 0  # trials the scheduler stopped before their full budget (PRUNED in Optuna)
     confirmed: int = 0  # trials of the confirm stage
     answer: list[str] = field(default_factory=list)  # the best replicated configuration, the paired differences
+    model: RegisteredModel | None = None  # the best model, registered under the study's name
 
 
 def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
@@ -290,6 +293,7 @@ def _confirm(folder: StudyFolder, results, *, verbose: int, prepared: data.Prepa
         log.info("confirm stage: resuming it")
         return tune.Tuner.restore(where, trainable=_trainable(folder.spec, prepared, CONFIRM), resume_unfinished=True,
                                   resume_errored=True).fit()
+    log.info("search stage finished; choosing the configurations to confirm")
     points = confirm_points(folder.spec, results)
     if not points:
         log.warning("confirm stage: no trial of the search trained its full budget; nothing to confirm")
@@ -362,15 +366,21 @@ def _best(results, epochs: int) -> dict[str, Any] | None:
             "metrics": {k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
 
 
-def _answer(folder: StudyFolder) -> list[str]:
-    """The study's answer, from its full-budget trials in MLflow (:mod:`study.analysis`, also on the
-    parent run): the best replicated configuration with its interval, and the paired differences
-    of the paper's methods; empty without replicates."""
+def _analysis(folder: StudyFolder) -> Analysis | None:
+    """The study's analysis, recorded on its parent run (:mod:`study.analysis`); None while the
+    store does not answer."""
     try:
-        analysis = record_analysis(folder)
+        return record_analysis(folder)
     except Exception as e:  # the store is down at the very end: 'snn-study report' computes it later
         log.warning("MLflow: the study's comparison could not be recorded (%s: %s); 'snn-study report %s' "
                     "computes it once the store answers", type(e).__name__, str(e)[:200], folder.path)
+        return None
+
+
+def _answer(analysis: Analysis | None) -> list[str]:
+    """The study's answer: the best replicated configuration with its interval, and the paired
+    differences of the paper's methods; empty without replicates."""
+    if analysis is None:
         return []
     lines = []
     best = analysis.best
@@ -379,6 +389,49 @@ def _answer(folder: StudyFolder) -> list[str]:
                      f"[{best.ci[0]:.4f}, {best.ci[1]:.4f}] (95 % CI) over {best.n} seeds")
     lines += [d.sentence for d in analysis.differences if d.stage == analysis.stage]
     return lines
+
+
+def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, Any] | None) -> RegisteredModel | None:
+    """Register the model of the best configuration's best replicate, else of the best trial."""
+    if analysis is not None and analysis.best is not None:
+        trial_ids, why = analysis.best.trial_ids, (f"the best of the {analysis.best.n} replicates of the best "
+                                                   f"configuration ({analysis.stage} stage): {analysis.best.label}")
+    elif best is not None:
+        trial_ids, why = [best["trial_id"]], "the best trial that trained its full budget"
+    else:
+        return None
+    try:
+        return register_best_model(folder, trial_ids, why)
+    except Exception as e:  # the store is down, or has no model registry (a folder store)
+        log.warning("MLflow: the best model could not be registered (%s: %s)", type(e).__name__, str(e)[:200])
+        return None
+
+
+def _note(folder: StudyFolder, results, answer: list[str], best: dict[str, Any] | None,
+          registered: RegisteredModel | None) -> str:
+    """The parent run's description: the study's answer in a few lines (markdown)."""
+    spec = folder.spec
+    lines = [f"**{spec.name}**: {len(results)} trial(s) on `{spec.dataset_name}`, {spec.arch}, T={spec.timesteps}, "
+             f"search `{spec.search.preset}`."]
+    lines += [f"- {line}" for line in answer]
+    if best:
+        lines.append(f"- best trial `{best['trial_id']}` (full budget): test_acc "
+                     f"{best['metrics'].get(TEST_ACC, float('nan')):.4f}")
+    if registered is not None:
+        lines.append(f"- its model: `{registered.uri}` (version {registered.version}, trial {registered.trial_id})")
+    if not _baselines.rows(spec.dataset_name):
+        lines.append(f"- The paper reports no results on `{spec.dataset_name}`: no baselines beside these trials.")
+    lines.append("\nComparison, importance and plots: the artifacts `comparison.md` and `report/`.")
+    return "\n".join(lines)
+
+
+def _report(folder: StudyFolder, analysis: Analysis | None) -> None:
+    """Write the study's report, which also puts its plots on the parent run."""
+    try:
+        write_report(folder.path, analysis=analysis)
+    except Exception as e:  # a plot or the store failed: the study's results stand without it
+        log.warning("report: could not be written (%s: %s); run 'snn-study report %s'", type(e).__name__,
+                    str(e)[:200], folder.path)
 
 
 def _finish(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
@@ -391,15 +444,21 @@ def _finish(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
     # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds
     recovered = sum(1 for r in every if r.error is None and r.path and "://" not in r.path
                     and (Path(r.path) / "error.txt").exists())
+    log.info("recording the study's answer: the comparison of its configurations, the best model, the report ...")
+    analysis = _analysis(folder)
+    answer = _answer(analysis)
+    registered = _register(folder, analysis, best)
     try:
-        finish_parent_run(folder.tracking_uri, folder.parent_run_id, best)
+        finish_parent_run(folder.tracking_uri, folder.parent_run_id, best,
+                          note=_note(folder, every, answer, best, registered))
     except Exception as e:  # the store is down at the very end: the trials' results are in their folders
         log.warning("MLflow: could not record the best trial on the parent run %s (%s: %s); run 'snn-study sync "
                     "%s' once the store answers", folder.parent_run_id, type(e).__name__, e, folder.path)
+    _report(folder, analysis)
     spec = folder.spec
     return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,
                        len(results), errored, best, recovered, stopped,
-                       len(confirm_results) if confirm_results is not None else 0, _answer(folder))
+                       len(confirm_results) if confirm_results is not None else 0, answer, registered)
 
 
 def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,
@@ -426,8 +485,13 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     prepared = prepare_data(spec)
     own_ray = _init_ray(spec, address)
     _check_resources(spec)  # before MLflow's store or the study folder exist: a refused study leaves nothing
-    n = log_baselines(uri, spec.experiment, spec.dataset_name)
-    log.info("logged %d baseline rows of the paper for %s", n, spec.dataset_name)
+    if _baselines.rows(spec.dataset_name):
+        log.info("MLflow: logging the paper's %d result(s) on %s beside the trials ...",
+                 len(_baselines.rows(spec.dataset_name)), spec.dataset_name)
+        n = log_baselines(uri, spec.experiment, spec.dataset_name)
+        log.info("MLflow: %d new baseline run(s) in experiment '%s'", n, spec.experiment)
+    else:
+        log.info("the paper reports no results on %s: no baselines beside the trials", spec.dataset_name)
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if own_ray:
         local_ray.record(paths["dir"])

@@ -26,14 +26,16 @@ import torch
 from ray import tune
 
 from snn import models
+from snn import data as snn_data
 from snn.data import DatasetNotFoundError, Prepared, load_prepared
 from snn.config import TrainConfig
 from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, TEST_ACC
 from snn.training import Trainer, TrainingDiverged, TrainingStopped, fit
-from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE, TORCH_THREADS,
-                               read_record)
+from trainables._system import SystemSampler
+from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE,
+                               STRIPPED_SPEC_FILE, TORCH_THREADS, read_record)
 
-__all__ = ["load_state", "train_snn"]
+__all__ = ["load_state", "stripped_spec", "train_snn"]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,30 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-class _Reporter:
-    """Reports each epoch to Tune with a checkpoint that carries the state and the trial record."""
+def stripped_spec(cfg: TrainConfig, prepared: Prepared | None) -> dict[str, Any]:
+    """What builds the network of the stripped weights (:func:`snn.models.build`'s arguments,
+    no branches) and the shape of one input sample: the trial's inference model, rebuilt
+    wherever its weights are read (:data:`trainables.layout.STRIPPED_SPEC_FILE`)."""
+    info = snn_data.info(cfg.dataset, prepared)
+    sample = [info.in_channels, *info.input_size]
+    return {"build": {"arch": cfg.arch, "num_classes": info.num_classes, "timesteps": cfg.timesteps,
+                      "in_channels": info.in_channels, "surrogate": cfg.surrogate,
+                      "surrogate_param": cfg.surrogate_param, "branches": "none", "tau": cfg.tau,
+                      "v_threshold": cfg.v_threshold, **cfg.arch_kwargs},
+            "kind": info.kind, "input_shape": [cfg.timesteps, *sample] if info.kind == "frames" else sample}
 
-    def __init__(self, cfg: TrainConfig, history: list[dict[str, Any]]) -> None:
-        self.cfg, self.history = cfg, history
+
+class _Reporter:
+    """Reports each epoch to Tune with a checkpoint that carries the state and the trial record,
+    and the epoch's system metrics (:class:`trainables._system.SystemSampler`)."""
+
+    def __init__(self, cfg: TrainConfig, history: list[dict[str, Any]], prepared: Prepared | None = None,
+                 system: SystemSampler | None = None) -> None:
+        self.cfg, self.history, self.prepared, self.system = cfg, history, prepared, system
 
     def __call__(self, metrics: dict[str, float], trainer: Trainer) -> None:
-        result = {**metrics, NODE_ID: _node_id(), TORCH_THREADS: torch.get_num_threads()}
+        system = self.system.epoch() if self.system is not None else {}
+        result = {**metrics, **system, NODE_ID: _node_id(), TORCH_THREADS: torch.get_num_threads()}
         self.history.append({**result, "hostname": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                              "timestamp": time.time()})
         with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +90,7 @@ class _Reporter:
                 torch.save(trainer.first_grad, Path(tmp) / FIRST_GRAD_FILE)
             if trainer.epoch >= trainer.cfg.epochs:
                 torch.save(models.strip_shortcuts(trainer.model).state_dict(), Path(tmp) / STRIPPED_MODEL_FILE)
+                (Path(tmp) / STRIPPED_SPEC_FILE).write_text(json.dumps(stripped_spec(self.cfg, self.prepared)))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -220,8 +239,9 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         state, history = _replay(newer, history)
     if state is not None:
         state = _with_lr(state, cfg.lr)
+    system = SystemSampler()
     try:
-        fit(cfg, _Reporter(cfg, history), state=state, data=prepared)
+        fit(cfg, _Reporter(cfg, history, prepared, system), state=state, data=prepared)
     except TrainingDiverged as e:
         # Retrying would diverge again from the same checkpoint: end the trial now, marked as
         # diverged; the study records it as FAILED in MLflow and Optuna.
@@ -235,3 +255,5 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         tune.report({STOPPED: e.verdict.kind, STOPPED_STAGE: e.verdict.stage, "stopped_rate": e.verdict.rate,
                      "epochs_done": e.epochs_done, TEST_ACC: float("nan"), EPOCH: e.epoch, NODE_ID: _node_id(),
                      TORCH_THREADS: torch.get_num_threads()})
+    finally:
+        system.stop()

@@ -46,30 +46,94 @@ def test_mlflow_holds_parent_and_nested_trials(quick):
             assert k in r.data.tags
         history = c.get_metric_history(r.info.run_id, "test_acc")
         assert sorted(m.step for m in history) == [1, 2]
-        assert {a.path for a in c.list_artifacts(r.info.run_id)} >= {"config.yaml", "model_stripped.pt",
-                                                                     "first_layer_grad_hist.png"}
-    # digits is not in the paper: no baseline runs
+        assert {a.path for a in c.list_artifacts(r.info.run_id)} >= {"config.yaml", "first_layer_grad_hist.png"}
+        assert "data_root" not in r.data.params  # a path of this machine, not what defines the trial
+        # MLflow's system metrics, one step per epoch
+        assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")) == [1, 2]
+        assert 0 < r.data.metrics["system/system_memory_usage_megabytes"]
+    # digits is not in the paper: no baseline runs, and the parent run says so
     assert c.search_runs([exp.experiment_id], filter_string="tags.kind = 'baseline'") == []
+    assert "The paper reports no results on `digits`" in parent.data.tags["mlflow.note.content"]
+    # the parent run holds the study's answer, not copies of a trial's internals
+    assert not [k for k in parent.data.params if k.startswith("best")]
+    assert not {"best_pid", "best_timestamp", "best_time_this_iter_s"} & set(parent.data.metrics)
+    best = c.get_run(parent.data.tags["best_run_id"])
+    assert best.data.tags["trial_id"] == parent.data.tags["best_trial_id"] == result.best["trial_id"]
+    assert parent.data.metrics["best_test_acc"] == best.data.metrics["test_acc"]
+    assert {"best_trial_config.yaml", "comparison.md", "report"} <= {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert c.get_experiment_by_name("quickstart").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_every_finished_trial_is_an_mlflow_model_and_the_best_is_registered(quick):
+    """The logged model of a trial gives the logits of the trial's own network, rebuilt with its
+    shortcut branches from its last checkpoint's training state (the main branch, Eq. 7)."""
+    import mlflow.pytorch
+    import torch
+
+    from snn import models
+    from study.tracking import read_trial
+
+    spec, result, uri = quick
+    c = _client(uri)
+    exp = c.get_experiment_by_name("quickstart")
+    trials = c.search_runs([exp.experiment_id], filter_string="tags.kind = 'trial'")
+    logged = {m.source_run_id: m for m in c.search_logged_models([exp.experiment_id])}
+    assert set(logged) == {r.info.run_id for r in trials}
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))  # digits: 1 x 8 x 8
+    for r in trials:
+        record = read_trial(result.path / f"trial_{r.data.tags['trial_id']}")
+        state = torch.load(record.checkpoint / "state.pt", weights_only=True)
+        cfg = record.config
+        full = models.build(cfg["arch"], 10, cfg["timesteps"], in_channels=1, surrogate=cfg["surrogate"],
+                            surrogate_param=cfg["surrogate_param"], branches=cfg["branches"]).eval()
+        full.load_state_dict(state["model"])
+        loaded = mlflow.pytorch.load_model(logged[r.info.run_id].model_uri)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), full(x).main)
+        assert logged[r.info.run_id].model_id in {o.model_id for o in r.outputs.model_outputs}
+    # the best trial's model, registered under the study's name, with the alias "best"
+    assert result.model is not None and result.model.trial_id == result.best["trial_id"]
+    version = c.get_model_version_by_alias(spec.name, "best")
+    assert version.run_id == c.get_run(c.get_run(result.parent_run_id).data.tags["best_run_id"]).info.run_id
+    mlflow.set_tracking_uri(uri)
+    with torch.no_grad():
+        assert torch.equal(mlflow.pytorch.load_model(result.model.uri)(x),
+                           mlflow.pytorch.load_model(logged[version.run_id].model_uri)(x))
 
 
 def test_optuna_storage_starts_from_the_papers_setting(quick):
     import optuna
 
-    spec, result, _ = quick
+    spec, result, uri = quick
     study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{study_paths(spec)['optuna']}")
     assert len(study.trials) == 3
     assert study.trials[0].params == paper_setting(spec.stages)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # each Optuna trial names its Tune trial, whose MLflow run names the Optuna trial back
+    c = _client(uri)
+    exp = c.get_experiment_by_name("quickstart")
+    for t in study.trials:
+        (tune_id,) = t.user_attrs["tune_trial_ids"]
+        (run,) = c.search_runs([exp.experiment_id], filter_string=f"tags.trial_id = '{tune_id}'")
+        assert run.data.tags["optuna_trial_number"] == str(t.number)
 
 
 def test_report_writes_table_and_plots(quick):
-    spec, result, _ = quick
+    spec, result, uri = quick
     rep = write_report(result.path)
     text = (rep.path / "report.md").read_text()
     assert len(rep.trials) == 3 and "| trial | method |" in text
     assert "The paper reports no results on `digits`" in text
-    for png in ("acc_vs_lambda0.png", "acc_curves.png"):
+    for png in ("acc_by_dimension.png", "acc_curves.png", "parallel_coordinates.png", "slice.png"):
         assert (rep.path / png).read_bytes()[:4] == b"\x89PNG"
+        assert f"![{png[:-4]}]({png})" in text
+    # the best trial's config as typed YAML, not MLflow's strings
+    config = yaml.safe_load(text.split("```yaml\n")[-1].split("```")[0])
+    assert config["epochs"] == 2 and config["max_batches"] is None and "max_batches: null" in text
+    assert config["branches"] in ("all", "none") or isinstance(config["branches"], list)
+    # and the report on the study's parent run, under report/
+    logged = {a.path for a in _client(uri).list_artifacts(result.parent_run_id, "report")}
+    assert {"report/report.md", "report/acc_by_dimension.png", "report/acc_curves.png"} <= logged
 
 
 def test_train_reproduces_a_trials_first_epoch(quick, tmp_path):

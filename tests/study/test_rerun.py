@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from snn.config import TrainConfig
+from snn.registry import SURROGATE_DEFAULTS
 from study import provenance as prov
 from study.provenance import provenance
 
@@ -72,10 +73,10 @@ _CONFIGS = {
     "builtin": TrainConfig(arch_kwargs={"width": 8, "blocks": [1, 1, 1, 1]}, branches=[1, 3], lambda0=0.5,
                            schedule="cosine", surrogate="atan", surrogate_param=2.5, lr=1e-5, workers=2,
                            max_batches=3, amp=False, epochs=2, seed=7),
-    "user data": TrainConfig(dataset={"format": "npz", "train": "data/007/train.npz", "test_fraction": 0.2,
+    "user data": TrainConfig(dataset={"format": "npz", "train": "/data/123/007/train.npz", "test_fraction": 0.2,
                                       "name": "007", "input_size": [32, 32], "normalize": "none", "augment": True,
                                       "object_store_limit_mb": 12.5},
-                             data_root="123", device="cpu", weight_decay=0.0),
+                             data_root="/data/123", device="cpu", weight_decay=0.0),
 }
 
 
@@ -86,7 +87,12 @@ def test_the_config_rebuilt_from_params_is_the_config(name):
     cfg = _CONFIGS[name]
     params = params_of(cfg.to_dict())
     assert all(isinstance(v, str) for v in params.values())
-    assert TrainConfig.from_dict(config_of_params(params)) == cfg
+    assert "data_root" not in params  # where this machine keeps the data: not what defines the trial
+    if name == "user data":
+        assert params["dataset.train"] == "007/train.npz"  # relative to the data root
+    # a surrogate parameter left to its default is logged as its value: the same training
+    trained = cfg.model_copy(update={"surrogate_param": cfg.surrogate_param or SURROGATE_DEFAULTS[cfg.surrogate]})
+    assert TrainConfig.from_dict(config_of_params(params, data_root=cfg.data_root)) == trained
 
 
 # -- reading a run, and the CLI's answers -----------------------------------------------------
@@ -138,7 +144,12 @@ def test_a_run_without_config_yaml_is_read_from_its_params(store):
 
     trial = read_trial_run(store["uri"], store["by_hand"])
     assert trial.source == "params" and trial.threads is None and trial.history == {}
-    assert TrainConfig.from_dict(trial.config) == _CONFIGS["user data"]
+    # the params do not say where the data was: the files are read under TrainConfig's data root
+    cfg = _CONFIGS["user data"]
+    here = TrainConfig.model_fields["data_root"].default
+    assert TrainConfig.from_dict(trial.config) == cfg.model_copy(update={
+        "data_root": here, "dataset": cfg.dataset.model_copy(update={"train": f"{here}/007/train.npz"}),
+        "surrogate_param": SURROGATE_DEFAULTS[cfg.surrogate]})  # the default, as its value
 
 
 @pytest.mark.parametrize("what, code, says", [

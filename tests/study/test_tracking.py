@@ -32,6 +32,53 @@ def test_baselines_are_logged_once(tmp_path):
     r = [r for r in runs if r.data.tags["baseline"] == "T3 imagenet resnet34 T=4 Evolutionary Training"][0]
     assert r.data.metrics["test_acc"] == pytest.approx(0.6814) and r.data.metrics["test_acc_std"] == pytest.approx(0.0015)
     assert r.data.tags["method"] == "evolutionary" and r.data.params["timesteps"] == "4"
+    assert {a.path for a in c.list_artifacts(r.info.run_id)} == {"baseline.json"}  # no empty artifact view
+
+
+def test_a_baseline_sits_on_the_trials_axes(tmp_path):
+    """A paper row's params are the params a trial of the paper's setting logs (same names, same
+    values), so MLflow's charts put both on one axis; vanilla rows, like vanilla trials, have no λ₀."""
+    from mlflow import MlflowClient
+
+    from snn.config import METHODS, TrainConfig
+    from study.tracking import params_of
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    log_baselines(uri, "s", "cifar100")
+    c = MlflowClient(uri)
+    runs = {r.data.tags["baseline"]: r for r in c.search_runs([c.get_experiment_by_name("s").experiment_id],
+                                                              max_results=1000)}
+    for method in ("evolutionary", "shortcut", "vanilla"):
+        run = runs[f"T1 cifar100 resnet34 T=4 {dict(evolutionary='Evolutionary Training', shortcut='Shortcut Back-propagation', vanilla='Vanilla Training')[method]}"]
+        trial = params_of(TrainConfig(dataset="cifar100", arch="resnet34", timesteps=4, **METHODS[method]).to_dict())
+        axes = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param", "timesteps", "arch", "dataset")
+        assert {k: run.data.params.get(k) for k in axes} == {k: trial.get(k) for k in axes}
+        assert run.data.params["method"] == method
+    assert "lambda0" not in run.data.params  # vanilla: λ₀ weighs no head
+    other = runs["T2 cifar100 resnet19 T=2 TET"]
+    assert other.data.params == {"dataset": "cifar100", "arch": "resnet19", "timesteps": "2", "method": "other"}
+
+
+def test_baselines_of_an_older_version_are_completed(tmp_path):
+    """A row logged with arch, T and dataset only (before the full setting) gets the rest, once."""
+    from mlflow import MlflowClient
+
+    from study.baselines import rows
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("s")
+    row = rows("cifar10-dvs")[-1]
+    old = c.create_run(exp, run_name=row.run_name(), tags={"kind": "baseline", "baseline": row.run_name()})
+    for k, v in (("arch", row.architecture), ("timesteps", str(row.timesteps)), ("dataset", row.dataset)):
+        c.log_param(old.info.run_id, k, v)
+    c.log_metric(old.info.run_id, "test_acc", row.accuracy)
+    c.set_terminated(old.info.run_id)
+    assert log_baselines(uri, "s", "cifar10-dvs") == len(rows("cifar10-dvs")) - 1
+    assert log_baselines(uri, "s", "cifar10-dvs") == 0
+    run = c.get_run(old.info.run_id)
+    assert run.data.params["lambda0"] == "0.25" and run.data.params["branches"] == "all"
+    assert {a.path for a in c.list_artifacts(old.info.run_id)} == {"baseline.json"}
 
 
 def test_unreachable_tracking_server_fails_fast():

@@ -25,15 +25,15 @@ test: $(STAMP) test-tools
 
 # Tools some tests use, from Debian's packages where they are missing and we may install
 # them (CI runs as root): PostgreSQL under MLflow in the cluster test, docker-compose (v1) to
-# validate docker/compose.yaml, sshd and rsync for `ray up`/`ray submit` over SSH. Elsewhere
-# those tests skip and say why.
+# validate docker/compose.yaml, sshd and rsync for `ray up`/`ray submit` over SSH, Chromium
+# (headless) for what MLflow's UI shows in a browser. Elsewhere those tests skip and say why.
 test-tools:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 && \
-	 [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null 2>&1 || \
+	 [ -x /usr/sbin/sshd ] && command -v rsync >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || \
 	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql docker-compose \
-	   openssh-server rsync \
-	   >/dev/null) ; } || echo "note: PostgreSQL, docker-compose, sshd or rsync missing; their tests will be skipped"
+	   openssh-server rsync chromium \
+	   >/dev/null) ; } || echo "note: PostgreSQL, docker-compose, sshd, rsync or chromium missing; their tests will be skipped"
 
 # Benchmarks against spikingjelly (benchmark-only; --no-deps: its requirements would pull
 # torchaudio and replace the pinned torch). Writes benchmarks/RESULTS.md.

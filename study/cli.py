@@ -215,6 +215,9 @@ def _summary(result) -> None:
         keys = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
         cfg = ", ".join(f"{k}={result.best['config'].get(k)}" for k in keys)
         click.echo(f"best trial {result.best['trial_id']}: test_acc={acc:.4f} ({cfg})")
+    if result.model is not None:
+        click.echo(f"best model: {result.model.uri} (trial {result.model.trial_id}); load it with "
+                   f"mlflow.pytorch.load_model('{result.model.uri}')")
     click.echo(f"MLflow: experiment '{result.experiment}' at {result.tracking_uri} "
                f"(snn-study ui {result.path}); report: snn-study report {result.path}")
 
@@ -307,15 +310,37 @@ def stop(study: str) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads; set it to the trial's CPUs to reproduce a trial bit for bit "
                    "(with --run-id: the run's torch_threads unless given).")
+@click.option("--out", default=None, metavar="DIR",
+              help="Folder for the results: checkpoint.pt, model.pt, config.yaml, metrics.csv (default: a new "
+                   "runs/train-YYYYmmdd-HHMMSS under the working directory). One that holds results is refused.")
 @click.pass_context
 def train(ctx: click.Context, spec: str | None, config_file: str | None, run_id: str | None, tracking_uri: str,
-          sets: tuple[str, ...], threads: int | None) -> None:
+          sets: tuple[str, ...], threads: int | None, out: str | None) -> None:
     """Train one trial without Ray, through the same training loop as the study.
 
     The hyperparameters are the spec's recipe with the paper's setting for the searched
     dimensions, the --config file's, or both, with --set KEY=VALUE applied last (keys
     are trial config names: lambda0, schedule, branches, surrogate, surrogate_param,
-    epochs, lr, seed, ...). Prints one line per epoch.
+    epochs, lr, seed, ...).
+
+    Before the first epoch three lines on stderr say what it trains: the data, the model
+    (parameters of the main network and of the shortcut branches) and the config. Each
+    epoch then shows a progress bar on stderr (on a terminal; in a log or a pipe, a line
+    every 30 s of a long epoch instead) and ends with one line of metrics on stdout.
+
+    After every epoch the results are written to the --out folder (default: a new
+    runs/train-YYYYmmdd-HHMMSS under the working directory), each file whole or not at
+    all (written under a temporary name, then renamed), so an interrupted training keeps
+    its last finished epoch:
+
+    \b
+      checkpoint.pt  the trainer's state (model, optimizer, LR schedule, RNG): Trainer.load_state_dict takes it
+      model.pt       the inference weights, shortcut branches stripped; they load into
+                     snn.models.strip_shortcuts(snn.models.build(...))
+      config.yaml    the trial's config: 'train --config DIR/config.yaml' trains it again
+      metrics.csv    one row per epoch
+
+    A line on stdout names them at the end.
 
     With --run-id, the trial of that MLflow run is trained again from the run alone (its
     config.yaml, else its params; torch threads as the trial had them) and, at the end, one
@@ -333,6 +358,7 @@ def train(ctx: click.Context, spec: str | None, config_file: str | None, run_id:
         raise click.UsageError("--tracking-uri goes with --run-id")
     if spec and config_file:
         raise click.UsageError("give a SPEC or --config, not both")
+    results = _Results(_out_dir(out))
     overrides = _overrides(sets)
     trial = _trial_run(tracking_uri, run_id) if run_id is not None else None
     try:
@@ -363,15 +389,30 @@ def train(ctx: click.Context, spec: str | None, config_file: str | None, run_id:
         click.echo(f"re-running trial {trial.trial_id} of study {trial.study} (run {trial.run_id}) from its "
                    f"{trial.source}{changed}, {torch.get_num_threads()} torch thread(s){unknown}")
     rerun: list[dict[str, float]] = []
+    progress = _EpochProgress(cfg.epochs)
+
+    def start(trainer) -> None:
+        progress.trainer = trainer
+        for line in _describe(trainer):
+            click.echo(line, err=True)
+        results.start(trainer.cfg)
 
     def report(metrics: dict[str, float], trainer) -> None:
+        progress.close()  # the bar gives way to the epoch's line
         rerun.append(dict(metrics))
         click.echo(f"epoch {int(metrics['epoch'])}/{cfg.epochs}  train_loss={metrics['train_loss']:.4f}  "
                    f"train_acc={metrics['train_acc']:.4f}  test_acc={metrics['test_acc']:.4f}  "
                    f"lambda={metrics['lambda']:.4f}  firing_rate={metrics['firing_rate']:.4f}  "
                    f"{metrics['images_per_s']:.0f} img/s")
+        results.epoch(metrics, trainer)
 
-    _fit(cfg, report)
+    prepared = _prepare(cfg)
+    try:
+        _fit(cfg, report, progress=progress, start=start, saved=results.saved, data=prepared)
+    finally:
+        progress.close()
+    if results.made:
+        click.echo(results.summary())
     if trial is not None:
         line = _compare(trial.history, rerun)
         click.echo(line + ("; the config was changed by --set" if sets else ""))
@@ -426,18 +467,240 @@ def _compare(recorded: dict[int, dict[str, float]], rerun: list[dict[str, float]
             f"re-run {now!r}){more}{note}")
 
 
-def _fit(cfg, report) -> None:
-    """Train through the study's own loop; its failures as one line each."""
-    from snn.training import TrainingDiverged, fit
+def _fit(cfg, report, *, saved=None, **hooks) -> None:
+    """Train through the study's own loop (``hooks``: :func:`snn.training.fit`'s ``progress``
+    and ``start``); its failures as one line each, ending with ``saved()`` (where the epochs
+    done so far are) where given."""
+    from snn.training import TrainingDiverged, TrainingStopped, fit
+
+    def where() -> str:
+        return saved() if saved is not None else ""
 
     try:
-        fit(cfg, report)
-    except TrainingDiverged as e:
-        _fail(str(e))
+        fit(cfg, report, **hooks)
+    except (TrainingDiverged, TrainingStopped) as e:
+        _fail(str(e) + where())
     except ValueError as e:  # a setting the data or model refuse
         _fail(str(e), 2)
     except OSError as e:  # missing or unreadable data
+        _fail(str(e) + where())
+
+
+def _prepare(cfg):
+    """A user's data, prepared (or read from its cache) with its progress on stderr; None for a
+    built-in dataset. Failures as in :func:`_fit`."""
+    from snn import data
+    from snn.config import UserData
+    from study.preflight import PrepareProgress
+
+    if not isinstance(cfg.dataset, UserData):
+        return None
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        data.check_root(cfg.data_root)
+        return data.prepare(cfg.dataset, cfg.data_root, cfg.timesteps, log=say, progress=PrepareProgress(say))
+    except ValueError as e:  # data that can never train as described
+        _fail(str(e), 2)
+    except OSError as e:  # missing or unreadable files
         _fail(str(e))
+
+
+_OUTPUTS = ("checkpoint.pt", "model.pt", "config.yaml", "metrics.csv")  # what train writes to its folder
+
+
+def _out_dir(out: str | None) -> Path:
+    """``train``'s results folder: --out, or a new ``runs/train-<date>-<time>`` under the working
+    directory. Nothing is made here (a training refused before its first epoch leaves nothing);
+    a file, or a folder holding a training's results already, is refused (exit 2)."""
+    if out is None:
+        import time
+
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path, n = Path("runs") / f"train-{stamp}", 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"train-{stamp}-{n}"
+        return path
+    if not out or "\x00" in out:
+        _fail(f"--out: {out!r} is not a folder's path", 2)
+    path = Path(out)
+    try:
+        if path.exists() and not path.is_dir():
+            _fail(f"--out: {out} is a file; give a folder", 2)
+        held = [name for name in _OUTPUTS if (path / name).exists()]
+    except OSError as e:
+        _fail(f"--out: {out}: {e.strerror or e}", 2)
+    if held:
+        _fail(f"--out: {out} holds a training's results already ({', '.join(held)}); give another folder", 2)
+    return path
+
+
+def _write_whole(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then rename it into place: a reader,
+    or an interrupted write, sees the old file or the new one, never half of one."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Results:
+    """What ``train`` writes to its folder (:data:`_OUTPUTS`): the config when training starts,
+    then the checkpoint, the inference weights and the metrics after every epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self.made = False
+
+    def _write(self, name: str, write) -> None:
+        try:
+            _write_whole(self.path / name, write)
+        except OSError as e:
+            _fail(f"--out: cannot write {self.path / name} ({e.strerror or e})")
+
+    def start(self, cfg) -> None:
+        import yaml
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"--out: cannot make the folder {self.path} ({e.strerror or e})")
+        self.made = True
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=True)  # as a trial's config.yaml artifact
+        self._write("config.yaml", lambda p: p.write_text(text, encoding="utf-8"))
+
+    def epoch(self, metrics: dict[str, float], trainer) -> None:
+        import torch
+
+        from snn.models import strip_shortcuts
+
+        self.rows.append(dict(metrics))
+        weights = {k: v.detach().cpu() for k, v in strip_shortcuts(trainer.model).state_dict().items()}
+        self._write("checkpoint.pt", lambda p: torch.save(trainer.state_dict(), p))
+        self._write("model.pt", lambda p: torch.save(weights, p))
+        self._write("metrics.csv", self._metrics)
+
+    def _metrics(self, path: Path) -> None:
+        import csv
+
+        keys = list(dict.fromkeys(["epoch", *(k for row in self.rows for k in row)]))
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, keys, restval="")
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def saved(self) -> str:
+        """For a failure's line: where the epochs done so far are."""
+        n = len(self.rows)
+        return f"; the {n} epoch(s) done are saved in {self.path}" if n else ""
+
+    def summary(self) -> str:
+        p, n = self.path, len(self.rows)
+        if not n:
+            return f"no epoch trained; the config is in {p / 'config.yaml'}"
+        return (f"saved {n} epoch(s) to {p}: checkpoint {p / 'checkpoint.pt'} (the full training state), inference weights "
+                f"{p / 'model.pt'} (shortcut branches stripped), config {p / 'config.yaml'}, metrics "
+                f"{p / 'metrics.csv'}")
+
+
+def _describe(trainer) -> list[str]:
+    """What ``train`` is about to train, as the trainer built it: the data, the model, the config."""
+    import torch
+
+    from snn import data as snn_data
+
+    cfg, info, prepared, model = trainer.cfg, trainer.info, trainer.data, trainer.model
+    if prepared is not None:
+        user = cfg.dataset
+        test = user.test if user.test is not None else (f"{user.test_fraction:g} of it held out, "
+                                                        f"split_seed {user.split_seed}")
+        source = f"{user.format} data from {user.train}, test: {test}; prepared in {prepared.path}"
+    elif snn_data.info(cfg.dataset).bundled:
+        source = "bundled"
+    else:
+        source = f"files under {cfg.data_root}"
+    shape = "x".join(map(str, (info.in_channels, *info.input_size)))
+    kind = "images" if info.kind == "static" else f"frames of T={cfg.timesteps}"
+    batches, used = len(trainer.train_loader), trainer.steps_per_epoch
+    capped = f" ({used} an epoch: max_batches)" if used < batches else ""
+    lines = [f"data: {info.name} ({source}): {info.num_classes} classes, {shape} {kind}, "
+             f"{len(trainer.train_loader.dataset):,} train / {len(trainer.test_loader.dataset):,} test samples; "
+             f"{batches} train batches of {cfg.batch_size}{capped}, {len(trainer.test_loader)} test batches"]
+    total = sum(p.numel() for p in model.parameters())
+    heads = sum(p.numel() for p in model.shortcuts.parameters())
+    options = " (" + ", ".join(f"{k}={v}" for k, v in cfg.arch_kwargs.items()) + ")" if cfg.arch_kwargs else ""
+    stages = ", ".join(map(str, model.branch_stages))
+    branches = (f"{heads:,} in {len(model.branch_stages)} shortcut branch(es) at stage(s) {stages}, for training "
+                f"only (stripped for inference)" if model.branch_stages else "no shortcut branches")
+    lines.append(f"model: {cfg.arch}{options}, T={cfg.timesteps}: {total - heads:,} parameters in the main network, "
+                 f"{branches}")
+    param = "default" if cfg.surrogate_param is None else f"{cfg.surrogate_param:g}"
+    amp = f" ({str(trainer.amp_dtype).removeprefix('torch.')} autocast)" if trainer.amp else ""
+    lines.append(f"config ({cfg.method()}): lambda0={cfg.lambda0:g}, schedule={cfg.schedule}, branches={cfg.branches}, "
+                 f"surrogate={cfg.surrogate} (param {param}), epochs={cfg.epochs}, batch_size={cfg.batch_size}, "
+                 f"lr={cfg.lr:g}, seed={cfg.seed}, device={trainer.device}{amp}, "
+                 f"{torch.get_num_threads()} torch thread(s)")
+    return lines
+
+
+class _EpochProgress:
+    """``train``'s progress within each epoch, as :class:`snn.training.Trainer`'s ``progress`` hook.
+
+    On a terminal: a tqdm bar on stderr per epoch, over its training batches and then its
+    test pass, redrawn at most once a second and erased when the epoch's line is printed.
+    Elsewhere (a log, a pipe): a plain line on stderr every ``every`` seconds of an epoch,
+    none for a shorter one, so a log shows how a slow epoch goes without a line per batch.
+    """
+
+    def __init__(self, epochs: int, stream=None, every: float = 30.0) -> None:
+        self.epochs, self.every = epochs, every
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty()) if isatty is not None else False
+        self.trainer = None  # set once built: the epoch's number and its test batches
+        self.bar = None
+        self.epoch, self.train_total, self.total = 0, 0, 0
+        self.t0 = self.last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        import time
+
+        if phase == "train" and done == 0:  # an epoch starts
+            self.close()
+            self.epoch = self.trainer.epoch + 1 if self.trainer is not None else self.epoch + 1
+            self.train_total = total
+            self.total = total + (len(self.trainer.test_loader) if self.trainer is not None else 0)
+            self.t0 = self.last = time.monotonic()
+            if self.tty:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, desc=f"epoch {self.epoch}/{self.epochs} train", unit="batch",
+                                file=self.stream, leave=False, mininterval=1.0, dynamic_ncols=True)
+            return
+        at = done if phase == "train" else self.train_total + done
+        if self.bar is not None:
+            if done == 0:
+                self.bar.set_description(f"epoch {self.epoch}/{self.epochs} {phase}", refresh=False)
+            self.bar.update(at - self.bar.n)
+            return
+        now = time.monotonic()
+        if not self.tty and now - self.last >= self.every:
+            self.last = now
+            print(f"progress: epoch {self.epoch}/{self.epochs}, {phase} batch {done}/{total}, "
+                  f"{now - self.t0:.0f} s into the epoch", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @cli.command()
@@ -485,27 +748,59 @@ def report(study: str, out: str | None) -> None:
               help="Interface to bind; anything but 127.0.0.1 exposes the UI to the network.")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> None:
-    """Start the MLflow UI for a study's tracking store (on 127.0.0.1 unless asked otherwise)."""
-    import subprocess
-
+    """Serve MLflow's UI on a study's tracking store (one server, on 127.0.0.1 unless asked
+    otherwise) and print the link to the study's runs table."""
+    from study import views
     from study.folder import StudyError, open_study
     from study.spec import is_tracking_server
 
-    if tracking_uri is None and study:
+    folder = None
+    if study:
         try:
             folder = open_study(study)
         except StudyError as e:
             _fail(str(e), e.exit_code)
         _reap(folder.path)
-        tracking_uri = folder.tracking_uri
-    tracking_uri = tracking_uri or "sqlite:///mlflow.db"
+    tracking_uri = tracking_uri or (folder.tracking_uri if folder else "sqlite:///mlflow.db")
     if is_tracking_server(tracking_uri):
         click.echo(f"the store is a server already: open {tracking_uri}")
         return
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
-           "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
-    sys.exit(subprocess.call(cmd))
+    try:
+        views.check_port(host, port)
+        experiment_id = views.classic_experiment(tracking_uri, folder.spec.experiment) if folder else None
+        link = (views.study_link(experiment_id, host, port) if experiment_id is not None
+                else views.base_url(host, port))
+        sys.exit(views.run_view(views.mlflow_ui_command(tracking_uri, host, port),
+                                views.base_url(host, port) + views.UI_HEALTH, link, env=views.mlflow_ui_env(),
+                                log=folder.path / "ui.log" if folder else None, echo=click.echo))
+    except views.ViewError as e:
+        _fail(str(e))
+
+
+@cli.command()
+@click.argument("study")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but 127.0.0.1 exposes the dashboard to the network.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def dashboard(study: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on a study's Optuna storage (one process, on 127.0.0.1 unless asked
+    otherwise) and print the link to the study's page."""
+    from study import views
+    from study.folder import StudyError, open_study
+
+    try:
+        folder = open_study(study)
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
+    try:
+        storage = views.optuna_storage(folder)
+        views.check_port(host, port)
+        link = views.dashboard_link(host, port, views.optuna_study_id(storage, folder.spec.name))
+        sys.exit(views.run_view(views.dashboard_command(storage, host, port),
+                                views.base_url(host, port) + views.DASHBOARD_HEALTH, link,
+                                log=folder.path / "dashboard.log", echo=click.echo))
+    except views.ViewError as e:
+        _fail(str(e))
 
 
 @cli.command()

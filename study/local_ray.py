@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["RECORD_FILE", "record", "stop"]
+__all__ = ["RECORD_FILE", "record", "stop", "terminate"]
 
 RECORD_FILE = "local_ray.json"
 
@@ -38,6 +38,22 @@ def record(study_dir: Path) -> None:
     tmp = study_dir / (RECORD_FILE + ".tmp")
     tmp.write_text(json.dumps({"driver": _identity(me), "processes": children}))
     tmp.replace(study_dir / RECORD_FILE)
+
+
+def terminate(procs: list[psutil.Process], grace_s: float = 10.0) -> None:
+    """Stop ``procs``: SIGTERM, then SIGKILL whatever still runs after ``grace_s``."""
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(procs, timeout=grace_s)
+    for p in still:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(still, timeout=5)
 
 
 def _alive(identity: list) -> psutil.Process | None:
@@ -78,16 +94,6 @@ def stop(study_dir: Path, *, driver_too: bool = False, wait_s: float = 60.0) -> 
         except psutil.TimeoutExpired:
             return 0, True
     left = [p for p in map(_alive, recorded["processes"]) if p is not None]
-    for p in left:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, still = psutil.wait_procs(left, timeout=10)
-    for p in still:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
+    terminate(left)
     path.unlink(missing_ok=True)
     return len(left), False

@@ -21,7 +21,7 @@ from study.spec import QUICKSTART
 
 SEEN = {"tried": 0, "ok": 0, "failed": 0}
 
-_COMMANDS = ["run", "resume", "sync", "stop", "train", "baselines", "report", "ui", "gradients"]
+_COMMANDS = ["run", "resume", "sync", "stop", "train", "baselines", "report", "ui", "dashboard", "gradients"]
 _OPTIONS = ["--set", "--address", "--tracking-uri", "--config", "--threads", "--out", "--host", "--port", "--arch",
             "--epochs", "--timesteps", "--dataset", "--max-batches", "--experiment", "-v", "-vv", "--", "-x"]
 _SPEC_KEYS = sorted(QUICKSTART) + ["train.epochs", "train.batch_size", "search.preset", "search.fixed.lambda0",
@@ -72,9 +72,14 @@ def stand_ins(monkeypatch, world):
     monkeypatch.setattr(study.tuner, "resume_study", result)
     monkeypatch.setattr(study.tracking, "sync_study", lambda *a, **k: SyncSummary())
     monkeypatch.setattr(study.tracking, "log_baselines", lambda *a, **k: 0)
-    monkeypatch.setattr(study.report, "write_report", lambda d, out=None: study.report.Report(Path(d), [], [], None))
+    monkeypatch.setattr(study.report, "write_report",
+                        lambda d, out=None, **k: study.report.Report(Path(d), [], [], None))
     monkeypatch.setattr(snn.training, "fit", lambda cfg, report=None, **k: {})
     monkeypatch.setattr(subprocess, "call", lambda *a, **k: 0)
+    import study.views
+
+    monkeypatch.setattr(study.views, "run_view", lambda *a, **k: 0)  # no server: ui and dashboard return at once
+    monkeypatch.setattr(study.views, "classic_experiment", lambda *a, **k: "1")
 
 
 def _arguments(world):

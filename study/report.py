@@ -72,6 +72,7 @@ from snn.registry import SURROGATE_DEFAULTS
 from study import baselines as _baselines
 from study.analysis import Analysis, Configuration, Importance, analyse, record_analysis
 from study.folder import OPTUNA_FILE, StudyFolder, open_study
+from study.params import config_of_params
 from study.spec import POPULATION
 
 __all__ = ["GRAD_PLOT_FILE", "PLOT_FILES", "REPORT_FILE", "TOP_CURVES", "Report", "metric_per_epoch",
@@ -121,6 +122,10 @@ def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins:
     fig = _figure((5, 3.2))
     ax = fig.add_axes((0.14, 0.16, 0.82, 0.74))
     ax.stairs(counts, edges, fill=True, color="#4477aa")
+    # Gradients span 1e-6 to 1e-1 over networks and epochs: at most 5 ticks, with a shared
+    # power of ten beside the axis, so the labels never run into each other.
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     ax.set_xlabel("gradient of first-layer weights")
     ax.set_ylabel("count")
     ax.set_title(title or "first-layer gradients", fontsize=9)
@@ -260,10 +265,8 @@ _STAGE_LIST = re.compile(r"\d+(,\d+)*")
 
 
 def _typed(params: dict[str, str]) -> dict[str, Any]:
-    """MLflow's string params back as a trial's typed config (:func:`study.tracking.config_of_params`):
+    """MLflow's string params back as a trial's typed config (:func:`study.params.config_of_params`):
     ``None`` as null, numbers as numbers; ``branches`` as ``all``, ``none`` or a list of stages."""
-    from study.tracking import config_of_params  # here: study.tracking imports this module
-
     config = config_of_params(params)
     branches = config.get("branches")
     if isinstance(branches, int) and not isinstance(branches, bool):

@@ -223,8 +223,8 @@ def test_the_report_draws_learned_trajectories_only_for_a_population(tmp_path):
     client = _Client({"r1": [_Metric(1, 0.1, 10), _Metric(2, 0.1, 20), _Metric(1, 0.6, 30), _Metric(3, 0.4, 40)]})
     assert metric_per_epoch(client, "r1", LAMBDA) == [(1, 0.6), (2, 0.1), (3, 0.4)]  # the newest value of an epoch
     rows = [{"run_id": "r1", "trial_id": "a", "final": 0.9}, {"run_id": "r2", "trial_id": "b", "final": None}]
-    assert _lambda_plot(client, rows, quickstart_spec(), tmp_path) == []
-    (png,) = _lambda_plot(client, rows, quickstart_spec({"scheduler": "pbt"}), tmp_path)
+    assert _lambda_plot(client, rows, quickstart_spec(), tmp_path) is None
+    png = _lambda_plot(client, rows, quickstart_spec({"scheduler": "pbt"}), tmp_path)
     assert png.name == LAMBDA_PLOT_FILE and png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -82,7 +82,7 @@ _CONFIGS = {
 
 @pytest.mark.parametrize("name", list(_CONFIGS))
 def test_the_config_rebuilt_from_params_is_the_config(name):
-    from study.tracking import config_of_params, params_of
+    from study.params import config_of_params, params_of
 
     cfg = _CONFIGS[name]
     params = params_of(cfg.to_dict())
@@ -102,7 +102,8 @@ def store(tmp_path_factory):
     it), a trial run made by hand with params only, and a baseline run."""
     from mlflow import MlflowClient
 
-    from study.tracking import TrialRecord, _Projection, log_baselines, params_of, start_parent_run
+    from study.params import params_of
+    from study.tracking import TrialRecord, _Projection, log_baselines, start_parent_run
 
     tmp = tmp_path_factory.mktemp("rerun")
     uri = f"sqlite:///{tmp}/mlflow.db"

@@ -41,7 +41,7 @@ def test_a_baseline_sits_on_the_trials_axes(tmp_path):
     from mlflow import MlflowClient
 
     from snn.config import METHODS, TrainConfig
-    from study.tracking import params_of
+    from study.params import params_of
 
     uri = f"sqlite:///{tmp_path}/m.db"
     log_baselines(uri, "s", "cifar100")

@@ -230,7 +230,9 @@ def _partial_label(row: dict[str, Any]) -> str:
 
 def _budget_label(rows: Sequence[dict[str, Any]]) -> str:
     budgets = sorted({r.get("budget") for r in rows if r.get("budget")})
-    return f"full budget ({'/'.join(map(str, budgets))} epochs)" if budgets else "full budget"
+    if not budgets:
+        return "full budget"
+    return f"full budget ({'/'.join(map(str, budgets))} epoch{'' if budgets == [1] else 's'})"
 
 
 def _not_drawn(rows: Sequence[dict[str, Any]]) -> str:
@@ -463,7 +465,9 @@ def _curves_figure(rows: Sequence[dict[str, Any]]) -> Figure | None:
         handles.append(Line2D([], [], color="black", lw=1.2, ls="--", label="dashed: short of its budget"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False,
               title=f"trial, final {TEST_ACC}", title_fontsize=9)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = max(int(e) for r in drawn for e, _ in r["curve"])
+    ax.set_xlim(0.5, last + 0.5)  # whole epochs in view, also for a one-epoch study (no 0.995 ticks)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel(TEST_ACC)
     ax.grid(alpha=0.3)

@@ -91,6 +91,14 @@ def test_learning_curves_have_integer_epochs_dashed_stopped_trials_and_a_legend_
     assert "dashed: short of its budget" in [t.get_text() for t in legend.get_texts()]
 
 
+def test_a_one_epoch_study_has_one_whole_epoch_tick():
+    row = _row("t0", 0.7)
+    row["curve"] = [(1, 0.7)]
+    ax = _draw(report._curves_figure([row])).axes[0]
+    visible = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert visible == [1.0]
+
+
 def test_learning_curves_name_the_best_ten_and_grey_the_rest():
     rows = [_row(f"t{i:02d}", 0.99 - 0.01 * i) for i in range(14)]
     ax = _draw(report._curves_figure(rows)).axes[0]

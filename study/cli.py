@@ -8,6 +8,7 @@ spec or bad options (before anything starts or is written), 1 for anything else.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -218,8 +219,22 @@ def _summary(result) -> None:
     if result.model is not None:
         click.echo(f"best model: {result.model.uri} (trial {result.model.trial_id}); load it with "
                    f"mlflow.pytorch.load_model('{result.model.uri}')")
-    click.echo(f"MLflow: experiment '{result.experiment}' at {result.tracking_uri} "
-               f"(snn-study ui {result.path}); report: snn-study report {result.path}")
+    from study.spec import is_tracking_server
+
+    view = (f"open {_shown(result.tracking_uri)}" if is_tracking_server(result.tracking_uri)
+            else f"snn-study ui {result.path}")
+    click.echo(f"MLflow: experiment '{result.experiment}' at {result.tracking_uri} ({view}); "
+               f"report: snn-study report {result.path}")
+
+
+UI_URL_ENV = "MLFLOW_UI_URL"
+
+
+def _shown(tracking_uri: str) -> str:
+    """The address a person opens a tracking server at: ``$MLFLOW_UI_URL`` where it differs from
+    the one the driver writes to (in docker compose the driver writes to http://mlflow:5000,
+    which only resolves inside the stack; the host's browser opens http://127.0.0.1:5000)."""
+    return os.environ.get(UI_URL_ENV) or tracking_uri
 
 
 @cli.command()
@@ -763,7 +778,7 @@ def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> Non
         _reap(folder.path)
     tracking_uri = tracking_uri or (folder.tracking_uri if folder else "sqlite:///mlflow.db")
     if is_tracking_server(tracking_uri):
-        click.echo(f"the store is a server already: open {tracking_uri}")
+        click.echo(f"the store is a server already: open {_shown(tracking_uri)}")
         return
     try:
         views.check_port(host, port)

@@ -202,3 +202,27 @@ def test_a_server_that_ends_before_answering_is_one_line_naming_its_log(tmp_path
     with pytest.raises(views.ViewError, match=r"exited with code 3 before it answered \(its log: .*\): address"):
         with views.serving(cmd, f"http://127.0.0.1:{_free_port()}/", log=log):
             pass
+
+
+@pytest.mark.parametrize("uri, ui_url, shown", [
+    ("http://mlflow:5000", "http://127.0.0.1:5000", "open http://127.0.0.1:5000"),  # docker compose's driver
+    ("http://mlflow:5000", None, "open http://mlflow:5000"),
+    ("sqlite:///mlflow.db", "http://127.0.0.1:5000", "snn-study ui "),  # a file store: the ui command serves it
+])
+def test_a_study_names_the_mlflow_address_a_person_opens(monkeypatch, tmp_path, uri, ui_url, shown):
+    from click.testing import CliRunner
+
+    import study.tuner
+    from study.cli import cli
+    from study.tuner import StudyResult
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study.tuner, "run_study", lambda *a, **k: StudyResult(
+        "quickstart", tmp_path / "studies" / "quickstart", "quickstart", uri, "r", 8, 0, None))
+    if ui_url:
+        monkeypatch.setenv("MLFLOW_UI_URL", ui_url)
+    else:
+        monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    out = CliRunner().invoke(cli, ["run"]).output
+    (line,) = [x for x in out.splitlines() if x.startswith("MLflow: experiment")]
+    assert f"at {uri} ({shown}" in line

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -68,6 +71,7 @@ def test_ray_and_mlflow_commands(compose):
     s = compose["services"]
     head, worker = _command(s["ray-head"]), _command(s["ray-worker"])
     assert head.startswith("ray start --head") and "--port=6379" in head and "--block" in head
+    assert "--num-cpus=${RAY_HEAD_CPUS:-0}" in head  # the head takes no trials unless asked: they go to the workers
     assert worker.startswith("ray start") and "--address=ray-head:6379" in worker and "--block" in worker
     mlflow = _command(s["mlflow"])
     assert mlflow.startswith("mlflow server") and "postgresql://" in mlflow and "@postgres:5432/mlflow" in mlflow
@@ -75,6 +79,8 @@ def test_ray_and_mlflow_commands(compose):
     study = _command(s["study"])
     assert "snn-study run" in study
     assert "--address=ray-head:6379" in study and "--tracking-uri=http://mlflow:5000" in study
+    # the study prints the host's MLflow address (MLFLOW_UI_URL, read by snn-study), not the containers' own
+    assert s["study"]["environment"]["MLFLOW_UI_URL"] == "${MLFLOW_UI_URL:-http://127.0.0.1:5000}"
     assert s["study"]["restart"] == "no"
     assert "container_name" not in s["ray-worker"]
 
@@ -115,9 +121,38 @@ def test_dockerfile():
     assert re.search(r"(?m)^ARG PIP_EXTRA_ARGS=", text)
     users = re.findall(r"(?m)^USER\s+(\S+)", text)
     assert users and users[-1] not in ("root", "0"), users
-    assert (DOCKER / "wheels").is_dir()  # COPY docker/wheels/ needs it in the build context
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ".venv" in ignored and ".git" in ignored and "docker" not in ignored
+    assert re.search(r"(?m)^ARG TORCH_VARIANT=cpu$", text)  # the CPU-only torch unless asked for CUDA
+    assert len(re.findall(r"(?m)^FROM\s", text)) == 1, "one stage: a build leaves no other image behind"
+    assert "COPY docker/wheels" not in text  # the wheelhouse comes over HTTP, in no layer
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps ``path`` out of the build context (its last matching line wins)."""
+    import fnmatch
+
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate, pattern = line.startswith("!"), line.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]  # a folder's pattern covers its files
+        if any(fnmatch.fnmatch(p, pattern) or (pattern.startswith("**/") and (
+                fnmatch.fnmatch(p, pattern[3:]) or fnmatch.fnmatch(p, pattern))) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_lets_in_only_what_the_images_use():
+    dockerfiles = (DOCKER / "Dockerfile").read_text() + (DOCKER / "offline" / "postgres.Dockerfile").read_text()
+    for src in re.findall(r"(?m)^COPY\s+(?!--from)(.+)\s+\S+$", dockerfiles):
+        for path in src.split():
+            assert not _dockerignored(path.rstrip("/")), f"COPY {path}: left out of the context by .dockerignore"
+    for path in ("docker/wheels/cuda/torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl", ".venv/bin/python",
+                 ".git/HEAD", "studies/x/state.json", "tests/conftest.py", "docs/performance.md",
+                 "snn/__pycache__/x.pyc", "study/__pycache__/cli.cpython-311.pyc", "mlflow.db", "data/x.npz"):
+        assert _dockerignored(path), f"{path} would be sent in the build context"
 
 
 def test_cluster_configs():
@@ -155,4 +190,42 @@ def test_compose_config_is_valid():
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     r = subprocess.run([*cli, "-f", str(DOCKER / "compose.yaml"), "config", "-q"], capture_output=True, text=True,
                        timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+# -- docker/README.md: its bash blocks are what the stack test runs ---------------------------
+
+def test_readme_blocks_are_found_in_order_and_marked():
+    from _readme_blocks import blocks, script
+
+    found = blocks()
+    run = [b for b in found if b.run]
+    assert len(found) >= 7 and len(run) >= 5
+    assert [b.check for b in run if b.check] == ["quickstart", "second", "kept"]
+    text = "\n".join(b.text for b in run)
+    for needed in ("apt-get install", "dockerd", "COMPOSE=", "debootstrap", "--python-version 3.11",
+                   "--only-binary=:all:", "docker build", "STACK=", "run --rm study", "report studies/quickstart",
+                   "down"):
+        assert needed in text, needed
+    # said once: every later command goes through $COMPOSE / $STACK
+    assert "COMPOSE=" in run[1].text and "docker compose -f" not in text and "docker-compose -f" not in text
+    assert "rm docker/wheels" not in text and "--build " not in text  # no rm of missing files, no offline rebuild
+    # the stack is down before the README's last line; the test's own command is not run
+    assert run[-1].text.split("#")[0].strip() == "$STACK down"
+    assert not any("pytest" in b.text for b in run)
+    body = script(found, "HOOK")
+    assert body.startswith("set -euo pipefail\n") and body.count("HOOK ") == 3
+
+
+def test_readme_blocks_are_valid_bash(tmp_path):
+    from _readme_blocks import blocks, script
+
+    for b in blocks():
+        f = tmp_path / f"block-{b.line}.sh"
+        f.write_text(b.text)
+        r = subprocess.run(["bash", "-n", str(f)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"docker/README.md, block at line {b.line}: {r.stderr}"
+    whole = tmp_path / "readme.sh"
+    whole.write_text(script(blocks(), "true"))
+    r = subprocess.run(["bash", "-n", str(whole)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr

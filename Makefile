@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: study test test-fast bench bench-cuda bench-quick test-tools venv clean
+.PHONY: study test test-fast bench bench-cuda bench-quick bench-growth test-tools venv clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,11 @@ bench-cuda: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 loguru
 	$(PY) -m benchmarks --quick --out benchmarks/RESULTS-quick.md
+
+# How the study's own cost grows to 1,000 trials (searcher, MLflow, analysis and report; no
+# training). Writes benchmarks/RESULTS-growth.md.
+bench-growth: $(STAMP)
+	$(PY) -m benchmarks.growth
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -113,11 +113,62 @@ def end_of_study(spec) -> dict[str, float]:
     return {"analysis_s": t1 - t0, "report_s": t2 - t1}
 
 
+def driver_growth(tmp: Path, trials: int, timeout_s: float) -> list[dict]:
+    """A real study of ``trials`` tiny trials (digits, resnet-tiny, one batch, a quarter CPU each)
+    through ``snn-study run``: the driver process's CPU seconds per finished trial between the
+    points of :data:`POINTS`, and its resident memory at each."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    spec = {"name": "growth-real", "dataset": "digits", "arch": "resnet-tiny", "trials": trials,
+            "scheduler": "fifo", "search": {"preset": "full"}, "resources": {"cpu": 0.25},
+            "train": {"epochs": 1, "max_batches": 1, "workers": 0},
+            "storage": str(tmp / "studies"), "data_root": str(tmp / "data"),
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db"}}
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+    log = (tmp / "driver.out").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "study.cli", "run", str(tmp / "spec.yaml")], cwd=tmp,
+                              stdout=log, stderr=subprocess.STDOUT)
+    proc = psutil.Process(driver.pid)
+    folder = tmp / "studies" / "growth-real"
+    rows, points, last = [], [n for n in POINTS if n <= trials], (0, 0.0)
+    start = time.monotonic()
+    try:
+        while points and driver.poll() is None and time.monotonic() - start < timeout_s:
+            done = sum(1 for d in folder.glob("trial_*") if (d / "result.json").is_file()
+                       and (d / "result.json").stat().st_size > 0)
+            if done >= points[0]:
+                cpu = sum(proc.cpu_times()[:2])
+                rows.append({"trials done": done, "driver CPU s per trial since the last point":
+                             (cpu - last[1]) / max(done - last[0], 1),
+                             "driver RSS, MiB": proc.memory_info().rss / 2**20,
+                             "wall s": time.monotonic() - start})
+                print(rows[-1], flush=True)
+                last, points = (done, cpu), points[1:]
+            time.sleep(1.0)
+    finally:
+        if driver.poll() is None:
+            driver.terminate()
+            driver.wait(120)
+        log.close()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.growth", description=__doc__)
     p.add_argument("--trials", type=int, default=POINTS[-1])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS-growth.md")
+    p.add_argument("--real", action="store_true", help="also a real study of --trials tiny trials (the driver's "
+                                                          "CPU and memory per trial; minutes)")
+    p.add_argument("--real-timeout", type=float, default=1800.0)
     args = p.parse_args(argv)
+    if args.real:
+        with tempfile.TemporaryDirectory() as d:
+            rows = driver_growth(Path(d), args.trials, args.real_timeout)
+        print(rows)
+        return
     points = [n for n in POINTS if n <= args.trials] or [args.trials]
     rows, ends = [], {}
     with tempfile.TemporaryDirectory() as d, contextlib.chdir(d):  # MLflow puts a SQLite store's artifacts in ./mlruns

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from procs import free_port
 
 from study.local_ray import terminate
 
@@ -66,14 +67,6 @@ def finished(ray_session, tmp_path_factory):
         assert log_baselines(uri, "paper-baselines", None) > 0
     assert result.trials == 2 and result.errored == 0
     return open_study(result.path), uri
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -245,7 +238,7 @@ def test_runs_table_and_compare_view_show_every_run(finished, tmp_path):
     baselines = client.get_experiment_by_name("paper-baselines")
     baseline = client.search_runs([baselines.experiment_id], max_results=1)[0]
 
-    port = _free_port()
+    port = free_port()
     with _snn_study_ui(folder.path, port, tmp_path) as (link, processes), _chromium(tmp_path) as ws_url:
         assert link == views.study_link(experiment.experiment_id, port=port)
         servers = [p for p in processes if p.cmdline()[1:3] == ["-m", "uvicorn"]]

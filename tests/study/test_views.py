@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from procs import free_port
 
 from study import views
 from study.folder import OPTUNA_FILE, SPEC_FILE, STATE_FILE, open_study
@@ -25,12 +26,6 @@ from study.spec import quickstart_spec
 
 def _after(cmd: list[str], option: str) -> str:
     return cmd[cmd.index(option) + 1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _study(root: Path, **overrides) -> Path:
@@ -175,7 +170,7 @@ def _server_with_a_child(port: int) -> list[str]:
 
 
 def test_a_view_is_stopped_with_what_it_started(tmp_path):
-    port = _free_port()
+    port = free_port()
     with views.serving(_server_with_a_child(port), f"http://127.0.0.1:{port}/", log=tmp_path / "log") as proc:
         started = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert len(started) == 2
@@ -184,7 +179,7 @@ def test_a_view_is_stopped_with_what_it_started(tmp_path):
 
 
 def test_ctrl_c_stops_the_view_and_the_command_ends_well():
-    port, said = _free_port(), []
+    port, said = free_port(), []
 
     def echo(line: str) -> None:  # the user presses Ctrl-C as soon as the link is printed
         said.append(line)
@@ -200,7 +195,7 @@ def test_a_server_that_ends_before_answering_is_one_line_naming_its_log(tmp_path
     log = tmp_path / "ui.log"
     cmd = [sys.executable, "-c", "import sys; print('address already in use'); sys.exit(3)"]
     with pytest.raises(views.ViewError, match=r"exited with code 3 before it answered \(its log: .*\): address"):
-        with views.serving(cmd, f"http://127.0.0.1:{_free_port()}/", log=log):
+        with views.serving(cmd, f"http://127.0.0.1:{free_port()}/", log=log):
             pass
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from snn.config import HEAD_ONLY
 from snn.metrics import TEST_ACC
-from study.folder import CONFIRM, OPTUNA_FILE, SEARCH, StudyFolder
+from study.folder import CONFIRM, SEARCH, StudyFolder
 
 __all__ = ["CONFIDENCE", "COMPARISON_CSV", "COMPARISON_MD", "DETECT_POINTS", "MIN_IMPORTANCE_TRIALS", "PAIRS",
            "POWER", "Analysis", "Configuration", "Importance", "PairedDifference", "analyse", "record_analysis",
@@ -512,15 +512,15 @@ def _counts_sentence(kept: int, left_out: Mapping[str, int]) -> str:
 
 # -- Optuna ----------------------------------------------------------------------------------------
 def _importance(folder: StudyFolder) -> Importance:
-    path = folder.path / OPTUNA_FILE
-    if not path.is_file():
-        return Importance(sentence=f"No Optuna storage at `{path}`: no importances.")
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
     from optuna.trial import TrialState
 
+    path = folder.optuna_path
     try:
-        study = optuna.load_study(study_name=folder.spec.name, storage=f"sqlite:///{path}")
+        study = folder.optuna_study()
+    except FileNotFoundError:
+        return Importance(sentence=f"No Optuna storage at `{path}`: no importances.")
     except KeyError:
         return Importance(sentence=f"The Optuna storage `{path}` holds no study `{folder.spec.name}`: no importances.")
     except Exception as e:  # a damaged or foreign file: the rest of the analysis stands

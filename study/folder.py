@@ -71,6 +71,26 @@ class StudyFolder:
         """Tune's experiment: this folder, or the spec's remote storage URI."""
         return self.spec.storage_uri().rstrip("/") + "/" + self.spec.name
 
+    @property
+    def optuna_path(self) -> Path:
+        """The study's Optuna storage, an SQLite file (a pbt or pb2 study has none, and a
+        study whose search has not started has none yet)."""
+        return self.path / OPTUNA_FILE
+
+    def optuna_study(self):
+        """The study's Optuna study, from :attr:`optuna_path`.
+
+        Raises:
+            FileNotFoundError: The study has no Optuna storage.
+            KeyError: The storage holds no study of this name.
+            Exception: Whatever Optuna raised reading a damaged or foreign file.
+        """
+        if not self.optuna_path.is_file():
+            raise FileNotFoundError(f"no Optuna storage at {self.optuna_path}")
+        import optuna
+
+        return optuna.load_study(study_name=self.spec.name, storage=f"sqlite:///{self.optuna_path}")
+
     def trial_dirs(self) -> list[Path]:
         """The trial folders Tune made, the search's then the confirm stage's (local storage
         only; a remote one has none here)."""

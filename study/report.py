@@ -569,13 +569,10 @@ def _lambda_plot(client, rows: list[dict[str, Any]], spec, out: Path) -> Path | 
 # -- Optuna's views -----------------------------------------------------------------------------------
 def _load_optuna(folder: StudyFolder) -> tuple[Any, str | None]:
     """The study's Optuna study, or None and why there is none."""
-    path = folder.path / OPTUNA_FILE
-    if not path.is_file():
-        return None, f"the study folder has no Optuna storage (`{OPTUNA_FILE}`; a pbt or pb2 study has none)"
-    import optuna
-
     try:
-        return optuna.load_study(study_name=folder.spec.name, storage=f"sqlite:///{path}"), None
+        return folder.optuna_study(), None
+    except FileNotFoundError:
+        return None, f"the study folder has no Optuna storage (`{OPTUNA_FILE}`; a pbt or pb2 study has none)"
     except Exception as e:  # no such study in it, a damaged or foreign file: the rest of the report stands
         return None, f"the Optuna storage cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
 

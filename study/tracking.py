@@ -49,11 +49,12 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from snn.config import TrainConfig, dataset_name, method_of
 from snn.metrics import DIVERGED, EPOCH, LAMBDA, STOPPED, STOPPED_STAGE, TEST_ACC
 from study import baselines as _baselines
-from study.folder import OPTUNA_FILE, SEARCH, StudyFolder, stage_of
+from study.folder import SEARCH, StudyFolder, stage_of
 from study.params import config_of_params, params_of
 from study.provenance import provenance
 from study.report import GRAD_PLOT_FILE, metric_per_epoch, plot_grad_histogram
 from study.spec import is_tracking_server
+from study.views import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE, TORCH_THREADS,
                                read_record)
 
@@ -100,9 +101,6 @@ def check_tracking_uri(tracking_uri: str, timeout_s: float = 5.0) -> None:
                               f"start it or pass another --tracking-uri")
 
 
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3's UI: the classic ML view
-
-
 def _experiment_id(c: MlflowClient, name: str) -> str:
     """The experiment's id; a new one is created as a model-training experiment (MLflow 3's UI
     opens those on the runs table, not on the GenAI traces page)."""
@@ -110,7 +108,7 @@ def _experiment_id(c: MlflowClient, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+        return c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # another study or process created it meanwhile
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -126,8 +124,8 @@ def start_parent_run(tracking_uri: str, experiment: str, study: str, spec: dict[
         c.update_run(run_id, status="RUNNING")
         return run_id
     exp_id = _experiment_id(c, experiment)
-    if EXPERIMENT_KIND[0] not in c.get_experiment(exp_id).tags:  # made by an older version, or by hand
-        c.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
+    if EXPERIMENT_KIND_TAG not in c.get_experiment(exp_id).tags:  # made by an older version, or by hand
+        c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     run = c.create_run(exp_id, run_name=study, tags={KIND: "study", "study": study})
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
@@ -779,7 +777,7 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
     """
     statuses = statuses or {}
     projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id,
-                             folder.path / OPTUNA_FILE)
+                             folder.optuna_path)
     summary = SyncSummary()
     for trial_dir in folder.trial_dirs() if trial_dirs is None else trial_dirs:
         if stage is not None and trial_dirs is None and stage_of(trial_dir) != stage:
@@ -871,7 +869,7 @@ class StudyTracker(tune.Callback):
             if self._projection is None:
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
                                                self.folder.spec.name, self.folder.parent_run_id,
-                                               self.folder.path / OPTUNA_FILE)
+                                               self.folder.optuna_path)
             last = getattr(self._trials.get(trial_id), "last_result", None)  # when it started, if it has reported
             self._projection.run_of(trial_id, self._initial[trial_id], self.stage, [last] if last else None)
             fn(self._projection)

@@ -261,14 +261,13 @@ def optuna_storage(folder) -> str:
         ViewError: The study has none: population-based training searches without Optuna, and a
             study whose search has not started has not written it yet.
     """
-    from study.folder import OPTUNA_FILE
     from study.spec import POPULATION
 
     spec = folder.spec
     if spec.scheduler in POPULATION:
         raise ViewError(f"{spec.name}: scheduler {spec.scheduler} (population-based training) draws its trials "
                         f"without Optuna, so the study has no Optuna storage to show; `snn-study ui` shows its runs")
-    path = Path(folder.path) / OPTUNA_FILE
+    path = folder.optuna_path
     if not path.is_file():
         raise ViewError(f"{spec.name}: no Optuna storage at {path} (the study's search has not started); "
                         f"run or resume the study first")

@@ -553,19 +553,6 @@ def _out_dir(out: str | None) -> Path:
     return path
 
 
-def _write_whole(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary name beside ``path``, then rename it into place: a reader,
-    or an interrupted write, sees the old file or the new one, never half of one."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class _Results:
     """What ``train`` writes to its folder (:data:`_OUTPUTS`): the config when training starts,
     then the checkpoint, the inference weights and the metrics after every epoch."""
@@ -576,8 +563,12 @@ class _Results:
         self.made = False
 
     def _write(self, name: str, write) -> None:
+        """``write(file)`` into ``name`` whole or not at all (:func:`snn.data.write_whole`): an
+        interrupted training keeps the files of its last finished epoch."""
+        from snn.data import write_whole
+
         try:
-            _write_whole(self.path / name, write)
+            write_whole(self.path / name, write)
         except OSError as e:
             _fail(f"--out: cannot write {self.path / name} ({e.strerror or e})")
 
@@ -590,7 +581,7 @@ class _Results:
             _fail(f"--out: cannot make the folder {self.path} ({e.strerror or e})")
         self.made = True
         text = yaml.safe_dump(cfg.to_dict(), sort_keys=True)  # as a trial's config.yaml artifact
-        self._write("config.yaml", lambda p: p.write_text(text, encoding="utf-8"))
+        self._write("config.yaml", lambda f: f.write(text.encode("utf-8")))
 
     def epoch(self, metrics: dict[str, float], trainer) -> None:
         import torch
@@ -599,18 +590,21 @@ class _Results:
 
         self.rows.append(dict(metrics))
         weights = {k: v.detach().cpu() for k, v in strip_shortcuts(trainer.model).state_dict().items()}
-        self._write("checkpoint.pt", lambda p: torch.save(trainer.state_dict(), p))
-        self._write("model.pt", lambda p: torch.save(weights, p))
-        self._write("metrics.csv", self._metrics)
+        self._write("checkpoint.pt", lambda f: torch.save(trainer.state_dict(), f))
+        self._write("model.pt", lambda f: torch.save(weights, f))
+        self._write("metrics.csv", lambda f: f.write(self._metrics().encode("utf-8")))
 
-    def _metrics(self, path: Path) -> None:
+    def _metrics(self) -> str:
+        """The epochs' metrics as CSV, one row per epoch."""
         import csv
+        import io
 
         keys = list(dict.fromkeys(["epoch", *(k for row in self.rows for k in row)]))
-        with path.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, keys, restval="")
-            w.writeheader()
-            w.writerows(self.rows)
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, keys, restval="")
+        w.writeheader()
+        w.writerows(self.rows)
+        return text.getvalue()
 
     def saved(self) -> str:
         """For a failure's line: where the epochs done so far are."""

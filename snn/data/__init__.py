@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from snn import registry
 from snn.config import UserData
-from snn.data._errors import DatasetNotFoundError
+from snn.data._errors import DatasetNotFoundError, write_whole
 from snn.data._user import DataError, Prepared, load_prepared, prepare
 
 __all__ = ["NAMES", "DataError", "DatasetInfo", "DatasetNotFoundError", "Prepared", "build", "check_root", "info",
-           "load_prepared", "loaders", "prepare"]
+           "load_prepared", "loaders", "prepare", "write_whole"]
 
 NAMES: tuple[str, ...] = registry.DATASETS
 """Valid dataset names."""

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import tempfile
+import sys
 import threading
 import time
 import urllib.error
@@ -275,6 +276,7 @@ def log_inference_model(tracking_uri: str, run_id: str, checkpoint: str | os.Pat
     mlflow.set_tracking_uri(tracking_uri)  # the driver's one store; the active run below is this thread's
     advice = _NoPickleAdvice()
     logging.getLogger("mlflow.pytorch").addFilter(advice)
+    before = set(sys.path)
     try:
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             info = mlflow.pytorch.log_model(
@@ -283,6 +285,13 @@ def log_inference_model(tracking_uri: str, run_id: str, checkpoint: str | os.Pat
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", "numba"])
     finally:
         logging.getLogger("mlflow.pytorch").removeFilter(advice)
+        # MLflow checks the logged model by loading it, which puts the model's code folder (a
+        # temporary copy) first on sys.path for good: left there, the driver would import from
+        # one more dead folder per trial, and every import and package lookup (MLflow's own, per
+        # model) would grow with the study (issue 26: the driver's cost per trial grew 2x)
+        for added in [p for p in sys.path if p not in before]:
+            sys.path.remove(added)
+            sys.path_importer_cache.pop(added, None)
     return info.model_uri
 
 

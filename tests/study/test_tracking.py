@@ -169,3 +169,34 @@ def test_a_diverged_trial_is_closed_failed_with_the_reason(tmp_path):
     assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
     assert "training loss became nan" in run.data.tags["error"]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "diverged")] == [2]
+
+
+def test_logging_trial_models_leaves_the_drivers_import_path_as_it_was(tmp_path):
+    """MLflow checks each logged model by loading it, which puts the model's code copy first on
+    sys.path: the driver logs one model per trial, so a path left behind per model would make
+    every later import and package lookup slower as the study grows (issue 26)."""
+    import sys
+
+    import mlflow.pytorch
+    import torch
+    from mlflow import MlflowClient
+
+    from snn import models
+    from study.tracking import log_inference_model
+    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
+
+    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
+    net = models.strip_shortcuts(models.build(**build))
+    ckpt = tmp_path / "checkpoint_000003"
+    ckpt.mkdir()
+    torch.save(net.state_dict(), ckpt / STRIPPED_MODEL_FILE)
+    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
+    uri = f"sqlite:///{tmp_path}/m.db"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("models", artifact_location=str(tmp_path / "artifacts"))
+    before = list(sys.path)
+    uris = [log_inference_model(uri, c.create_run(exp).info.run_id, ckpt) for _ in range(3)]
+    assert sys.path == before
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(mlflow.pytorch.load_model(uris[-1])(x), net.eval()(x))  # still a working model

@@ -516,15 +516,15 @@ def _importance(folder: StudyFolder) -> Importance:
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator, get_param_importances
     from optuna.trial import TrialState
 
-    path = folder.optuna_path
+    where = folder.optuna_shown  # its path, or its URL with no password: the analysis goes to MLflow
     try:
         study = folder.optuna_study()
     except FileNotFoundError:
-        return Importance(sentence=f"No Optuna storage at `{path}`: no importances.")
+        return Importance(sentence=f"No Optuna storage at `{where}`: no importances.")
     except KeyError:
-        return Importance(sentence=f"The Optuna storage `{path}` holds no study `{folder.spec.name}`: no importances.")
-    except Exception as e:  # a damaged or foreign file: the rest of the analysis stands
-        return Importance(sentence=f"The Optuna storage `{path}` cannot be read ({type(e).__name__}: "
+        return Importance(sentence=f"The Optuna storage `{where}` holds no study `{folder.spec.name}`: no importances.")
+    except Exception as e:  # a damaged or foreign file, a server that does not answer: the rest of the analysis stands
+        return Importance(sentence=f"The Optuna storage `{where}` cannot be read ({type(e).__name__}: "
                                    f"{' '.join(str(e).split())[:200]}): no importances.")
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)

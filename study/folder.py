@@ -3,7 +3,8 @@
 ``studies/<name>/`` (the spec's ``storage``) holds Tune's experiment (its state and one
 ``trial_<id>/`` folder per trial, with the checkpoints), the resolved spec
 (:data:`SPEC_FILE`), where MLflow records the study (:data:`STATE_FILE`) and the Optuna
-storage (:data:`OPTUNA_FILE`). ``snn-study resume``, ``sync``, ``report`` and ``ui`` start
+storage (:data:`OPTUNA_FILE`, unless the spec's ``search.storage`` names a database server:
+:func:`optuna_url` decides). ``snn-study resume``, ``sync``, ``report`` and ``ui`` start
 from it.
 """
 
@@ -17,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from study.spec import SpecError, StudySpec, parse_spec
+from study.spec import SpecError, StudySpec, hide_password, parse_spec
 
 __all__ = ["CONFIRM", "OPTUNA_FILE", "SEARCH", "SPEC_FILE", "STATE_FILE", "StudyError", "StudyFolder", "open_study",
-           "stage_dir", "stage_of", "study_paths"]
+           "optuna_url", "stage_dir", "stage_of", "study_paths"]
 
 SPEC_FILE = "study.yaml"  # the resolved spec, written before the study starts
 STATE_FILE = "study.json"  # MLflow parent run id and tracking URI of the study
@@ -57,6 +58,14 @@ def study_paths(spec: StudySpec) -> dict[str, Path]:
     return {"dir": d, "spec": d / SPEC_FILE, "state": d / STATE_FILE, "optuna": d / OPTUNA_FILE}
 
 
+def optuna_url(spec: StudySpec, folder: Path | None = None) -> str:
+    """The Optuna storage of ``spec``'s study, as an RDB URL: the spec's ``search.storage``, else the
+    SQLite file :data:`OPTUNA_FILE` in the study folder (``folder``; default: the spec's)."""
+    if spec.search.storage is not None:
+        return spec.search.storage
+    return f"sqlite:///{(spec.study_dir() if folder is None else folder) / OPTUNA_FILE}"
+
+
 @dataclass(frozen=True)
 class StudyFolder:
     """A study as its folder describes it."""
@@ -73,23 +82,38 @@ class StudyFolder:
 
     @property
     def optuna_path(self) -> Path:
-        """The study's Optuna storage, an SQLite file (a pbt or pb2 study has none, and a
-        study whose search has not started has none yet)."""
+        """The study folder's SQLite file of the Optuna storage, where the spec's ``search.storage``
+        names no other (a pbt or pb2 study has none, and a study whose search has not started has
+        none yet)."""
         return self.path / OPTUNA_FILE
 
+    @property
+    def optuna_url(self) -> str:
+        """The study's Optuna storage as an RDB URL: the spec's ``search.storage``, else
+        :attr:`optuna_path`'s. It may hold a password: show :attr:`optuna_shown` instead."""
+        return optuna_url(self.spec, self.path)
+
+    @property
+    def optuna_shown(self) -> str:
+        """The study's Optuna storage as messages, reports and MLflow name it: the SQLite file's
+        path, or the URL with its password hidden."""
+        return str(self.optuna_path) if self.spec.search.storage is None else hide_password(self.optuna_url)
+
     def optuna_study(self):
-        """The study's Optuna study, from :attr:`optuna_path`.
+        """The study's Optuna study, from :attr:`optuna_url`.
 
         Raises:
-            FileNotFoundError: The study has no Optuna storage.
+            FileNotFoundError: The study has no Optuna storage (the SQLite file in the folder
+                is not there).
             KeyError: The storage holds no study of this name.
-            Exception: Whatever Optuna raised reading a damaged or foreign file.
+            Exception: Whatever Optuna raised reading a damaged or foreign file, or a database
+                server that does not answer.
         """
-        if not self.optuna_path.is_file():
+        if self.spec.search.storage is None and not self.optuna_path.is_file():
             raise FileNotFoundError(f"no Optuna storage at {self.optuna_path}")
         import optuna
 
-        return optuna.load_study(study_name=self.spec.name, storage=f"sqlite:///{self.optuna_path}")
+        return optuna.load_study(study_name=self.spec.name, storage=self.optuna_url)
 
     def trial_dirs(self) -> list[Path]:
         """The trial folders Tune made, the search's then the confirm stage's (local storage

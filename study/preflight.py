@@ -19,7 +19,7 @@ from snn import data
 from snn.config import UserData
 from study import baselines
 from study.folder import StudyError
-from study.spec import PERTURBED, POPULATION, StudySpec
+from study.spec import PERTURBED, POPULATION, StudySpec, hide_password
 
 __all__ = ["PrepareProgress", "plan", "prepare_data"]
 
@@ -188,6 +188,8 @@ def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None
         out.append(f"  on this machine: up to {n} trial(s) at once (bound by {bound}); on a cluster, as its "
                    f"resources allow")
     out.append(f"results: {spec.study_dir()}; MLflow: {spec.mlflow.tracking_uri}, experiment {spec.experiment}")
+    if spec.search.storage is not None:
+        out.append(f"  Optuna's storage: {hide_password(spec.search.storage)}")
     return out
 
 

@@ -573,7 +573,7 @@ def _load_optuna(folder: StudyFolder) -> tuple[Any, str | None]:
         return folder.optuna_study(), None
     except FileNotFoundError:
         return None, f"the study folder has no Optuna storage (`{OPTUNA_FILE}`; a pbt or pb2 study has none)"
-    except Exception as e:  # no such study in it, a damaged or foreign file: the rest of the report stands
+    except Exception as e:  # no such study, a damaged or foreign file, a server down: the rest of the report stands
         return None, f"the Optuna storage cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
 
 

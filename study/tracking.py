@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -540,9 +540,9 @@ class _Projection:
     """Writes trial records into one study's MLflow runs; idempotent: what MLflow has is not sent again."""
 
     def __init__(self, tracking_uri: str, experiment: str, study: str, parent_run_id: str,
-                 optuna_db: Path | None = None) -> None:
+                 optuna_study: Callable[[], Any] | None = None) -> None:
         self.uri, self.study, self.parent = tracking_uri, study, parent_run_id
-        self.optuna_db = optuna_db  # the study's Optuna storage, whose trials name their runs
+        self.optuna_study = optuna_study  # loads the study's Optuna study, whose trials name their runs
         self._optuna = None  # that Optuna study, once loaded
         self.client = MlflowClient(tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment)
@@ -595,15 +595,15 @@ class _Projection:
         by a later sync) is named by its run only: Optuna keeps a finished trial as it is. A
         study without Optuna (PBT, the confirm stage) has nothing to link.
         """
-        if self.optuna_db is None or not self.optuna_db.is_file():
+        if self.optuna_study is None:
             return
         import optuna
 
         from study._search import MLFLOW_RUN_IDS, TUNE_TRIAL_IDS
 
         try:
-            if self._optuna is None:
-                self._optuna = optuna.load_study(study_name=self.study, storage=f"sqlite:///{self.optuna_db}")
+            if self._optuna is None:  # none yet (FileNotFoundError, KeyError): tried again at the next run
+                self._optuna = self.optuna_study()
             running = self._optuna.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             trial = next((t for t in running if trial_id in t.user_attrs.get(TUNE_TRIAL_IDS, ())), None)
             if trial is None:  # finished before its run was made (a short trial, a sync): the run still names it
@@ -786,7 +786,7 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
     """
     statuses = statuses or {}
     projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id,
-                             folder.optuna_path)
+                             folder.optuna_study)
     summary = SyncSummary()
     for trial_dir in folder.trial_dirs() if trial_dirs is None else trial_dirs:
         if stage is not None and trial_dirs is None and stage_of(trial_dir) != stage:
@@ -878,7 +878,7 @@ class StudyTracker(tune.Callback):
             if self._projection is None:
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
                                                self.folder.spec.name, self.folder.parent_run_id,
-                                               self.folder.optuna_path)
+                                               self.folder.optuna_study)
             last = getattr(self._trials.get(trial_id), "last_result", None)  # when it started, if it has reported
             self._projection.run_of(trial_id, self._initial[trial_id], self.stage, [last] if last else None)
             fn(self._projection)

@@ -1,9 +1,10 @@
 """Build and run the Ray Tune study for a spec: Tuner + OptunaSearch + ASHA + MLflow.
 
 The wiring is in :func:`build_tuner`, in the order Ray's own examples use: the trainable
-with its resources, the searcher (Optuna TPE, seeded, backed by an RDB storage in the
-study folder so ``optuna-dashboard`` can open it, with the paper's setting enqueued
-first), the scheduler, the ``TuneConfig`` and the ``RunConfig`` (storage, failure retries,
+with its resources, the searcher (Optuna TPE, seeded, backed by an RDB storage, the
+study folder's SQLite file or the database server of the spec's ``search.storage``, so
+``optuna-dashboard`` can open it, with the paper's setting enqueued first), the
+scheduler, the ``TuneConfig`` and the ``RunConfig`` (storage, failure retries,
 checkpoints, the MLflow projection). With ``scheduler: pbt`` or ``pb2`` there is no
 searcher: Tune draws the initial population and PBT (or PB2) perturbs λ (and lr) while the
 trials train (:func:`population`). :func:`run_study` and :func:`resume_study` check what
@@ -29,6 +30,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search import BasicVariantGenerator
+from sqlalchemy.engine import make_url
 
 from search_spaces import build_space, dims_of, first_points, paper_setting
 from snn import data
@@ -36,11 +38,12 @@ from snn.config import HEAD_ONLY
 from snn.metrics import DIVERGED, EPOCH, FIRING_RATE, TEST_ACC
 from study import local_ray
 from study._search import Points, SeededRepeater, StudyOptunaSearch
-from study.folder import CONFIRM, SEARCH, StudyError, StudyFolder, open_study, stage_dir, study_paths, write_state
+from study.folder import (CONFIRM, SEARCH, StudyError, StudyFolder, open_study, optuna_url, stage_dir, study_paths,
+                          write_state)
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.preflight import prepare_data
-from study.spec import PERTURBED, POPULATION, StudySpec
+from study.spec import PERTURBED, POPULATION, StudySpec, hide_password, redacted
 from study.report import write_report
 from study.tracking import (RegisteredModel, StudyTracker, check_tracking_uri, finish_parent_run, log_baselines,
                             register_best_model, start_parent_run, sync_study)
@@ -81,7 +84,7 @@ def _searcher(spec: StudySpec) -> StudyOptunaSearch | SeededRepeater:
     fixed = spec.search.fixed_values()
     space = build_space(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed,
                         constants=spec.train_constants(), seed=spec.seed)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_paths(spec)['optuna']}")
+    storage = optuna.storages.RDBStorage(optuna_url(spec))
     points = first_points(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed)
     search = StudyOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
                                sampler=optuna.samplers.TPESampler(seed=spec.seed), study_name=spec.name,
@@ -348,6 +351,35 @@ def _check_server(uri: str) -> None:
         raise StudyError(str(e)) from None
 
 
+def _check_optuna(spec: StudySpec, *, new: bool) -> None:
+    """Fail before Ray starts when the database server of the spec's ``search.storage`` cannot be
+    opened, or when a new study's name is taken there: Ray's OptunaSearch would carry on another
+    study's search of that name (a server is shared; the study folder's own file is not)."""
+    if spec.search.storage is None:
+        return
+    shown = hide_password(spec.search.storage)
+    try:
+        storage = optuna.storages.RDBStorage(spec.search.storage)  # creates Optuna's tables, as the search would
+        try:
+            storage.get_study_id_from_name(spec.name)
+            taken = True
+        except KeyError:
+            taken = False
+        storage.engine.dispose()  # its connections: the search opens its own
+    except Exception as e:  # no driver, no server, refused credentials: the database's own words
+        why = " ".join(str(e).split())[:300]
+        password = make_url(spec.search.storage).password
+        if password:
+            why = why.replace(str(password), "***")
+        raise StudyError(f"search.storage: cannot open the Optuna storage {shown} ({type(e).__name__}: {why}); "
+                         f"start the database server, install its driver or fix the URL") from None
+    if new and taken:
+        raise StudyError(f"search.storage: {shown} already holds an Optuna study named {spec.name!r}, another "
+                         f"study's search; choose another name (or resume that study)")
+
+
+
+
 def _full(r, epochs: int) -> bool:
     """A trial that trained its whole budget (not stopped early, not failed) with a finite value."""
     acc = (r.metrics or {}).get(TEST_ACC)
@@ -461,6 +493,18 @@ def _finish(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
                        len(confirm_results) if confirm_results is not None else 0, answer, registered)
 
 
+def _record_spec(spec: StudySpec, uri: str) -> str:
+    """Write the resolved spec into the study folder and start the study's parent run in MLflow
+    with it; return the run's id. The folder's copy keeps ``search.storage`` as given (a resume
+    opens it), MLflow's shows it with its password hidden."""
+    resolved = spec.model_dump(mode="json")
+    resolved["mlflow"]["tracking_uri"] = uri
+    trial = spec.trial_config().to_dict()  # paths as this driver resolved them: a resume elsewhere finds the same
+    resolved["data_root"], resolved["dataset"] = trial["data_root"], trial["dataset"]
+    study_paths(spec)["spec"].write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return start_parent_run(uri, spec.experiment, spec.name, redacted(resolved))
+
+
 def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str | None = None,
               verbose: int = 1) -> StudyResult:
     """Run a new study to the end.
@@ -482,6 +526,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
         raise StudyError(f"study {spec.name!r} already exists in {paths['dir']}; resume it with "
                          f"'snn-study resume {paths['dir']}' or choose another name")
     _check_server(uri)
+    _check_optuna(spec, new=True)
     prepared = prepare_data(spec)
     own_ray = _init_ray(spec, address)
     _check_resources(spec)  # before MLflow's store or the study folder exist: a refused study leaves nothing
@@ -495,12 +540,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     paths["dir"].mkdir(parents=True, exist_ok=True)
     if own_ray:
         local_ray.record(paths["dir"])
-    resolved = spec.model_dump(mode="json")
-    resolved["mlflow"]["tracking_uri"] = uri
-    trial = spec.trial_config().to_dict()  # paths as this driver resolved them: a resume elsewhere finds the same
-    resolved["data_root"], resolved["dataset"] = trial["data_root"], trial["dataset"]
-    paths["spec"].write_text(yaml.safe_dump(resolved, sort_keys=False))
-    parent = start_parent_run(uri, spec.experiment, spec.name, resolved)
+    parent = _record_spec(spec, uri)
     write_state(paths["state"], {"parent_run_id": parent, "tracking_uri": uri})
     folder = StudyFolder(paths["dir"], spec, parent, uri)
     results = build_tuner(folder, verbose=verbose, prepared=prepared).fit()
@@ -519,6 +559,7 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     """
     folder = open_study(study)
     _check_server(folder.tracking_uri)
+    _check_optuna(folder.spec, new=False)
     prepared = prepare_data(folder.spec)
     stopped, running = local_ray.stop(folder.path)
     if running:

@@ -13,7 +13,8 @@ Each view is one server for one user, bound to 127.0.0.1 unless asked otherwise:
   (:data:`STUDY_VIEW`, an experiment tag :func:`classic_experiment` writes, which the UI's
   ``viewStateShareKey`` parameter names): the table shows the trials' dimensions, test
   accuracy and method, not MLflow's default columns a new user would have to swap by hand.
-- optuna-dashboard (:func:`dashboard_command`) on the study's Optuna storage, with its
+- optuna-dashboard (:func:`dashboard_command`) on the study's Optuna storage (the study
+  folder's SQLite file, or the database server of the spec's ``search.storage``), with its
   single-process server (wsgiref).
 
 :func:`serving` starts a view, waits until it answers and stops it (its whole process group)
@@ -255,11 +256,12 @@ def _view_name(value: str) -> str | None:
 
 
 def optuna_storage(folder) -> str:
-    """The Optuna storage URL of the study in ``folder`` (a :class:`study.folder.StudyFolder`).
+    """The Optuna storage URL of the study in ``folder`` (a :class:`study.folder.StudyFolder`): the
+    study folder's SQLite file, or the database server of the spec's ``search.storage``.
 
     Raises:
         ViewError: The study has none: population-based training searches without Optuna, and a
-            study whose search has not started has not written it yet.
+            study whose search has not started has not written its SQLite file yet.
     """
     from study.spec import POPULATION
 
@@ -268,10 +270,10 @@ def optuna_storage(folder) -> str:
         raise ViewError(f"{spec.name}: scheduler {spec.scheduler} (population-based training) draws its trials "
                         f"without Optuna, so the study has no Optuna storage to show; `snn-study ui` shows its runs")
     path = folder.optuna_path
-    if not path.is_file():
+    if spec.search.storage is None and not path.is_file():
         raise ViewError(f"{spec.name}: no Optuna storage at {path} (the study's search has not started); "
                         f"run or resume the study first")
-    return f"sqlite:///{path}"
+    return folder.optuna_url
 
 
 def optuna_study_id(storage: str, name: str) -> int | None:

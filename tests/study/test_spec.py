@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from study.spec import QUICKSTART, SpecError, load_spec, parse_spec, quickstart_spec
+from study.spec import QUICKSTART, SpecError, hide_password, load_spec, parse_spec, quickstart_spec, redacted
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +39,13 @@ def spec(**kw):
     (spec(arch="resnet18", arch_kwargs={"width": 8}), "arch_kwargs: unknown option(s) ['width'] for resnet18"),
     ({"dataset": "digits"}, "name: Field required"),
     (spec(name="a b"), "name: String should match pattern"),
+    (spec(search={"storage": "journal"}), "search.storage: not a database URL; give a SQLAlchemy URL of postgresql, mysql, mariadb or sqlite"),
+    (spec(search={"storage": "s3://bucket/optuna"}), "search.storage: 's3://bucket/optuna' is not an RDB storage Optuna can use; give a SQLAlchemy URL"),
+    (spec(search={"storage": "postgresql+nodriver://db/optuna"}), "search.storage: 'postgresql+nodriver://db/optuna': SQLAlchemy has no driver 'nodriver' for postgresql"),
+    (spec(search={"storage": "sqlite://"}), "search.storage: 'sqlite://' is an in-memory database"),
+    (spec(search={"storage": 5432}), "search.storage: Input should be a valid string, got 5432"),
+    (spec(scheduler="pbt", trials=4, search={"storage": "sqlite:////tmp/optuna.db"}), "search.storage: scheduler pbt draws and perturbs its population without Optuna, so there is no Optuna storage; remove it"),
+    (spec(scheduler="pb2", trials=4, search={"storage": "postgresql+psycopg://db/optuna"}), "search.storage: scheduler pb2 draws"),
 ])
 def test_bad_specs_name_the_field(data, expected):
     with pytest.raises(SpecError) as e:
@@ -46,6 +53,31 @@ def test_bad_specs_name_the_field(data, expected):
     msg = str(e.value)
     assert msg.startswith("spec.yaml: ") and expected in msg, msg
     assert "\n" not in msg
+
+
+def test_a_storage_url_error_never_shows_its_password():
+    for url in ("s3://snn:hunter2@bucket/optuna", "postgresql+nodriver://snn:hunter2@db/optuna", "http://snn:hunter2@"):
+        with pytest.raises(SpecError) as e:
+            parse_spec(spec(search={"storage": url}))
+        assert "search.storage: " in str(e.value) and "hunter2" not in str(e.value), str(e.value)
+
+
+def test_the_optuna_storage_is_the_study_folders_file_unless_the_spec_names_a_server(tmp_path, monkeypatch):
+    assert parse_spec(spec()).search.storage is None  # the default: optuna.db in the study folder, as before
+    url = "postgresql+psycopg://snn:hunter2@db:5432/optuna"
+    given = parse_spec(spec(search={"storage": url}))
+    assert given.search.storage == url  # kept as given: the study folder's copy is what a resume opens
+    monkeypatch.chdir(tmp_path)  # a relative SQLite file: made absolute, so a resume elsewhere opens the same
+    assert parse_spec(spec(search={"storage": "sqlite:///shared.db"})).search.storage == f"sqlite:///{tmp_path}/shared.db"
+
+
+def test_what_leaves_the_study_folder_has_no_password():
+    data = parse_spec(spec(search={"storage": "postgresql+psycopg://snn:hunter2@db:5432/optuna"})).model_dump(mode="json")
+    shown = redacted(data)
+    assert shown["search"]["storage"] == "postgresql+psycopg://snn:***@db:5432/optuna"
+    assert data["search"]["storage"] == "postgresql+psycopg://snn:hunter2@db:5432/optuna"  # the original is untouched
+    assert redacted(parse_spec(spec()).model_dump(mode="json"))["search"]["storage"] is None
+    assert hide_password("postgresql+psycopg://snn@db/optuna") == "postgresql+psycopg://snn@db/optuna"  # PGPASSWORD
 
 
 def test_quickstart_is_valid_and_small():

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
+import yaml
+from optuna.trial import TrialState
 
+from procs import free_port
 from search_spaces import PRESETS, build_space
 from snn.config import TrainConfig
-from study import tuner
+from snn.metrics import EPOCH, TEST_ACC
+from study import tuner, views
+from study._search import TUNE_TRIAL_IDS
+from study.analysis import _importance
+from study.folder import OPTUNA_FILE, StudyError, StudyFolder, optuna_url, study_paths
 from study.spec import parse_spec
 
 
@@ -71,3 +80,75 @@ def test_every_trial_config_the_search_makes_is_a_valid_train_config(preset):
         cfg = TrainConfig.from_dict(config)
         assert cfg.weight_decay == 0.05 and cfg.epochs == spec.train.epochs
         study.tell(trial, 0.5)
+
+
+# -- the Optuna storage: the study folder's SQLite file, or the spec's search.storage ---------------------
+def test_the_default_optuna_storage_is_the_study_folders_file(tmp_path):
+    spec = parse_spec({"name": "s", "storage": str(tmp_path)})
+    assert optuna_url(spec) == f"sqlite:///{tmp_path / 's' / OPTUNA_FILE}" == f"sqlite:///{study_paths(spec)['optuna']}"
+    folder = StudyFolder(tmp_path / "moved", spec, "run", "sqlite:///m.db")  # a folder opened where it lies now
+    assert folder.optuna_url == f"sqlite:///{tmp_path / 'moved' / OPTUNA_FILE}"
+    assert folder.optuna_shown == str(tmp_path / "moved" / OPTUNA_FILE)
+    with pytest.raises(FileNotFoundError):
+        folder.optuna_study()
+
+
+def test_a_search_storage_holds_the_searchs_trials_and_the_folder_reads_them_from_it(tmp_path):
+    # another SQLite file stands in for a database server: the searcher writes there, not in the folder
+    server = tmp_path / "server.db"
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "train": {"epochs": 2},
+                       "search": {"storage": f"sqlite:///{server}"}})
+    folder = StudyFolder(spec.study_dir(), spec, "run", "sqlite:///m.db")
+    assert optuna_url(spec) == folder.optuna_url == f"sqlite:///{server}"
+    with pytest.raises(KeyError):  # the storage holds no study of this name yet
+        folder.optuna_study()
+    searcher = tuner._searcher(spec)
+    for i, acc in enumerate((0.5, 0.7)):
+        assert isinstance(searcher.suggest(f"t{i}"), dict)
+        searcher.on_trial_complete(f"t{i}", {TEST_ACC: acc, EPOCH: 2, "training_iteration": 2})
+    study = folder.optuna_study()
+    assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.7)]
+    assert study.trials[0].user_attrs[TUNE_TRIAL_IDS] == ["t0"]
+    assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{server}").trials) == 2
+    assert not folder.optuna_path.exists() and not study_paths(spec)["optuna"].exists()
+    assert views.optuna_storage(folder) == f"sqlite:///{server}"  # what `snn-study dashboard` opens
+
+
+def test_a_new_study_refuses_a_name_its_shared_storage_holds(tmp_path):
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    optuna.create_study(study_name="s", storage=url)  # another study's search, of the same name
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": url}})
+    with pytest.raises(StudyError, match=r"search.storage: .*server.db already holds an Optuna study named 's'"):
+        tuner._check_optuna(spec, new=True)
+    tuner._check_optuna(spec, new=False)  # a resume: that study is its own
+    tuner._check_optuna(parse_spec({"name": "t", "search": {"storage": url}}), new=True)
+
+
+def test_a_storage_that_does_not_answer_is_named_without_its_password(tmp_path):
+    url = f"postgresql+psycopg://snn:hunter2@127.0.0.1:{free_port()}/optuna"  # nothing listens there
+    spec = parse_spec({"name": "s", "storage": str(tmp_path), "search": {"storage": url}})
+    with pytest.raises(StudyError) as e:
+        tuner._check_optuna(spec, new=True)
+    shown = f"postgresql+psycopg://snn:***@127.0.0.1:{url.rsplit(':', 1)[1]}"
+    assert str(e.value).startswith(f"search.storage: cannot open the Optuna storage {shown}")
+    assert "hunter2" not in str(e.value)
+    folder = StudyFolder(tmp_path / "s", spec, "run", "sqlite:///m.db")
+    assert folder.optuna_shown == shown and folder.optuna_url == url
+    sentence = _importance(folder).sentence  # the analysis, which goes to MLflow
+    assert sentence.startswith(f"The Optuna storage `{shown}` cannot be read") and "hunter2" not in sentence
+
+
+def test_mlflow_records_the_spec_without_the_storages_password(tmp_path):
+    from mlflow import MlflowClient
+
+    url = "postgresql+psycopg://snn:hunter2@db:5432/optuna"
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": url}})
+    study_paths(spec)["dir"].mkdir(parents=True)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    run_id = tuner._record_spec(spec, uri)
+    recorded = MlflowClient(uri).download_artifacts(run_id, "spec.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(recorded).read_text())["search"]["storage"] == "postgresql+psycopg://snn:***@db:5432/optuna"
+    assert "hunter2" not in Path(recorded).read_text()
+    kept = study_paths(spec)["spec"]  # the study folder's copy: what `snn-study resume` opens
+    assert parse_spec(yaml.safe_load(kept.read_text())).search.storage == url
+

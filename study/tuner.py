@@ -13,11 +13,13 @@ they can before Ray starts, then run it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,6 +381,29 @@ def _check_optuna(spec: StudySpec, *, new: bool) -> None:
 
 
 
+@contextlib.contextmanager
+def _memory_kills(folder: StudyFolder):
+    """Turn Ray Tune's end of a study whose trials Ray's memory monitor killed into a
+    :class:`StudyError` that says so and what to do.
+
+    When a node's memory passes Ray's threshold (95% by default), Ray kills trial workers
+    with an ``OutOfMemoryError``, which Tune does not count as a trial failure (to retry):
+    it stops the whole run. Every epoch the trials finished is in their folders, so the
+    study resumes where it stopped once fewer trials share a node's memory.
+    """
+    try:
+        yield
+    except RuntimeError as e:
+        if not isinstance(e.__cause__, ray.exceptions.OutOfMemoryError):
+            raise
+        where = re.search(r"Memory on the node \(IP: ([^,]+), ID: (\w{8})\w*\) was (\S+ used / \S+ limit)",
+                          str(e.__cause__))
+        node = f" on node {where[1]} ({where[2]}: {where[3]})" if where else ""
+        raise StudyError(f"Ray's memory monitor killed trials{node}, and Ray Tune stops a study when it does; "
+                         f"every finished epoch is kept. Let fewer trials share a node's memory (a lower "
+                         f"'concurrency', or more 'resources.cpu' per trial), then: snn-study resume "
+                         f"{folder.path}") from None
+
 
 def _full(r, epochs: int) -> bool:
     """A trial that trained its whole budget (not stopped early, not failed) with a finite value."""
@@ -543,8 +568,10 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
     parent = _record_spec(spec, uri)
     write_state(paths["state"], {"parent_run_id": parent, "tracking_uri": uri})
     folder = StudyFolder(paths["dir"], spec, parent, uri)
-    results = build_tuner(folder, verbose=verbose, prepared=prepared).fit()
-    return _finish(folder, results, _confirm(folder, results, verbose=verbose, prepared=prepared))
+    with _memory_kills(folder):
+        results = build_tuner(folder, verbose=verbose, prepared=prepared).fit()
+        confirmed = _confirm(folder, results, verbose=verbose, prepared=prepared)
+    return _finish(folder, results, confirmed)
 
 
 def resume_study(study: str | os.PathLike, *, address: str | None = None, verbose: int = 1) -> StudyResult:
@@ -578,5 +605,7 @@ def resume_study(study: str | os.PathLike, *, address: str | None = None, verbos
     # The RunConfig, with its StudyTracker, comes back from Tune's own state.
     tuner = tune.Tuner.restore(folder.tune_dir, trainable=_trainable(folder.spec, prepared), resume_unfinished=True,
                                resume_errored=True)
-    results = tuner.fit()
-    return _finish(folder, results, _confirm(folder, results, verbose=verbose, prepared=prepared))
+    with _memory_kills(folder):
+        results = tuner.fit()
+        confirmed = _confirm(folder, results, verbose=verbose, prepared=prepared)
+    return _finish(folder, results, confirmed)

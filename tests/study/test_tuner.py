@@ -152,3 +152,26 @@ def test_mlflow_records_the_spec_without_the_storages_password(tmp_path):
     kept = study_paths(spec)["spec"]  # the study folder's copy: what `snn-study resume` opens
     assert parse_spec(yaml.safe_load(kept.read_text())).search.storage == url
 
+
+def test_trials_killed_by_rays_memory_monitor_end_the_study_with_what_to_do(tmp_path):
+    """Ray Tune stops a whole run when Ray's memory monitor kills a trial (an OutOfMemoryError,
+    which it does not retry): the study says so, names the node and how to go on, instead of
+    an internal error."""
+    import ray.exceptions
+
+    from study.folder import StudyError, StudyFolder
+    from study.spec import quickstart_spec
+    from study.tuner import _memory_kills
+
+    folder = StudyFolder(tmp_path / "q", quickstart_spec(), "run", "sqlite:///m.db")
+    oom = ray.exceptions.OutOfMemoryError(
+        "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.7, ID: "
+        "4f052dc0a3b0a4d7427435b9) was 22.43GB used / 23.54GB limit (0.952631)")
+    with pytest.raises(StudyError) as e:
+        with _memory_kills(folder):
+            raise RuntimeError(f"Caught unexpected exception: {oom}") from oom
+    assert "10.0.0.7 (4f052dc0: 22.43GB used / 23.54GB limit)" in str(e.value)
+    assert f"snn-study resume {folder.path}" in str(e.value) and "concurrency" in str(e.value)
+    with pytest.raises(RuntimeError, match="another"):  # any other error of Tune's is left as it is
+        with _memory_kills(folder):
+            raise RuntimeError("another")

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ def _searcher(spec: StudySpec) -> StudyOptunaSearch | SeededRepeater:
     fixed = spec.search.fixed_values()
     space = build_space(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed,
                         constants=spec.train_constants(), seed=spec.seed)
-    storage = optuna.storages.RDBStorage(optuna_url(spec))
+    storage = _rdb_storage(optuna_url(spec))
     points = first_points(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed)
     search = StudyOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
                                sampler=optuna.samplers.TPESampler(seed=spec.seed), study_name=spec.name,
@@ -353,6 +354,23 @@ def _check_server(uri: str) -> None:
         raise StudyError(str(e)) from None
 
 
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage at ``url``, its tables made where the database has none yet.
+
+    Two studies that start at once on a new database server both make the tables: one's
+    CREATE then fails on what the other made (a unique violation in PostgreSQL's catalog),
+    and it opens the storage again, complete by then.
+    """
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(1, 5):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            time.sleep(0.5 * attempt)
+    return optuna.storages.RDBStorage(url)
+
+
 def _check_optuna(spec: StudySpec, *, new: bool) -> None:
     """Fail before Ray starts when the database server of the spec's ``search.storage`` cannot be
     opened, or when a new study's name is taken there: Ray's OptunaSearch would carry on another
@@ -361,7 +379,7 @@ def _check_optuna(spec: StudySpec, *, new: bool) -> None:
         return
     shown = hide_password(spec.search.storage)
     try:
-        storage = optuna.storages.RDBStorage(spec.search.storage)  # creates Optuna's tables, as the search would
+        storage = _rdb_storage(spec.search.storage)  # creates Optuna's tables, as the search would
         try:
             storage.get_study_id_from_name(spec.name)
             taken = True

@@ -104,6 +104,11 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if verbose < 2:
         logging.getLogger("ray.tune.execution.experiment_state").addFilter(_TuneStateWarning())
+    # MLflow prints two "View run/experiment" links each time a run on a server ends, which the
+    # driver does for every trial (and again as it logs the trial's model): a thousand-trial
+    # study would bury its console under them. The study prints its own link; a user who wants
+    # MLflow's sets the variable to false.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _fail(message: str, code: int = 1) -> None:

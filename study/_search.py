@@ -60,7 +60,12 @@ class StudyOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if result.get(STOPPED) or result.get(DIVERGED):  # the last report of a stopped or diverged trial: no value
             return
-        self._reported.setdefault(trial_id, set()).add(result.get(TRAINING_ITERATION))
+        step = result.get(TRAINING_ITERATION)
+        if step in self._reported.get(trial_id, ()):
+            # A retried trial counts Tune's iterations again from Tune's checkpoint of it, which
+            # can lag its newest: Optuna keeps a step's first value and would warn on the console
+            return
+        self._reported.setdefault(trial_id, set()).add(step)
         try:
             super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -55,6 +55,22 @@ def test_a_trial_stopped_before_its_budget_is_pruned_with_its_values_per_epoch()
     assert full.intermediate_values == {1: 0.6, 2: 0.7}
 
 
+def test_a_retried_trial_that_counts_its_iterations_again_warns_of_nothing(recwarn):
+    """After a node is lost, Tune restores a trial from its own checkpoint of it, which can lag
+    the trial's newest: the trial reports iterations Optuna has had already. Optuna keeps the
+    first value of a step, and the console gets no warning per repeated step."""
+    s = _searcher(epochs=4)
+    s.suggest("t")
+    for e in (1, 2, 3):
+        s.on_trial_result("t", _result(e, 0.5 + e / 10))
+    s.on_trial_result("t", {**_result(2, 0.95), EPOCH: 4})  # Tune's 2nd iteration again, the trial's epoch 4
+    s.on_trial_complete("t", {**_result(3, 0.95), EPOCH: 4})
+    (t,) = s._ot_study.trials
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.value == 0.95
+    assert t.intermediate_values == {1: 0.6, 2: 0.7, 3: 0.8}
+    assert not [w for w in recwarn if "already reported" in str(w.message)]
+
+
 def test_a_diverged_trial_fails():
     s = _searcher()
     s.suggest("nan")

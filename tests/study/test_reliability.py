@@ -1,7 +1,10 @@
-"""Faults injected for real: a trial's worker killed, the driver killed, then resumed (issue: reliability).
+"""Faults injected for real: the driver killed, then resumed; killed during a tracking outage,
+then synced; killed again and again; a killed driver's own Ray (issue: reliability).
 
 The drivers are real ``snn-study`` processes joined to the test session's Ray cluster, as a
-driver joins a cluster with ``--address``: killing a driver leaves the cluster up.
+driver joins a cluster with ``--address``: killing a driver leaves the cluster up. Trial
+workers killed (with their whole node) and the tracking server killed mid-study are in
+``tests/docker/test_load.py``, under the load of 32 trials at once.
 """
 
 from __future__ import annotations
@@ -52,40 +55,6 @@ def _driver_traceback(out: str) -> bool:
     """Whether the driver itself printed a traceback (lines forwarded from Ray's worker
     processes, tagged "(name pid=N)", are theirs: a worker SIGTERMed at shutdown may print one)."""
     return any("Traceback" in line for line in out.splitlines() if "pid=" not in line)
-
-
-def _trial_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    # "ray::ImplicitFunc.train" while a train() call runs; "ray::ImplicitFunc" between two calls,
-    # while the trial waits for the driver to take its report
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::ImplicitFunc" in line]
-
-
-def test_killed_trial_worker_resumes_from_its_checkpoint(ray_session, tmp_path):
-    address = ray_session.get_runtime_context().gcs_address
-    # Long enough (small batches, 12 epochs: several seconds after the 2nd checkpoint) that the
-    # worker is still training when the test looks for it; 6 epochs of 64 ended before that
-    # once the fused LIF kernels made epochs faster.
-    epochs = 12
-    spec = _spec(tmp_path, "killw", trials=1, epochs=epochs, batch_size=16)
-    proc = _snn_study(["run", str(spec)], address, tmp_path)
-    trial_dir = tmp_path / "studies" / "killw"
-    wait_for(lambda: any(trial_dir.glob("trial_*/checkpoint_000001")), 240, "the trial's second checkpoint")
-    pids = _trial_pids()
-    assert pids, "no trial process found"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)  # the worker dies mid-training, between epoch 2 and the last
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out
-    # the console says it in one line each, the traceback is in the study's log
-    assert not _driver_traceback(out), out[-4000:]
-    assert "; Tune retries it from its last checkpoint (epoch " in out, out[-4000:]
-    assert "1 trial(s), 0 errored (1 recovered from a failure by a retry)" in out, out[-2000:]
-    assert "Traceback" in (tmp_path / "studies" / "killw" / "driver.log").read_text()
-    c, runs = _runs(tmp_path, "killw")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "test_acc")]
-    assert sorted(steps) == list(range(1, epochs + 1))  # one continuous history: no epoch missing or twice
 
 
 def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
@@ -152,63 +121,6 @@ def _mlflow_server(tmp: Path, port: int) -> subprocess.Popen:
 
     wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), 120, "the MLflow server", [proc])
     return proc
-
-
-def _epochs_in_tune(study_dir: Path) -> dict[str, int]:
-    """Epochs each trial has reported, read from Tune's own result.json files."""
-    return {p.parent.name: len(p.read_text().splitlines()) for p in study_dir.glob("trial_*/result.json")}
-
-
-def test_tracking_server_down_mid_study_loses_nothing_once_back(ray_session, tmp_path):
-    """The server dies mid-study: trials train and checkpoint on; when it returns, MLflow catches up."""
-    from mlflow import MlflowClient
-
-    address = ray_session.get_runtime_context().gcs_address
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = _mlflow_server(tmp_path, port)
-    spec = _spec(tmp_path, "outage", trials=2, epochs=10)
-    proc = _snn_study(["run", str(spec), "--tracking-uri", uri], address, tmp_path)
-    study_dir = tmp_path / "studies" / "outage"
-    try:
-        def logged_epoch_one() -> bool:
-            try:
-                c = MlflowClient(uri)
-                exp = c.get_experiment_by_name("outage")
-                runs = c.search_runs([exp.experiment_id], "tags.kind = 'trial'") if exp else []
-                return any(c.get_metric_history(r.info.run_id, "test_acc") for r in runs)
-            except Exception:
-                return False
-
-        wait_for(logged_epoch_one, 300, "a trial's first epoch in MLflow")
-        os.killpg(server.pid, signal.SIGKILL)  # the tracking server vanishes mid-study
-        server.wait()
-        at_outage = _epochs_in_tune(study_dir)
-        wait_for(lambda: sum(_epochs_in_tune(study_dir).values()) >= sum(at_outage.values()) + 3, 300,
-                  "training to go on while the server is down")
-        assert proc.poll() is None  # the study did not stop
-        server = _mlflow_server(tmp_path, port)  # back, with the same store
-        out, _ = proc.communicate(timeout=400)
-        assert proc.returncode == 0, out
-        assert "MLflow: " in out and "training goes on" in out  # the outage was reported, not hidden
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-    server = _mlflow_server(tmp_path, port)
-    try:
-        c = MlflowClient(uri)
-        exp = c.get_experiment_by_name("outage")
-        runs = c.search_runs([exp.experiment_id], "tags.kind = 'trial'")
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        for r in runs:
-            steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, "test_acc"))
-            assert steps == list(range(1, 11)), steps  # the epochs of the outage were sent when it was back
-        assert all(n == 10 for n in _epochs_in_tune(study_dir).values())
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def _epochs_in_folders(study_dir: Path) -> dict[str, list[int]]:

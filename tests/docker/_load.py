@@ -1,0 +1,234 @@
+"""Two studies at once on a three-node Ray cluster, one MLflow server and one PostgreSQL
+(issue 26, parts 2-5): the scenario the load tests assert on and ``benchmarks.load`` measures.
+
+Study ``load`` runs 32 tiny trials at once (digits, resnet-tiny, one batch an epoch, one
+logical CPU each on two worker nodes of 17), its driver joined to the cluster from this
+machine (``--address``); study ``load-b`` runs 2 beside it, sent with ``ray job submit`` and the
+command of compose's ``study`` service (its driver on the head). Both log to the same
+MLflow server and keep their Optuna studies in the same PostgreSQL database
+(``search.storage``), their Tune folders under one folder every node reads, as a shared file
+system on a cluster. With ``faults``, once 32 trials train at once a whole worker node is
+killed (its trials wait for slots on the other), and the MLflow server is SIGKILLed, then
+started again once the other node's trials have trained on without it.
+
+While it runs, a probe logs one metric to the server every half second (the latency a client
+sees under this load), and PostgreSQL's count of metric rows is read every second (the
+server's write rate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from _cluster import BIN, ROOT, LocalCluster, compose_command
+from procs import wait_for
+
+TRIALS, EPOCHS = 32, 24
+B_TRIALS = 2
+WORKER_CPUS = 17  # trial slots per worker node: 34, one for each trial of both studies
+
+
+@dataclass
+class LoadRun:
+    """What the scenario left: the cluster (still up), the studies' folders, drivers' outputs and measures."""
+
+    cluster: LocalCluster
+    studies: Path
+    out: dict[str, str]  # study name -> its driver's console output
+    rc: dict[str, int]
+    killed_node: str | None = None  # the Ray node id of the worker node killed
+    measures: dict[str, float] = field(default_factory=dict)
+    events: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, what happened)
+
+
+def _spec(work: Path, name: str, trials: int, cluster: LocalCluster) -> Path:
+    p = work / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": name, "dataset": "digits", "arch": "resnet-tiny", "trials": trials, "concurrency": trials,
+        "scheduler": "fifo", "search": {"preset": "quick", "storage": cluster.database_url("optuna")},
+        "train": {"epochs": EPOCHS, "batch_size": 32, "max_batches": 1, "workers": 0},
+        "resources": {"cpu": 1}, "max_failures": 3, "storage": str(work / "studies"),
+        "data_root": str(work / "data")}))
+    return p
+
+
+def results(trial_dir: Path) -> list[dict]:
+    """Every result Tune wrote for the trial, in order (a resumed trial's too)."""
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def most_at_once(study_dir: Path) -> int:
+    """The most trials of the study that trained at the same moment, from their results' times
+    (a trial trains from its first epoch's start to its last result)."""
+    spans = []
+    for d in study_dir.glob("trial_*"):
+        rs = results(d)
+        if rs:
+            spans.append((rs[0]["timestamp"] - rs[0].get("time_this_iter_s", 0.0), rs[-1]["timestamp"]))
+    return max((sum(1 for s, e in spans if s <= t <= e) for t, _ in spans), default=0)
+
+
+def _running_at_once(work: Path) -> int:
+    """Trials of study ``load`` that have reported an epoch and not their last."""
+    n = 0
+    for d in (work / "studies" / "load").glob("trial_*"):
+        rs = results(d)
+        n += bool(rs) and rs[-1].get("epoch", 0) < EPOCHS
+    return n
+
+
+def _epochs_done(work: Path) -> int:
+    return sum(len(results(d)) for d in (work / "studies").glob("*/trial_*"))
+
+
+class _Probe(threading.Thread):
+    """Logs a metric to the server's REST API every half second, once each (no retries); keeps
+    each write's seconds (None: it failed, the server being down)."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(daemon=True)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        self.run_id = client.create_run(client.create_experiment("load-probe")).info.run_id
+        self.url = f"{uri}/api/2.0/mlflow/runs/log-metric"
+        self.times: list[float | None] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        step = 0
+        while not self.stopped.wait(0.5):
+            body = json.dumps({"run_id": self.run_id, "key": "probe", "value": 1.0, "step": step,
+                               "timestamp": int(time.time() * 1000)}).encode()
+            request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+            t0 = time.perf_counter()
+            try:
+                urllib.request.urlopen(request, timeout=30).read()
+                self.times.append(time.perf_counter() - t0)
+            except OSError:
+                self.times.append(None)
+            step += 1
+
+
+class _RowRate(threading.Thread):
+    """PostgreSQL's count of MLflow metric rows, every second: the server's write rate."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.counts, self.stopped = cluster, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            try:
+                self.counts.append((time.monotonic(), int(self.cluster.query("select count(*) from metrics"))))
+            except Exception:
+                pass
+
+
+def run_load(cluster: LocalCluster, faults: bool, timeout_s: float = 900.0) -> LoadRun:
+    """Start ``cluster`` (made with ``worker_cpus=WORKER_CPUS``) and run both studies to their end
+    (see the module's text); the caller stops the cluster, also when this raises."""
+    work = cluster.work
+    run = LoadRun(cluster, work / "studies", {}, {})
+    t0 = time.monotonic()
+
+    def event(what: str) -> None:
+        run.events.append((round(time.monotonic() - t0, 1), what))
+
+    cluster.start_postgres(databases=("mlflow", "optuna"))
+    cluster.start_mlflow()
+    cluster.start_ray(workers=2)
+    event("cluster up")
+    drivers = {}
+    # study `load`: a driver on this machine joined to the cluster (snn-study run --address)
+    log = open(work / "driver-load.log", "w")
+    drivers["load"] = subprocess.Popen(
+        [sys.executable, "-m", "study.cli", "run", str(_spec(work, "load", TRIALS, cluster)),
+         "--address", cluster.gcs_address, "--tracking-uri", cluster.uri],
+        cwd=work, env=cluster.env | {"PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    drivers["load"].log_path = log.name
+    # study `load-b`: sent as a Ray job, with the command of compose's `study` service
+    study_cmd = compose_command("study", cluster.env | {"STUDY_SPEC": str(_spec(work, "load-b", B_TRIALS, cluster))},
+                                {"ray-head:6379": cluster.gcs_address, "http://mlflow:5000": cluster.uri})
+    log = open(work / "driver-load-b.log", "w")
+    drivers["load-b"] = subprocess.Popen(
+        [str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard}", "--",
+         *study_cmd[study_cmd.index("snn-study"):]],  # after `ray start ... && exec`: the head is the node here
+        cwd=work, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    drivers["load-b"].log_path = log.name
+    probe, rate = _Probe(cluster.uri), _RowRate(cluster)
+    probe.start()
+    rate.start()
+    try:
+        wait_for(lambda: _running_at_once(work) >= TRIALS, timeout_s / 2, f"{TRIALS} trials training at once",
+                 [drivers["load"]], interval=1.0)
+        event(f"{TRIALS} trials training")
+        if faults:
+            # the worker node that trains the most of the study's trials now, killed whole
+            running = [rs[-1]["node_id"] for d in (work / "studies" / "load").glob("trial_*")
+                       if (rs := results(d)) and rs[-1].get("epoch", 0) < EPOCHS]
+            nodes = {_node_of_worker(cluster, i): i for i in range(len(cluster.workers))}
+            node = max(nodes, key=running.count)
+            cluster.kill_worker(nodes[node])
+            run.killed_node = node
+            event(f"worker node {nodes[node]} killed ({running.count(node)} trials of 'load' on it)")
+            # and the tracking server, while the other node trains on and the lost trials wait for slots
+            cluster.kill_mlflow()
+            event("MLflow server SIGKILLed")
+            at = _epochs_done(work)
+            wait_for(lambda: _epochs_done(work) >= at + TRIALS // 2, 300, "training to go on without the server",
+                     [drivers["load"]], interval=1.0)
+            cluster.start_mlflow()
+            event("MLflow server started again")
+        for name, d in drivers.items():
+            d.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+            run.rc[name] = d.returncode
+            run.out[name] = Path(d.log_path).read_text()
+            event(f"study {name} ended ({d.returncode})")
+    finally:
+        probe.stopped.set()
+        rate.stopped.set()
+        for d in drivers.values():
+            if d.poll() is None:
+                os.killpg(d.pid, 9)
+                d.wait()
+            run.out.setdefault(next(k for k, v in drivers.items() if v is d), Path(d.log_path).read_text())
+    writes = [t for t in probe.times if t is not None]
+    if writes:
+        run.measures |= {"probe writes": len(writes), "probe write median s": statistics.median(writes),
+                         "probe write max s": max(writes)}
+    if len(rate.counts) > 2:
+        rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(rate.counts, rate.counts[1:])]
+        run.measures |= {"metric rows": rate.counts[-1][1], "metric rows/s mean":
+                         (rate.counts[-1][1] - rate.counts[0][1]) / (rate.counts[-1][0] - rate.counts[0][0]),
+                         "metric rows/s max": max(rates)}
+    run.measures["most trials at once"] = most_at_once(work / "studies" / "load")
+    run.measures["wall s"] = time.monotonic() - t0
+    return run
+
+
+def _node_of_worker(cluster: LocalCluster, i: int) -> str | None:
+    """The Ray node id of worker node ``i`` (its raylet's --node_id argument)."""
+    for p in cluster.node_processes(i):
+        try:
+            args = p.cmdline()
+        except Exception:
+            continue
+        for a in args:
+            if a.startswith("--node_id="):
+                return a.split("=", 1)[1]
+    return None

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: study test test-fast bench bench-cuda bench-quick bench-growth test-tools venv clean
+.PHONY: study test test-fast bench bench-cuda bench-quick bench-growth bench-load test-tools venv clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,12 @@ bench-quick: $(STAMP)
 # training). Writes benchmarks/RESULTS-growth.md.
 bench-growth: $(STAMP)
 	$(PY) -m benchmarks.growth
+
+# 32 trials at once on a three-node Ray cluster, one MLflow server and one PostgreSQL (as the
+# load tests, without faults): the server's write rate and slowest write. Writes
+# benchmarks/RESULTS-load.md. Needs PostgreSQL (`make test-tools`) and about 20 GB of memory.
+bench-load: $(STAMP) test-tools
+	$(PY) -m benchmarks.load
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

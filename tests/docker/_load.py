@@ -138,9 +138,10 @@ class _RowRate(threading.Thread):
                 pass
 
 
-def run_load(cluster: LocalCluster, faults: bool, timeout_s: float = 900.0) -> LoadRun:
+def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_s: float = 900.0) -> LoadRun:
     """Start ``cluster`` (made with ``worker_cpus=WORKER_CPUS``) and run both studies to their end
-    (see the module's text); the caller stops the cluster, also when this raises."""
+    (see the module's text), with the probe and the row count if ``measure``; the caller stops
+    the cluster, also when this raises."""
     work = cluster.work
     run = LoadRun(cluster, work / "studies", {}, {})
     t0 = time.monotonic()
@@ -171,8 +172,9 @@ def run_load(cluster: LocalCluster, faults: bool, timeout_s: float = 900.0) -> L
         cwd=work, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     drivers["load-b"].log_path = log.name
     probe, rate = _Probe(cluster.uri), _RowRate(cluster)
-    probe.start()
-    rate.start()
+    if measure:
+        probe.start()
+        rate.start()
     try:
         wait_for(lambda: _running_at_once(work) >= TRIALS, timeout_s / 2, f"{TRIALS} trials training at once",
                  [drivers["load"]], interval=1.0)

@@ -116,7 +116,8 @@ def end_of_study(spec) -> dict[str, float]:
 def driver_growth(tmp: Path, trials: int, timeout_s: float) -> list[dict]:
     """A real study of ``trials`` tiny trials (digits, resnet-tiny, one batch, a quarter CPU each)
     through ``snn-study run``: the driver process's CPU seconds per finished trial between the
-    points of :data:`POINTS`, and its resident memory at each."""
+    points of :data:`POINTS`, and its resident memory at each; then the study's end, and
+    ``snn-study sync`` and ``report`` of the finished study."""
     import subprocess
     import sys
 
@@ -148,6 +149,16 @@ def driver_growth(tmp: Path, trials: int, timeout_s: float) -> list[dict]:
                 print(rows[-1], flush=True)
                 last, points = (done, cpu), points[1:]
             time.sleep(1.0)
+        # the end of the study, then what a user runs on the finished study
+        driver.wait(max(1.0, timeout_s - (time.monotonic() - start)))
+        rows.append({"study ended (wall s)": time.monotonic() - start, "exit": driver.returncode})
+        for command in ("sync", "report"):
+            t0 = time.monotonic()
+            ran = subprocess.run([sys.executable, "-m", "study.cli", command, str(folder)], cwd=tmp,
+                                 capture_output=True, text=True)
+            rows.append({f"snn-study {command} of the finished study, s": time.monotonic() - t0,
+                         "exit": ran.returncode})
+            print(rows[-1], ran.stdout[-500:], ran.stderr[-500:], flush=True)
     finally:
         if driver.poll() is None:
             driver.terminate()

@@ -287,6 +287,8 @@ def sync(study: str) -> None:
               f"{str(e)[:200]}); nothing is lost, run 'snn-study sync {study}' again once it answers")
     click.echo(f"synced {summary.trials} trial(s) of {folder.spec.name} to {folder.tracking_uri}: "
                f"{summary.epochs} epoch(s) written, {summary.closed} run(s) closed")
+    if summary.failed:  # each was named in a warning above, with why
+        _fail(f"{len(summary.failed)} trial(s) could not be written: {', '.join(sorted(summary.failed))}")
 
 
 def _reap(study_dir: Path) -> None:

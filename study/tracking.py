@@ -27,8 +27,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -54,7 +54,7 @@ from study.folder import SEARCH, StudyFolder, stage_of
 from study.params import config_of_params, params_of
 from study.provenance import provenance
 from study.report import GRAD_PLOT_FILE, metric_per_epoch, plot_grad_histogram
-from study.spec import is_tracking_server
+from study.spec import POPULATION, is_tracking_server
 from study.views import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE, TORCH_THREADS,
                                read_record)
@@ -679,7 +679,16 @@ class _Projection:
                 (Path(tmp) / CONFIG_ARTIFACT).write_text(yaml.safe_dump(record.config, sort_keys=True))
                 self.client.log_artifact(run_id, str(Path(tmp) / CONFIG_ARTIFACT))
         if record.checkpoint is not None:
-            self._checkpoint_artifacts(run_id, record, have)
+            try:
+                self._checkpoint_artifacts(run_id, record, have)
+            except Exception as e:
+                if not reachable(self.uri):
+                    raise  # the store is down: the run is closed by the next sync
+                # a checkpoint a killed worker left half written: the run's record stands without
+                # its model, and is closed all the same (a run left RUNNING would read as training)
+                log.warning("MLflow: trial %s: the model of %s could not be logged (%s: %s); its run is closed "
+                            "without it", record.trial_id, record.checkpoint.name, type(e).__name__,
+                            " ".join(str(e).split())[:200])
         tags = []
         if record.diverged:
             last = record.results[-1]
@@ -734,17 +743,23 @@ def _method(config: dict[str, Any]) -> str:
         return "searched"
 
 
+def _optuna_of(folder: StudyFolder) -> Callable[[], Any] | None:
+    """What loads the study's Optuna study, whose trials the runs link to; None for a study
+    without one (PBT's population is drawn by Tune)."""
+    return None if folder.spec.scheduler in POPULATION else folder.optuna_study
+
+
 _ORPHAN = "the driver stopped before Tune recorded this trial; re-suggested on resume"
 
 
 @dataclass
 class SyncSummary:
-    """What a sync wrote: epochs, runs closed, and trial folders it could not read."""
+    """What a sync wrote: epochs, runs closed, and the trials it could not write (id -> why)."""
 
     epochs: int = 0
     closed: int = 0
     trials: int = 0
-    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def _project(projection: _Projection, record: TrialRecord, status: str | None = None, reason: str | None = None,
@@ -786,7 +801,7 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
     """
     statuses = statuses or {}
     projection = _Projection(folder.tracking_uri, folder.spec.experiment, folder.spec.name, folder.parent_run_id,
-                             folder.optuna_study)
+                             _optuna_of(folder))
     summary = SyncSummary()
     for trial_dir in folder.trial_dirs() if trial_dirs is None else trial_dirs:
         if stage is not None and trial_dirs is None and stage_of(trial_dir) != stage:
@@ -795,8 +810,16 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
         if record is None:
             continue
         orphan = final and record.trial_id not in statuses
-        _project(projection, record, "FAILED" if orphan else statuses.get(record.trial_id),
-                 _ORPHAN if orphan else None, summary)
+        try:
+            _project(projection, record, "FAILED" if orphan else statuses.get(record.trial_id),
+                     _ORPHAN if orphan else None, summary)
+        except Exception as e:
+            if not reachable(folder.tracking_uri):
+                raise  # the store is down: the whole sync is for later
+            # one trial's record the store refuses: the others are written, and their runs closed
+            summary.failed[record.trial_id] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            log.warning("MLflow: trial %s could not be written (%s); 'snn-study sync %s' tries it again",
+                        record.trial_id, summary.failed[record.trial_id], folder.path)
     if final:
         summary.closed += projection.fail_unknown(set(statuses), _ORPHAN, stage or SEARCH)
     return summary
@@ -878,7 +901,7 @@ class StudyTracker(tune.Callback):
             if self._projection is None:
                 self._projection = _Projection(self.folder.tracking_uri, self.folder.spec.experiment,
                                                self.folder.spec.name, self.folder.parent_run_id,
-                                               self.folder.optuna_study)
+                                               _optuna_of(self.folder))
             last = getattr(self._trials.get(trial_id), "last_result", None)  # when it started, if it has reported
             self._projection.run_of(trial_id, self._initial[trial_id], self.stage, [last] if last else None)
             fn(self._projection)

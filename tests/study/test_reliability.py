@@ -94,6 +94,7 @@ def test_killed_driver_then_resume_loses_nothing(ray_session, tmp_path):
     c, runs = _runs(tmp_path, "killd")
     after = [r for r in runs if r.info.status == "FINISHED"]
     print(f"killed driver: {len(runs)} trial runs, {len(after)} finished")  # the rest: started, then orphaned
+    print(out[-3000:])  # shown if an assertion below fails: what the resumed driver said
     assert len(after) == 4
     for r in runs:  # a trial started just before the kill, which Tune had not yet recorded
         assert r.info.status == "FINISHED" or (

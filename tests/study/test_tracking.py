@@ -171,6 +171,31 @@ def test_a_diverged_trial_is_closed_failed_with_the_reason(tmp_path):
     assert [m.step for m in c.get_metric_history(run.info.run_id, "diverged")] == [2]
 
 
+def test_a_half_written_model_leaves_no_run_open_at_the_studys_end(tmp_path, caplog):
+    """A worker killed while its last checkpoint was written leaves a model file cut short:
+    the trial's run is closed without the model, and the sync goes on to close the others."""
+    from mlflow import MlflowClient
+
+    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
+
+    folder = _study(tmp_path, epochs=2)
+    config = TrainConfig(epochs=2).to_dict()
+    trial = folder.path / "trial_aaa"
+    _checkpoint(trial, 1, config, [_result(1), _result(2)])
+    ckpt = trial / "checkpoint_000001"
+    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
+    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
+    (ckpt / STRIPPED_MODEL_FILE).write_bytes(b"PK\x03\x04 cut short")
+    c = MlflowClient(folder.tracking_uri)
+    exp = c.get_experiment_by_name("s").experiment_id
+    c.create_run(exp, tags={"kind": "trial", "study": "s", "trial_id": "zzz"})  # started as the driver died
+    sync_study(folder, {"aaa": "FINISHED"}, final=True)
+    runs = {r.data.tags["trial_id"]: r for r in c.search_runs([exp], "tags.kind = 'trial'")}
+    assert runs["aaa"].info.status == "FINISHED" and _history(c, runs["aaa"].info.run_id) == [(1, 0.1), (2, 0.2)]
+    assert runs["zzz"].info.status == "FAILED"
+    assert "trial aaa: the model of checkpoint_000001 could not be logged" in caplog.text
+
+
 def test_logging_trial_models_leaves_the_drivers_import_path_as_it_was(tmp_path):
     """MLflow checks each logged model by loading it, which puts the model's code copy first on
     sys.path: the driver logs one model per trial, so a path left behind per model would make

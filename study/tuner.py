@@ -387,6 +387,10 @@ def _check_optuna(spec: StudySpec, *, new: bool) -> None:
             taken = False
         storage.engine.dispose()  # its connections: the search opens its own
     except Exception as e:  # no driver, no server, refused credentials: the database's own words
+        if _holds_mlflow(spec.search.storage):  # Optuna's own words blame its version
+            raise StudyError(f"search.storage: {shown} holds MLflow's tables (it is an MLflow backend store); "
+                             f"Optuna needs a database of its own, as both version their tables in "
+                             f"alembic_version: create one (e.g. 'createdb optuna') and name it here") from None
         why = " ".join(str(e).split())[:300]
         password = make_url(spec.search.storage).password
         if password:
@@ -397,6 +401,21 @@ def _check_optuna(spec: StudySpec, *, new: bool) -> None:
         raise StudyError(f"search.storage: {shown} already holds an Optuna study named {spec.name!r}, another "
                          f"study's search; choose another name (or resume that study)")
 
+
+def _holds_mlflow(url: str) -> bool:
+    """Whether the database at ``url`` holds MLflow's tables (its runs, experiments, metrics)."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except Exception:
+        return False
+    try:
+        return {"experiments", "runs", "metrics"} <= set(sqlalchemy.inspect(engine).get_table_names())
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager

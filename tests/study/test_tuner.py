@@ -124,6 +124,19 @@ def test_a_new_study_refuses_a_name_its_shared_storage_holds(tmp_path):
     tuner._check_optuna(parse_spec({"name": "t", "search": {"storage": url}}), new=True)
 
 
+def test_a_storage_that_is_mlflows_database_is_refused_with_the_reason(tmp_path):
+    from mlflow import MlflowClient
+
+    url = f"sqlite:///{tmp_path / 'tracking.db'}"
+    MlflowClient(url).search_experiments()  # MLflow's backend store: its tables, its alembic_version
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": url}})
+    with pytest.raises(StudyError, match=r"search.storage: .*tracking.db holds MLflow's tables .* database of its own"):
+        tuner._check_optuna(spec, new=True)
+    other = f"sqlite:///{tmp_path / 'optuna.db'}"  # a database of its own: opened
+    tuner._check_optuna(parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": other}}),
+                        new=True)
+
+
 def test_a_storage_that_does_not_answer_is_named_without_its_password(tmp_path):
     url = f"postgresql+psycopg://snn:hunter2@127.0.0.1:{free_port()}/optuna"  # nothing listens there
     spec = parse_spec({"name": "s", "storage": str(tmp_path), "search": {"storage": url}})

@@ -171,10 +171,10 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
          *study_cmd[study_cmd.index("snn-study"):]],  # after `ray start ... && exec`: the head is the node here
         cwd=work, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     drivers["load-b"].log_path = log.name
-    probe, rate = _Probe(cluster.uri), _RowRate(cluster)
-    if measure:
-        probe.start()
-        rate.start()
+    probe, rate = (_Probe(cluster.uri), _RowRate(cluster)) if measure else (None, None)
+    for sampler in (probe, rate):
+        if sampler is not None:
+            sampler.start()
     try:
         wait_for(lambda: _running_at_once(work) >= TRIALS, timeout_s / 2, f"{TRIALS} trials training at once",
                  [drivers["load"]], interval=1.0)
@@ -192,7 +192,7 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
             cluster.kill_mlflow()
             event("MLflow server SIGKILLed")
             at = _epochs_done(work)
-            wait_for(lambda: _epochs_done(work) >= at + TRIALS // 2, 300, "training to go on without the server",
+            wait_for(lambda: _epochs_done(work) >= at + TRIALS // 4, 300, "training to go on without the server",
                      [drivers["load"]], interval=1.0)
             cluster.start_mlflow()
             event("MLflow server started again")
@@ -202,18 +202,19 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
             run.out[name] = Path(d.log_path).read_text()
             event(f"study {name} ended ({d.returncode})")
     finally:
-        probe.stopped.set()
-        rate.stopped.set()
+        for sampler in (probe, rate):
+            if sampler is not None:
+                sampler.stopped.set()
         for d in drivers.values():
             if d.poll() is None:
                 os.killpg(d.pid, 9)
                 d.wait()
             run.out.setdefault(next(k for k, v in drivers.items() if v is d), Path(d.log_path).read_text())
-    writes = [t for t in probe.times if t is not None]
+    writes = [t for t in probe.times if t is not None] if probe else []
     if writes:
         run.measures |= {"probe writes": len(writes), "probe write median s": statistics.median(writes),
                          "probe write max s": max(writes)}
-    if len(rate.counts) > 2:
+    if rate and len(rate.counts) > 2:
         rates = [(c1 - c0) / (t1 - t0) for (t0, c0), (t1, c1) in zip(rate.counts, rate.counts[1:])]
         run.measures |= {"metric rows": rate.counts[-1][1], "metric rows/s mean":
                          (rate.counts[-1][1] - rate.counts[0][1]) / (rate.counts[-1][0] - rate.counts[0][0]),

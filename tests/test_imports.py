@@ -20,12 +20,14 @@ at run time: each package and public module imports alone, and what it pulls in.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import subprocess
 import sys
 from collections import deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -471,10 +473,17 @@ def _fresh_import(*modules: str) -> tuple[subprocess.CompletedProcess, set[str]]
     return out, loaded
 
 
+@functools.cache
+def _public_imported_alone() -> dict[str, tuple[subprocess.CompletedProcess, set[str]]]:
+    """Each public module imported alone in its own new interpreter, one per core at a time."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(zip(PUBLIC, pool.map(_fresh_import, PUBLIC)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("module", PUBLIC)
 def test_imports_alone_in_a_fresh_interpreter(module):
-    out, loaded = _fresh_import(module)
+    out, loaded = _public_imported_alone()[module]
     assert out.returncode == 0, f"import {module} failed alone:\n{out.stderr[-3000:]}"
     if _package(module) == "snn":
         assert not loaded & set(ORCHESTRATION), f"import {module} loads {sorted(loaded & set(ORCHESTRATION))}"

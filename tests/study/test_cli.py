@@ -45,9 +45,10 @@ def test_unreachable_tracking_server_fails_fast(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_more_gpus_than_the_cluster_has(tmp_path):
+def test_more_gpus_than_the_cluster_has(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address  # a cluster without GPUs
     r = snn_study("run", "--set", "resources.gpu=1", "--set", f"storage={tmp_path / 'st'}",
-                  "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", cwd=tmp_path)
+                  "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db", "--address", address, cwd=tmp_path)
     assert r.returncode == 2
     assert "resources.gpu: 1 per trial requested, but the Ray cluster has 0 GPU(s)" in error_line(r)
     assert not (tmp_path / "st").exists() and not (tmp_path / "m.db").exists()

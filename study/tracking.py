@@ -842,7 +842,7 @@ class StudyTracker(tune.Callback):
         stage: The study's stage whose trials this Tune run holds (search, or confirm).
     """
 
-    SLOW_WRITE_S = 5.0  # a write under way this long is reported: the store is probably down
+    SLOW_WRITE_S = 5.0  # a write under way this long, to a store whose health check fails, is an outage
 
     def __init__(self, folder: StudyFolder, stage: str = SEARCH) -> None:
         self.folder, self.stage = folder, stage
@@ -880,11 +880,13 @@ class StudyTracker(tune.Callback):
             if self._writer is not None and self._writer.is_alive():
                 self._behind.add(trial.trial_id)  # the next write catches it up
                 waited = time.monotonic() - self._started
-                if waited > self.SLOW_WRITE_S and not self._down:
+                # a long write to a store that answers (a large model uploaded, a busy server) is
+                # not an outage
+                if waited > self.SLOW_WRITE_S and not self._down and not reachable(self.folder.tracking_uri):
                     self._down = True
-                    log.warning("MLflow: a write to %s has not returned for %.0f s (MLflow retries it); training "
-                                "goes on, the trial folders keep every result, and they are written to MLflow "
-                                "when it answers again (or by 'snn-study sync %s')", self.folder.tracking_uri,
+                    log.warning("MLflow: %s does not answer (a write has waited %.0f s; MLflow retries it); "
+                                "training goes on, the trial folders keep every result, and they are written to "
+                                "MLflow when it answers again (or by 'snn-study sync %s')", self.folder.tracking_uri,
                                 waited, self.folder.path)
                 return
             self._started = time.monotonic()
@@ -906,9 +908,8 @@ class StudyTracker(tune.Callback):
             self._projection.run_of(trial_id, self._initial[trial_id], self.stage, [last] if last else None)
             fn(self._projection)
             took = time.monotonic() - self._started
-            if took > self.SLOW_WRITE_S and not self._down:  # it waited out an outage in MLflow's retries
-                log.warning("MLflow: %s for trial %s took %.0f s: the store did not answer meanwhile (MLflow retried); "
-                            "training goes on, the trial folders keep every result", what, trial_id, took)
+            if took > self.SLOW_WRITE_S and not self._down:  # a large model, a busy server, or an outage unseen
+                log.debug("MLflow: %s for trial %s took %.0f s", what, trial_id, took)
             for other in sorted(behind):  # results that came while the writer was busy, from their folders
                 trial = self._trials.get(other)
                 if trial is not None and (record := self._record(trial)) is not None:

@@ -225,3 +225,32 @@ def test_logging_trial_models_leaves_the_drivers_import_path_as_it_was(tmp_path)
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(mlflow.pytorch.load_model(uris[-1])(x), net.eval()(x))  # still a working model
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_long_write_is_an_outage_only_when_the_store_does_not_answer(tmp_path, caplog, answers):
+    """A large model uploaded to a busy server takes more than a few seconds: that is not an
+    outage, and the console says nothing; a store whose health check fails is one (one warning)."""
+    import threading
+    import types
+
+    from study.tracking import StudyTracker
+
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies")})
+    uri = f"sqlite:///{tmp_path}/m.db" if answers else f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    tracker = StudyTracker(StudyFolder(spec.study_dir(), spec, "parent", uri))
+    busy = threading.Event()
+    tracker._writer = threading.Thread(target=busy.wait, daemon=True)  # a write under way ...
+    tracker._writer.start()
+    tracker._started = time.monotonic() - 2 * StudyTracker.SLOW_WRITE_S  # ... for twice the threshold
+    try:
+        for epoch in (1, 2):  # results that arrive meanwhile
+            tracker.on_trial_result(epoch, [], types.SimpleNamespace(trial_id="t1", config={}), {"epoch": epoch})
+    finally:
+        busy.set()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert tracker._behind == {"t1"}  # caught up by the next write, from its folder
+    if answers:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warnings[0].startswith(f"MLflow: {uri} does not answer"), warnings

@@ -226,10 +226,12 @@ def _summary(result) -> None:
                    f"mlflow.pytorch.load_model('{result.model.uri}')")
     from study.spec import is_tracking_server
 
-    view = (f"open {_shown(result.tracking_uri)}" if is_tracking_server(result.tracking_uri)
-            else f"snn-study ui {result.path}")
-    click.echo(f"MLflow: experiment '{result.experiment}' at {result.tracking_uri} ({view}); "
-               f"report: snn-study report {result.path}")
+    uri, shown = result.tracking_uri, _shown(result.tracking_uri)
+    if not is_tracking_server(uri):  # a file store: the ui command serves it
+        where = f"{uri} (snn-study ui {result.path})"
+    else:  # the address a person opens; the one the driver writes to where it differs (docker compose)
+        where = shown if shown == uri else f"{shown} (the driver writes to {uri})"
+    click.echo(f"MLflow: experiment '{result.experiment}' at {where}; report: snn-study report {result.path}")
 
 
 UI_URL_ENV = "MLFLOW_UI_URL"

@@ -44,7 +44,14 @@ def test_published_ports_bind_loopback_only(compose):
         for port in svc.get("ports", []):
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port!r}"
     assert "ports" not in compose["services"]["postgres"]
-    assert "ports" not in compose["services"]["ray-worker"]  # so that --scale works
+    assert "ports" not in compose["services"]["ray-worker"]  # so that several workers can run
+
+
+def test_the_workers_count_is_the_services_own_setting(compose):
+    # `run --rm study` sets the workers (a dependency) back to their configured number in compose
+    # v2: the count is the service's `scale`, from RAY_WORKERS, never a `--scale` to be undone
+    assert compose["services"]["ray-worker"]["scale"] == "${RAY_WORKERS:-2}"
+    assert "ray-worker" in compose["services"]["study"]["depends_on"]
 
 
 def test_stateful_services_use_declared_named_volumes(compose):

@@ -72,6 +72,7 @@ def check(name: str, stack: str) -> None:
         # the address to open on the host, then the containers' own, where the driver writes
         assert f"at {MLFLOW} (the driver writes to http://mlflow:5000)" in out, "the study did not print the host's " \
             "MLflow address"
+        assert "Bad git executable" not in out  # GitPython's complaint about the image's missing git
         runs = _trials("quickstart")
         assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
         nodes = {r.data.tags["ray_node_id"] for r in runs}

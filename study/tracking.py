@@ -826,6 +826,14 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
 
 
 # -- the live writer ------------------------------------------------------------------------------
+# MLflow's HTTP retries (its own environment variables) while the trials train. A live write
+# that fails loses nothing (the trial folders keep every result, and the next write catches up),
+# so the writer gives up after about 15 s instead of MLflow's minutes of back-off, and writes
+# again within seconds of a server's return rather than minutes after; the sync at the study's
+# end keeps MLflow's own retries. Values a user set are kept.
+LIVE_HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
 class StudyTracker(tune.Callback):
     """Tune callback that projects each trial into MLflow as its results arrive.
 
@@ -859,6 +867,7 @@ class StudyTracker(tune.Callback):
         self._writer: threading.Thread | None = None
         self._started = 0.0  # when the writer started its write
         self._down = False  # the store failed, and that was reported
+        self._retries_set: dict[str, str] = {}  # the LIVE_HTTP_RETRIES this tracker put in the environment
 
     # Tune pickles its callbacks with the experiment: the folder, not the thread or the client
     def __getstate__(self) -> dict[str, Any]:
@@ -940,6 +949,17 @@ class StudyTracker(tune.Callback):
         record.results = _by_epoch(record.results + [last])
         return record
 
+    def setup(self, **info) -> None:
+        """The study's Tune run starts (or resumes): the live writer's short retries."""
+        self._retries_set = {k: v for k, v in LIVE_HTTP_RETRIES.items() if k not in os.environ}
+        os.environ.update(self._retries_set)
+
+    def _restore_retries(self) -> None:
+        for key, value in self._retries_set.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
+        self._retries_set = {}
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self._submit(trial, "starting the run", lambda p: p.run_of(trial.trial_id, dict(trial.config), self.stage))
 
@@ -982,6 +1002,7 @@ class StudyTracker(tune.Callback):
         """
         if self._writer is not None:
             self._writer.join()  # one writer at a time, to the end: the sync then writes nothing twice
+        self._restore_retries()  # the sync waits out an outage with MLflow's own retries
         statuses = {t.trial_id: {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status, "RUNNING") for t in trials}
         try:
             remote = "://" in self.folder.tune_dir

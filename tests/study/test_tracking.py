@@ -254,3 +254,22 @@ def test_a_long_write_is_an_outage_only_when_the_store_does_not_answer(tmp_path,
         assert warnings == []
     else:
         assert len(warnings) == 1 and warnings[0].startswith(f"MLflow: {uri} does not answer"), warnings
+
+
+def test_the_live_writer_retries_briefly_and_the_end_of_a_study_as_mlflow_does(tmp_path, monkeypatch):
+    """While trials train, a failed write loses nothing (the folders keep it): MLflow's minutes of
+    back-off would only delay the writes after a server's return. The final sync keeps them."""
+    import os
+
+    from study.tracking import LIVE_HTTP_RETRIES, StudyTracker
+
+    for key in LIVE_HTTP_RETRIES:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "3")  # the user's own: kept
+    tracker = StudyTracker(_study(tmp_path))
+    tracker.setup(stop=None, num_samples=1, total_num_samples=1)
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"
+    tracker.on_experiment_end([])
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"

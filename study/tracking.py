@@ -711,8 +711,12 @@ class _Projection:
     def _checkpoint_artifacts(self, run_id: str, record: TrialRecord, have: set[str]) -> None:
         model = record.checkpoint / STRIPPED_MODEL_FILE
         if (record.checkpoint / STRIPPED_SPEC_FILE).exists():
-            if not self.client.search_logged_models([self.experiment_id], max_results=1,
-                                                    filter_string=f"source_run_id = '{run_id}'"):
+            from mlflow.entities import LoggedModelStatus
+
+            # a model whose upload failed or was cut short (its driver killed) is not READY: logged again
+            models = self.client.search_logged_models([self.experiment_id],
+                                                      filter_string=f"source_run_id = '{run_id}'")
+            if not any(m.status == LoggedModelStatus.READY for m in models):
                 log_inference_model(self.uri, run_id, record.checkpoint)
         elif model.exists() and STRIPPED_MODEL_FILE not in have:  # a trial of an older version: the bare weights
             self.client.log_artifact(run_id, str(model))

@@ -273,3 +273,40 @@ def test_the_live_writer_retries_briefly_and_the_end_of_a_study_as_mlflow_does(t
     tracker.on_experiment_end([])
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"
+
+
+def test_a_model_left_pending_is_logged_again_when_the_run_is_closed(tmp_path):
+    """A driver killed while it logged a trial's model leaves a logged model that never became
+    READY: the sync that closes the run logs the model again, and a READY one is not logged twice."""
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    from snn import models
+    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
+
+    folder = _study(tmp_path, epochs=2)
+    config = TrainConfig(epochs=2).to_dict()
+    trial = folder.path / "trial_aaa"
+    _checkpoint(trial, 0, config, [_result(1)])
+    sync_study(folder)  # the run, open: the trial trains on
+    _checkpoint(trial, 1, config, [_result(1), _result(2)])  # its last epoch, with the inference model
+    ckpt = trial / "checkpoint_000001"
+    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
+    torch.save(models.strip_shortcuts(models.build(**build)).state_dict(), ckpt / STRIPPED_MODEL_FILE)
+    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
+    c = MlflowClient(folder.tracking_uri)
+    exp = c.get_experiment_by_name("s").experiment_id
+    (run,) = c.search_runs([exp], "tags.kind = 'trial'")
+    c.create_logged_model(exp, name="model", source_run_id=run.info.run_id)  # the killed driver's, PENDING
+
+    def statuses():
+        return sorted(m.status for m in c.search_logged_models([exp], filter_string=(
+            f"source_run_id = '{run.info.run_id}'")))
+
+    assert statuses() == [LoggedModelStatus.PENDING]
+    sync_study(folder, {"aaa": "FINISHED"}, final=True)
+    assert statuses() == [LoggedModelStatus.PENDING, LoggedModelStatus.READY]
+    c.update_run(run.info.run_id, status="RUNNING")  # closed once more (a resumed trial): nothing logged twice
+    sync_study(folder, {"aaa": "FINISHED"}, final=True)
+    assert statuses() == [LoggedModelStatus.PENDING, LoggedModelStatus.READY]

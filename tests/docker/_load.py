@@ -173,11 +173,16 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
         if sampler is not None:
             sampler.start()
     try:
-        # measured as the tests measure it at the end, from the results so far: a trial counts once
-        # it has reported after the last one started (result.json files read one by one are no
-        # snapshot: a leader read just before its last epoch may have ended before the last started)
-        wait_for(lambda: most_at_once(work / "studies" / "load") >= TRIALS, timeout_s / 2,
-                 f"{TRIALS} trials training at once", [drivers["load"]], interval=1.0)
+        # from the results so far: a trial counts once it has reported after the last one started.
+        # Measured now, while they train: at the end, the result.json of a trial restored on the
+        # other node no longer spans what it did (two fresh-clone runs read 31 there after 32 here)
+        def at_once() -> bool:
+            seen.append(most_at_once(work / "studies" / "load"))
+            return seen[-1] >= TRIALS
+
+        seen: list[int] = []
+        wait_for(at_once, timeout_s / 2, f"{TRIALS} trials training at once", [drivers["load"]], interval=1.0)
+        run.measures["most trials at once"] = max(seen)
         event(f"{TRIALS} trials training (the leaders at epoch {_leaders_epoch(work)} of {EPOCHS})")
         if faults:
             # the worker node that trains the most of the study's trials now, killed whole
@@ -219,7 +224,8 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
         run.measures |= {"metric rows": rate.counts[-1][1], "metric rows/s mean":
                          (rate.counts[-1][1] - rate.counts[0][1]) / (rate.counts[-1][0] - rate.counts[0][0]),
                          "metric rows/s max": max(rates)}
-    run.measures["most trials at once"] = most_at_once(work / "studies" / "load")
+    run.measures["most trials at once"] = max(run.measures.get("most trials at once", 0),
+                                              most_at_once(work / "studies" / "load"))
     run.measures["wall s"] = time.monotonic() - t0
     return run
 

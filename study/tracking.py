@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
@@ -711,8 +711,6 @@ class _Projection:
     def _checkpoint_artifacts(self, run_id: str, record: TrialRecord, have: set[str]) -> None:
         model = record.checkpoint / STRIPPED_MODEL_FILE
         if (record.checkpoint / STRIPPED_SPEC_FILE).exists():
-            from mlflow.entities import LoggedModelStatus
-
             # a model whose upload failed or was cut short (its driver killed) is not READY: logged again
             models = self.client.search_logged_models([self.experiment_id],
                                                       filter_string=f"source_run_id = '{run_id}'")
@@ -890,22 +888,22 @@ class StudyTracker(tune.Callback):
         self._trials[trial.trial_id] = trial
         self._initial.setdefault(trial.trial_id, dict(trial.config))
         with self._lock:
-            if self._writer is not None and self._writer.is_alive():
+            busy = self._writer is not None and self._writer.is_alive()
+            if busy:
                 self._behind.add(trial.trial_id)  # the next write catches it up
                 waited = time.monotonic() - self._started
-                # a long write to a store that answers (a large model uploaded, a busy server) is
-                # not an outage
-                if waited > self.SLOW_WRITE_S and not self._down and not reachable(self.folder.tracking_uri):
-                    self._down = True
-                    log.warning("MLflow: %s does not answer (a write has waited %.0f s; MLflow retries it); "
-                                "training goes on, the trial folders keep every result, and they are written to "
-                                "MLflow when it answers again (or by 'snn-study sync %s')", self.folder.tracking_uri,
-                                waited, self.folder.path)
-                return
-            self._started = time.monotonic()
-            self._writer = threading.Thread(target=self._write, args=(trial.trial_id, what, fn), daemon=True,
-                                            name="snn-study-mlflow")
-            self._writer.start()
+            else:
+                self._started = time.monotonic()
+                self._writer = threading.Thread(target=self._write, args=(trial.trial_id, what, fn), daemon=True,
+                                                name="snn-study-mlflow")
+                self._writer.start()
+        # A long write to a store that answers (a large model uploaded, a busy server) is not an
+        # outage. The health check runs outside the lock, which the writer takes between writes.
+        if busy and waited > self.SLOW_WRITE_S and not self._down and not reachable(self.folder.tracking_uri):
+            self._down = True
+            log.warning("MLflow: %s does not answer (a write has waited %.0f s; MLflow retries it); training goes "
+                        "on, the trial folders keep every result, and they are written to MLflow when it answers "
+                        "again (or by 'snn-study sync %s')", self.folder.tracking_uri, waited, self.folder.path)
 
     def _write(self, trial_id: str, what: str, fn) -> None:
         with self._lock:

@@ -169,9 +169,9 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
         cwd=work, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     drivers["load-b"].log_path = log.name
     probe, rate = (_Probe(cluster.uri), _RowRate(cluster)) if measure else (None, None)
-    for sampler in (probe, rate):
-        if sampler is not None:
-            sampler.start()
+    samplers = [s for s in (probe, rate) if s is not None]
+    for sampler in samplers:
+        sampler.start()
     try:
         # from the results so far: a trial counts once it has reported after the last one started.
         # Measured now, while they train: at the end, the result.json of a trial restored on the
@@ -207,9 +207,8 @@ def run_load(cluster: LocalCluster, faults: bool, measure: bool = True, timeout_
             run.out[name] = Path(d.log_path).read_text()
             event(f"study {name} ended ({d.returncode})")
     finally:
-        for sampler in (probe, rate):
-            if sampler is not None:
-                sampler.stopped.set()
+        for sampler in samplers:
+            sampler.stopped.set()
         for d in drivers.values():
             if d.poll() is None:
                 os.killpg(d.pid, 9)

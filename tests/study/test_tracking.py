@@ -110,6 +110,25 @@ def _checkpoint(trial: Path, index: int, config: dict, history: list[dict]) -> N
     (d / RECORD_FILE).write_text(json.dumps({"config": config, "history": history}))
 
 
+def _inference_model(ckpt: Path, weights: bytes | None = None):
+    """Put a trial's inference model (a stripped resnet-tiny for 8x8 digits) in checkpoint folder
+    ``ckpt``, as a trial's last epoch does; ``weights`` in place of its file (one cut short)."""
+    import torch
+
+    from snn import models
+    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
+
+    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
+    net = models.strip_shortcuts(models.build(**build))
+    ckpt.mkdir(parents=True, exist_ok=True)
+    if weights is None:
+        torch.save(net.state_dict(), ckpt / STRIPPED_MODEL_FILE)
+    else:
+        (ckpt / STRIPPED_MODEL_FILE).write_bytes(weights)
+    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
+    return net
+
+
 def _history(c, run_id: str, key: str = "test_acc") -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
 
@@ -176,16 +195,11 @@ def test_a_half_written_model_leaves_no_run_open_at_the_studys_end(tmp_path, cap
     the trial's run is closed without the model, and the sync goes on to close the others."""
     from mlflow import MlflowClient
 
-    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
-
     folder = _study(tmp_path, epochs=2)
     config = TrainConfig(epochs=2).to_dict()
     trial = folder.path / "trial_aaa"
     _checkpoint(trial, 1, config, [_result(1), _result(2)])
-    ckpt = trial / "checkpoint_000001"
-    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
-    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
-    (ckpt / STRIPPED_MODEL_FILE).write_bytes(b"PK\x03\x04 cut short")
+    _inference_model(trial / "checkpoint_000001", weights=b"PK\x03\x04 cut short")
     c = MlflowClient(folder.tracking_uri)
     exp = c.get_experiment_by_name("s").experiment_id
     c.create_run(exp, tags={"kind": "trial", "study": "s", "trial_id": "zzz"})  # started as the driver died
@@ -206,16 +220,10 @@ def test_logging_trial_models_leaves_the_drivers_import_path_as_it_was(tmp_path)
     import torch
     from mlflow import MlflowClient
 
-    from snn import models
     from study.tracking import log_inference_model
-    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
 
-    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
-    net = models.strip_shortcuts(models.build(**build))
     ckpt = tmp_path / "checkpoint_000003"
-    ckpt.mkdir()
-    torch.save(net.state_dict(), ckpt / STRIPPED_MODEL_FILE)
-    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
+    net = _inference_model(ckpt)
     uri = f"sqlite:///{tmp_path}/m.db"
     c = MlflowClient(uri)
     exp = c.create_experiment("models", artifact_location=str(tmp_path / "artifacts"))
@@ -278,12 +286,8 @@ def test_the_live_writer_retries_briefly_and_the_end_of_a_study_as_mlflow_does(t
 def test_a_model_left_pending_is_logged_again_when_the_run_is_closed(tmp_path):
     """A driver killed while it logged a trial's model leaves a logged model that never became
     READY: the sync that closes the run logs the model again, and a READY one is not logged twice."""
-    import torch
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModelStatus
-
-    from snn import models
-    from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
 
     folder = _study(tmp_path, epochs=2)
     config = TrainConfig(epochs=2).to_dict()
@@ -291,10 +295,7 @@ def test_a_model_left_pending_is_logged_again_when_the_run_is_closed(tmp_path):
     _checkpoint(trial, 0, config, [_result(1)])
     sync_study(folder)  # the run, open: the trial trains on
     _checkpoint(trial, 1, config, [_result(1), _result(2)])  # its last epoch, with the inference model
-    ckpt = trial / "checkpoint_000001"
-    build = {"arch": "resnet-tiny", "num_classes": 10, "timesteps": 2, "in_channels": 1, "branches": "none"}
-    torch.save(models.strip_shortcuts(models.build(**build)).state_dict(), ckpt / STRIPPED_MODEL_FILE)
-    (ckpt / STRIPPED_SPEC_FILE).write_text(json.dumps({"build": build, "kind": "static", "input_shape": [1, 8, 8]}))
+    _inference_model(trial / "checkpoint_000001")
     c = MlflowClient(folder.tracking_uri)
     exp = c.get_experiment_by_name("s").experiment_id
     (run,) = c.search_runs([exp], "tags.kind = 'trial'")

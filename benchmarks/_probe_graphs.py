@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.__main__ import trainer_steps
+from benchmarks._shortcuts import trainer_steps
 
 
 def main(batches: int = 40, rounds: int = 5) -> None:

@@ -102,7 +102,7 @@ def eager_step(b, batch):
 
 
 def eager():
-    from benchmarks.__main__ import _interleaved
+    from benchmarks._timing import interleaved
     fns = {}
     for variant in ("main", "cur", "pool", "hw"):
         for b in ("all", "none"):
@@ -113,7 +113,7 @@ def eager():
                 step()
                 sync()
             fns[f"{variant}-{b}"] = call
-    med = _interleaved(fns, rounds=40)
+    med = interleaved(fns, rounds=40)
     for v in ("main", "cur", "pool", "hw"):
         print(f"eager fused-adamw b64 {v}: all {med[v+'-all']*1e3:.2f} none {med[v+'-none']*1e3:.2f} overhead {med[v+'-all']/med[v+'-none']-1:+.3f}")
 

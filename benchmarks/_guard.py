@@ -1,8 +1,8 @@
 """Section 6 of ``python -m benchmarks``: the firing-rate guard, silent trials stopped and the
 compute it saves.
 
-The same TPE study run twice per seed through ``study.tuner.run_study``, without the guard
-(every trial's ``stop`` with ``silent_rate`` and ``saturated_rate`` null) and with its defaults: how
+The same TPE study run twice per seed through ``study.tuner.run_study``, without the guard (the
+spec's ``stop`` with ``silent_rate`` and ``saturated_rate`` null) and with its defaults: how
 many trials were silent or saturated, how many the guard stopped, the trial-epochs, time and
 best accuracy of each arm, and whether the stopped configurations were silent where the
 unguarded arm ran them.
@@ -10,7 +10,6 @@ unguarded arm ran them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import tempfile
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._studies import STUDY_CPUS, LoadSampler, local_ray
+from snn.config import FiringStop
 
 NOTE = ("The issue's comparison, from the real study path: `study.tuner.run_study` on the quick-start spec "
         "(digits, resnet-tiny, T = 2, batch 64, 3 epochs a trial; `search: {preset: quick, dims: [tau, "
@@ -26,9 +26,8 @@ NOTE = ("The issue's comparison, from the real study path: `study.tuner.run_stud
         "preset's four dimensions; `scheduler: fifo`, so that nothing but the guard stops a trial; 2 trials "
         "at once on a Ray started once with 2 CPUs; MLflow store and study folders in a new temporary "
         "folder). Seeds 0-3, 32 trials a study (--quick: seed 0, 20 trials); each seed runs the same study "
-        "twice: (a) without the guard, every trial's `stop: {silent_rate: null, saturated_rate: null}` (set "
-        "in the trial constants the spec hands the search, `StudySpec.train_constants`, where the study spec "
-        "has no `train.stop` key), and (b) with it, `stop`'s defaults: a stage below 1e-3 spikes per neuron "
+        "twice: (a) without the guard, every trial's `stop: {silent_rate: null, saturated_rate: null}` (the "
+        "spec's `stop` key), and (b) with it, `stop`'s defaults: a stage below 1e-3 spikes per neuron "
         "and step, or above 0.9, at 3 consecutive checks (4 an epoch, on training batches) stops the trial, "
         "PRUNED and infeasible in Optuna. TPE, seeded with the study's seed: 10 random start-up trials (trial "
         "0 the paper's setting in the preset's dimensions), so the start-up trials are the same "
@@ -47,10 +46,11 @@ NOTE = ("The issue's comparison, from the real study path: `study.tuner.run_stud
         "configuration (same seed, so the same training), was that run silent at its end, and, if not, how "
         "well it learned.")
 
-# The rule that calls a trial silent, in both arms: FiringStop's default silent_rate, applied to the
-# test firing rate of each stage at the trial's last epoch (the guard's own checks read training batches).
-_SILENT_RATE, _SATURATED_RATE = 1e-3, 0.9
-_GUARD_OFF = {"silent_rate": None, "saturated_rate": None}
+# The rule that calls a trial silent, in both arms: FiringStop's default silent_rate (saturated:
+# its saturated_rate), applied to the test firing rate of each stage at the trial's last epoch (the
+# guard's own checks read training batches).
+_SILENT_RATE, _SATURATED_RATE = FiringStop().silent_rate, FiringStop().saturated_rate
+_GUARD_OFF = {"silent_rate": None, "saturated_rate": None}  # the unguarded arm's `stop`
 
 
 @dataclass
@@ -89,12 +89,10 @@ class _GuardStudy:
 def _guard_study(tmp: str, seed: int, guarded: bool, trials: int, epochs: int, max_batches: int | None = None
                  ) -> _GuardStudy:
     """Run one study of the guard section and read it back (trial folders, Optuna storage)."""
-    from unittest import mock
-
     import optuna
 
     from snn.metrics import EPOCH, STOPPED, TEST_ACC
-    from study.spec import SpecError, StudySpec, quickstart_spec
+    from study.spec import quickstart_spec
     from study.tracking import read_trial
     from study.tuner import run_study, study_paths
 
@@ -104,20 +102,8 @@ def _guard_study(tmp: str, seed: int, guarded: bool, trials: int, epochs: int, m
             "train.max_batches": max_batches, "search.preset": "quick", "search.dims": ["tau", "v_threshold"],
             "storage": f"{tmp}/studies", "mlflow.tracking_uri": f"sqlite:///{tmp}/mlflow.db",
             "data_root": f"{tmp}/data"}
-    off = contextlib.nullcontext()
-    if not guarded:
-        try:
-            spec = quickstart_spec({**over, "train.stop": _GUARD_OFF})
-        except SpecError:
-            # The study spec has no key for it: every trial's config starts from the spec's
-            # train_constants (the Optuna space's constants), so the guard is switched off there.
-            spec = quickstart_spec(over)
-            constants = StudySpec.train_constants
-            off = mock.patch.object(StudySpec, "train_constants",
-                                    lambda self: {**constants(self), "stop": {**constants(self)["stop"], **_GUARD_OFF}})
-    else:
-        spec = quickstart_spec(over)
-    with off, LoadSampler() as load:
+    spec = quickstart_spec(over if guarded else {**over, "stop": _GUARD_OFF})
+    with LoadSampler() as load:
         t0 = time.perf_counter()
         result = run_study(spec, verbose=0)
         wall = time.perf_counter() - t0

@@ -7,7 +7,7 @@ Run on a CUDA machine:
   python -m benchmarks._probe_heads graphs    # replayed as CUDA graphs (GPU time only; a process per candidate)
   python -m benchmarks._probe_heads eager     # eager steps, interleaved
   python -m benchmarks._probe_heads profile   # GPU time per kernel name, all branches minus none
-The first H200 run (graphs): +8.1 % (cur) and +6.5 % (new) at batch 64, +7.3 % and +4.8 % at batch 256."""
+What it measured is quoted in docs/performance.md."""
 from __future__ import annotations
 
 import os, subprocess, sys, statistics

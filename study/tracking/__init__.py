@@ -12,7 +12,8 @@ shows that record:
   asking the server whether it answers (``_health``);
 * and completed by :func:`sync_study` (``_sync``), which writes whatever MLflow lacks and
   nothing twice;
-* read back by the report, the analysis and ``snn-study train --run-id`` (``_runs``).
+* read back (``_runs``): the filter that selects a study's trial runs, a metric's newest value
+  per epoch, and what re-running a trial needs (``snn-study train --run-id``).
 
 The names below load their module on first use, so that ``snn-study`` reads
 :data:`MLFLOW_ENVIRONMENT` at its start without importing MLflow, Ray and torch.

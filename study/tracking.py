@@ -50,11 +50,12 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from snn.config import TrainConfig, dataset_name, method_of
 from snn.metrics import DIVERGED, EPOCH, LAMBDA, STOPPED, STOPPED_STAGE, TEST_ACC
 from study import baselines as _baselines
+from study.figures import GRAD_PLOT_FILE, plot_grad_histogram
 from study.folder import SEARCH, StudyFolder, stage_of
 from study.params import config_of_params, params_of
 from study.provenance import provenance
-from study.report import GRAD_PLOT_FILE, metric_per_epoch, plot_grad_histogram
 from study.spec import POPULATION, is_tracking_server
+from study.trial_rows import metric_per_epoch
 from study.views import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE, TORCH_THREADS,
                                read_record)

@@ -56,7 +56,7 @@ from study.analysis import Analysis
 from study.importance import Importance
 from study.replicates import Configuration
 from study.spec import POPULATION
-from study.trial_rows import FAILED, FULL, LOG_DIMS, RUNNING, STOPPED, category_order, dim_value, metric_per_epoch
+from study.trial_rows import FAILED, FULL, LOG_DIMS, RUNNING, category_order, dim_value, metric_per_epoch
 
 __all__ = ["CURVES_PLOT_FILE", "DIMENSIONS_PLOT_FILE", "DPI", "GRAD_PLOT_FILE", "IMPORTANCE_PLOT_FILE",
            "LAMBDA_PLOT_FILE", "PLOT_FILES", "REPLICATES_PLOT_FILE", "TOP_CURVES", "curves_figure", "dimension_figure",
@@ -104,25 +104,15 @@ def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins:
     return Path(path)
 
 
-# -- what a trial came to ----------------------------------------------------------------------------
-def _kind(row: dict[str, Any]) -> str:
-    """A row's outcome (rows made before ``outcome`` existed: from final and epochs)."""
-    if "outcome" in row:
-        return row["outcome"]
-    if row.get("final") is None:
-        return FAILED
-    budget = row.get("budget")
-    return STOPPED if budget and row.get("epochs", 0) < budget else FULL
-
-
+# -- the trials a figure draws, and how it names them -------------------------------------------------
 def drawable(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows with an accuracy to draw: not failed, a finite final test_acc."""
-    return [r for r in rows if _kind(r) != FAILED and r.get("final") is not None and math.isfinite(r["final"])]
+    return [r for r in rows if r["outcome"] != FAILED and r.get("final") is not None and math.isfinite(r["final"])]
 
 
 def _partial_label(row: dict[str, Any]) -> str:
     """The legend entry of a trial short of its budget: "stopped early (k of K epochs)"."""
-    what = "running" if _kind(row) == RUNNING else "stopped early"
+    what = "running" if row["outcome"] == RUNNING else "stopped early"
     budget = row.get("budget")
     return f"{what} ({row['epochs']} of {budget if budget else '?'} epochs)"
 
@@ -136,8 +126,8 @@ def _budget_label(rows: Sequence[dict[str, Any]]) -> str:
 
 def _not_drawn(rows: Sequence[dict[str, Any]]) -> str:
     """What the plots leave out, for a title: "; 2 failed or diverged not shown"."""
-    failed = sum(_kind(r) == FAILED for r in rows)
-    empty = sum(_kind(r) != FAILED and r.get("final") is None for r in rows)
+    failed = sum(r["outcome"] == FAILED for r in rows)
+    empty = sum(r["outcome"] != FAILED and r.get("final") is None for r in rows)
     parts = [f"{failed} failed or diverged"] * bool(failed) + [f"{empty} without an accuracy yet"] * bool(empty)
     return f"; {' and '.join(parts)} not shown" if parts else ""
 
@@ -145,7 +135,7 @@ def _not_drawn(rows: Sequence[dict[str, Any]]) -> str:
 # -- accuracy per dimension ---------------------------------------------------------------------------
 def _style(row: dict[str, Any], partial_markers: dict[str, str]) -> dict[str, Any]:
     """Scatter style: filled blue for a full budget, hollow grey (marker by epochs reached) otherwise."""
-    if _kind(row) == FULL:
+    if row["outcome"] == FULL:
         return {"marker": "o", "facecolors": _FULL_COLOR, "edgecolors": "white", "linewidths": 0.5}
     marker = partial_markers.setdefault(_partial_label(row), _PARTIAL_MARKERS[len(partial_markers)
                                                                               % len(_PARTIAL_MARKERS)])
@@ -156,7 +146,7 @@ def _scatter(ax, points: Sequence[tuple[float, float, dict[str, Any]]], markers:
     """One scatter call per style, so each collection is one outcome (full, or one partial label)."""
     groups: dict[str, list[tuple[float, float, dict[str, Any]]]] = {}
     for x, y, row in points:
-        groups.setdefault("" if _kind(row) == FULL else _partial_label(row), []).append((x, y, row))
+        groups.setdefault("" if row["outcome"] == FULL else _partial_label(row), []).append((x, y, row))
     for label, pts in groups.items():
         xs, ys, first = [p[0] for p in pts], [p[1] for p in pts], pts[0][2]
         ax.scatter(xs, ys, s=36, zorder=3, label=label or FULL, **_style(first, markers))
@@ -187,7 +177,7 @@ def _categorical_panel(ax, dim: str, rows: Sequence[dict[str, Any]], markers: di
     values = {r["trial_id"]: v for r in rows if (v := dim_value(r, dim)) is not None}
     cats = category_order(dim, {str(v) for v in values.values()})
     at = {c: i for i, c in enumerate(cats)}
-    full = [[r["final"] for r in rows if _kind(r) == FULL and str(values.get(r["trial_id"])) == c] for c in cats]
+    full = [[r["final"] for r in rows if r["outcome"] == FULL and str(values.get(r["trial_id"])) == c] for c in cats]
     if any(len(f) >= _BOX_MIN for f in full):  # a box of fewer values says no more than the dots
         ax.boxplot([f if len(f) >= _BOX_MIN else [np.nan] for f in full], positions=range(len(cats)), widths=0.5,
                    showfliers=False,
@@ -204,7 +194,7 @@ def _categorical_panel(ax, dim: str, rows: Sequence[dict[str, Any]], markers: di
 
 def _legend_handles(rows: Sequence[dict[str, Any]], markers: dict[str, str]) -> list[Line2D]:
     handles = [Line2D([], [], ls="", marker="o", color=_FULL_COLOR, label=_budget_label(rows))] \
-        if any(_kind(r) == FULL for r in rows) else []
+        if any(r["outcome"] == FULL for r in rows) else []
     return handles + [Line2D([], [], ls="", marker=m, markerfacecolor="none", markeredgecolor=_PARTIAL_COLOR,
                              markeredgewidth=1.2, label=label) for label, m in markers.items()]
 
@@ -235,7 +225,7 @@ def dimension_figure(rows: Sequence[dict[str, Any]], dims: Sequence[str]) -> Fig
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel(f"final {TEST_ACC}")
-    full, partial = sum(_kind(r) == FULL for r in drawn), sum(_kind(r) != FULL for r in drawn)
+    full, partial = sum(r["outcome"] == FULL for r in drawn), sum(r["outcome"] != FULL for r in drawn)
     short = f", {partial} short of their budget (hollow, grey)" if partial else ""
     fig.suptitle(f"final {TEST_ACC} per dimension: {full} full-budget trial(s){short}{_not_drawn(rows)}",
                  fontsize=10)
@@ -247,28 +237,28 @@ def dimension_figure(rows: Sequence[dict[str, Any]], dims: Sequence[str]) -> Fig
 # -- learning curves ----------------------------------------------------------------------------------
 def _curve_label(row: dict[str, Any]) -> str:
     label = f"{row['trial_id']}  {row['final']:.3f}"
-    return label if _kind(row) == FULL else f"{label}, {_partial_label(row)}"
+    return label if row["outcome"] == FULL else f"{label}, {_partial_label(row)}"
 
 
 def curves_figure(rows: Sequence[dict[str, Any]]) -> Figure | None:
     """Test accuracy per epoch: the best :data:`TOP_CURVES` by final test_acc in colour, named (the
     full-budget trials first: an accuracy after fewer epochs is no rival to theirs)."""
-    drawn = sorted((r for r in drawable(rows) if r["curve"]), key=lambda r: (_kind(r) != FULL, -r["final"]))
+    drawn = sorted((r for r in drawable(rows) if r["curve"]), key=lambda r: (r["outcome"] != FULL, -r["final"]))
     if not drawn:
         return None
     top, rest = drawn[:TOP_CURVES], drawn[TOP_CURVES:]
     fig = _figure((9.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     for r in rest:
-        ax.plot(*zip(*r["curve"]), color="#cccccc", lw=0.8, ls="-" if _kind(r) == FULL else "--", zorder=1)
+        ax.plot(*zip(*r["curve"]), color="#cccccc", lw=0.8, ls="-" if r["outcome"] == FULL else "--", zorder=1)
     cmap = colormaps["tab10"]
     for i, r in enumerate(top):
         ax.plot(*zip(*r["curve"]), color=cmap(i % 10), lw=1.6, marker="o", ms=3.5,
-                ls="-" if _kind(r) == FULL else "--", label=_curve_label(r), zorder=2 + len(top) - i)
+                ls="-" if r["outcome"] == FULL else "--", label=_curve_label(r), zorder=2 + len(top) - i)
     handles, _ = ax.get_legend_handles_labels()
     if rest:
         handles.append(Line2D([], [], color="#cccccc", lw=0.8, label=f"{len(rest)} other trial(s)"))
-    if any(_kind(r) != FULL for r in drawn):
+    if any(r["outcome"] != FULL for r in drawn):
         handles.append(Line2D([], [], color="black", lw=1.2, ls="--", label="dashed: short of its budget"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False,
               title=f"trial, final {TEST_ACC}", title_fontsize=9)

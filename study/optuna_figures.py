@@ -129,6 +129,3 @@ def optuna_plots(folder: StudyFolder, importance: Importance, out: Path) -> tupl
         notes.append(f"Optuna's plots show its {len(complete)} COMPLETE trials; {left} pruned (stopped early), "
                      f"failed or running are not in them.")
     return files, notes
-
-
-# -- every figure of a report ------------------------------------------------------------------------

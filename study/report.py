@@ -39,7 +39,6 @@ __all__ = ["REPORT_FILE", "Report", "write_report"]
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
-_OLD_FILES = ("acc_vs_lambda0.png",)  # written by earlier versions: removed, never left to be logged again
 
 
 @dataclass
@@ -159,7 +158,7 @@ def _plots(client, folder: StudyFolder, rows: list[dict[str, Any]], analysis: An
 
 def _clear(out: Path) -> None:
     """Remove the files an earlier report wrote here (a plot it no longer draws must not stay)."""
-    for name in (REPORT_FILE, *figures.PLOT_FILES, *optuna_figures.PLOT_FILES, *_OLD_FILES):
+    for name in (REPORT_FILE, *figures.PLOT_FILES, *optuna_figures.PLOT_FILES):
         (out / name).unlink(missing_ok=True)
 
 

@@ -27,12 +27,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -324,12 +322,8 @@ def record_analysis(folder: StudyFolder) -> Analysis:
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in sorted(analysis.metrics().items())]
     tags = [RunTag("analysis_stage", analysis.stage or "none")]
-    for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
-        client.log_batch(folder.parent_run_id, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
-    with tempfile.TemporaryDirectory() as tmp:
-        md = Path(tmp) / COMPARISON_MD
-        md.write_text(f"# Study `{folder.spec.name}`: comparison\n\n" + analysis.markdown(level=2))
-        (Path(tmp) / COMPARISON_CSV).write_text(analysis.csv())
-        for name in (COMPARISON_MD, COMPARISON_CSV):
-            client.log_artifact(folder.parent_run_id, str(Path(tmp) / name))
+    client.log_batch(folder.parent_run_id, metrics=metrics, tags=tags)  # in batches of MLflow's limits
+    client.log_text(folder.parent_run_id, f"# Study `{folder.spec.name}`: comparison\n\n" + analysis.markdown(level=2),
+                    COMPARISON_MD)
+    client.log_text(folder.parent_run_id, analysis.csv(), COMPARISON_CSV)
     return analysis

@@ -178,7 +178,8 @@ def bench_pbt(quick: bool) -> list[dict]:
 
 
 def _pbt_rows(studies: list[_ArmStudy], population: int, epochs: int, max_batches: int) -> list[dict]:
-    from study.analysis import _configuration, _difference
+    from study.replicates import configuration as _configuration
+    from study.replicates import paired_difference as _difference
 
     mean = statistics.mean
     by_seed: dict[int, dict[str, _ArmStudy]] = {}

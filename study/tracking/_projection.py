@@ -29,7 +29,7 @@ from snn.metrics import EPOCH, LAMBDA, STOPPED_STAGE, TEST_ACC
 from study.folder import SEARCH
 from study.params import params_of
 from study.provenance import provenance
-from study.report import GRAD_PLOT_FILE, plot_grad_histogram
+from study.figures import GRAD_PLOT_FILE, plot_grad_histogram
 from study.tracking._folders import TrialRecord, by_epoch, is_number
 from study.tracking._health import reachable
 from study.tracking._models import log_inference_model
@@ -247,7 +247,7 @@ class _Projection:
             self.client.log_artifact(run_id, str(model))
         grad = record.checkpoint / FIRST_GRAD_FILE
         if grad.exists() and GRAD_PLOT_FILE not in have:
-            # plot_grad_histogram draws into a file (study.report): uploaded from a temporary folder
+            # plot_grad_histogram draws into a file (study.figures): uploaded from a temporary folder
             with tempfile.TemporaryDirectory() as tmp:
                 png = Path(tmp) / GRAD_PLOT_FILE
                 plot_grad_histogram(torch.load(grad, weights_only=True), png, title=f"trial_{record.trial_id}")

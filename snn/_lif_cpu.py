@@ -10,8 +10,8 @@ and the spike gradient, and writes the current gradient. They compute exactly th
 ``_LIFFunction`` and are checked against it and against ``lif_reference`` by the tests.
 
 Only float32/float64 CPU tensors take this path; CUDA tensors take :mod:`snn._lif_cuda`, and
-half precision on CPUs the tensor-op implementation. ``SNN_FUSED_LIF=0`` (read by
-:mod:`snn.neurons`) switches the fused kernels off.
+half precision on CPUs the tensor-op implementation. A layer built with ``fused=False``
+(:class:`snn.neurons.LIF`) never takes them.
 """
 
 from __future__ import annotations

@@ -52,10 +52,11 @@ class NeuronConfig:
     surrogate: str = "triangle"
     surrogate_param: float | None = None
     detach_reset: bool = False
+    fused: bool = True  # the LIF's fused kernels where they take the input (snn.neurons.LIF)
 
     def make(self) -> LIF:
         return LIF(self.tau, self.v_threshold, self.surrogate, self.surrogate_param,
-                   detach_reset=self.detach_reset)
+                   detach_reset=self.detach_reset, fused=self.fused)
 
 
 class _Seq(nn.Module):
@@ -279,15 +280,13 @@ def strip_shortcuts(model: nn.Module) -> nn.Module:
     return _Stripped(net)
 
 
-
-
 ARCHS: tuple[str, ...] = registry.ARCHS
 """Valid architecture names."""
 
 
 def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, surrogate: str = "triangle",
-          surrogate_param: float | None = None, branches: str | Sequence[int] = "all",
-          **arch_kwargs) -> SpikingResNet:
+          surrogate_param: float | None = None, branches: str | Sequence[int] = "all", *,
+          fused_lif: bool = True, **arch_kwargs) -> SpikingResNet:
     """Build a spiking ResNet by name.
 
     Args:
@@ -298,6 +297,8 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
         surrogate: Surrogate name (:data:`snn.surrogates.NAMES`).
         surrogate_param: Its parameter (None: default).
         branches: ``"all"``, ``"none"`` or a list of stages for shortcut heads (Eq. 10).
+        fused_lif: The LIF layers' fused kernels (``fused`` of :class:`snn.neurons.LIF`);
+            False: their tensor operations.
         **arch_kwargs: ``tau``, ``v_threshold``, ``detach_reset`` for the neurons;
             ``width`` and ``blocks`` for ``resnet-tiny``; ``stem`` to override the stem.
 
@@ -310,7 +311,7 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
     kw = dict(arch_kwargs)
     neuron = NeuronConfig(tau=kw.pop("tau", 0.5), v_threshold=kw.pop("v_threshold", 1.0),
                           surrogate=surrogate, surrogate_param=surrogate_param,
-                          detach_reset=kw.pop("detach_reset", False))
+                          detach_reset=kw.pop("detach_reset", False), fused=fused_lif)
     tiny = {k: kw.pop(k) for k in registry.TINY_OPTIONS if k in kw and arch == "resnet-tiny"}
     spec = registry.layout(arch, **tiny)
     blocks, widths = spec.blocks, spec.widths

@@ -14,7 +14,9 @@ Conventions:
 * Logits are averaged over T.
 * Stages are numbered from 1, as in the paper's Fig. 1 (Stage 1 .. Stage 4).
 
-Registry in the style of timm: :data:`ARCHS` lists the names, :func:`build` makes one.
+Registry in the style of timm: :data:`ARCHS` lists the names, :func:`build` makes one, and
+:func:`build_args` gives its arguments for a trial's config (the one way a config becomes a
+network).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +33,11 @@ from snn import registry
 from snn.neurons import LIF
 from snn.registry import num_stages, resolve_branches
 
-__all__ = ["ARCHS", "ModelOutput", "SpikingResNet", "build", "num_stages", "resolve_branches",
+if TYPE_CHECKING:
+    from snn.config import TrainConfig
+    from snn.data import DatasetInfo
+
+__all__ = ["ARCHS", "ModelOutput", "SpikingResNet", "build", "build_args", "num_stages", "resolve_branches",
            "strip_shortcuts"]
 
 
@@ -324,3 +330,23 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     return SpikingResNet(blocks, widths, num_classes, timesteps, in_channels=in_channels, neuron=neuron,
                          branches=resolve_branches(branches, len(blocks)), **options)
+
+
+def build_args(cfg: TrainConfig, info: DatasetInfo, *, branches: str | Sequence[int] | None = None) -> dict[str, Any]:
+    """:func:`build`'s arguments for the network of a trial's config, as plain data (JSON).
+
+    The one place a config becomes a network: the trainer builds its model from these, and a
+    trial's inference model is rebuilt from them wherever its weights are read.
+
+    Args:
+        cfg: The trial's configuration.
+        info: What the dataset holds (:func:`snn.data.info`): classes and input channels.
+        branches: Shortcut heads other than ``cfg.branches`` (``"none"``: the inference network).
+
+    Returns:
+        Keyword arguments of :func:`build`.
+    """
+    return {"arch": cfg.arch, "num_classes": info.num_classes, "timesteps": cfg.timesteps,
+            "in_channels": info.in_channels, "surrogate": cfg.surrogate, "surrogate_param": cfg.surrogate_param,
+            "branches": cfg.branches if branches is None else branches, "fused_lif": cfg.fused_lif, "tau": cfg.tau,
+            "v_threshold": cfg.v_threshold, **cfg.arch_kwargs}

@@ -172,10 +172,7 @@ class Trainer:
         self.train_loader, self.test_loader = snn_data.loaders(
             cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, data_workers(cfg.workers, self.device),
             download=cfg.download, seed=cfg.seed, prepared=data)
-        self.model = models.build(
-            cfg.arch, info.num_classes, cfg.timesteps, in_channels=info.in_channels,
-            surrogate=cfg.surrogate, surrogate_param=cfg.surrogate_param, branches=cfg.branches,
-            tau=cfg.tau, v_threshold=cfg.v_threshold, **cfg.arch_kwargs).to(self.device)
+        self.model = models.build(**models.build_args(cfg, info)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.loss_mode not in losses.MODES:

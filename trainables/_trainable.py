@@ -63,10 +63,7 @@ def stripped_spec(cfg: TrainConfig, prepared: Prepared | None) -> dict[str, Any]
     wherever its weights are read (:data:`trainables.layout.STRIPPED_SPEC_FILE`)."""
     info = snn_data.info(cfg.dataset, prepared)
     sample = [info.in_channels, *info.input_size]
-    return {"build": {"arch": cfg.arch, "num_classes": info.num_classes, "timesteps": cfg.timesteps,
-                      "in_channels": info.in_channels, "surrogate": cfg.surrogate,
-                      "surrogate_param": cfg.surrogate_param, "branches": "none", "tau": cfg.tau,
-                      "v_threshold": cfg.v_threshold, **cfg.arch_kwargs},
+    return {"build": models.build_args(cfg, info, branches="none"),
             "kind": info.kind, "input_shape": [cfg.timesteps, *sample] if info.kind == "frames" else sample}
 
 

@@ -7,7 +7,8 @@ checkpoint holds everything :meth:`snn.training.Trainer.state_dict` returns, so 
 restarted from epoch k continues exactly as if it had not stopped, and the trial's record
 (its config and every epoch's metrics, :data:`trainables.layout.RECORD_FILE`), so the
 trial folder alone says what the trial did. The trainable knows nothing of MLflow: the
-study projects what it reports.
+study projects what it reports, and hands it the sampler of its node's system metrics
+(``system_metrics``) to run beside the training.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import torch
@@ -31,11 +33,10 @@ from snn.data import DatasetNotFoundError, Prepared, load_prepared
 from snn.config import TrainConfig
 from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, TEST_ACC
 from snn.training import Trainer, TrainingDiverged, TrainingStopped, fit
-from trainables._system import SystemSampler
 from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE,
                                STRIPPED_SPEC_FILE, TORCH_THREADS, read_record)
 
-__all__ = ["load_state", "stripped_spec", "train_snn"]
+__all__ = ["SystemMetrics", "load_state", "stripped_spec", "train_snn"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,16 @@ log = logging.getLogger(__name__)
 def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     """Load a trial's training state from a checkpoint directory (safe: ``weights_only=True``)."""
     return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+class SystemMetrics(Protocol):
+    """What the trainable asks of the sampler of its node's system metrics."""
+
+    def epoch(self) -> dict[str, float]:
+        """The epoch's averages, as result keys (``system/<name>``)."""
+
+    def stop(self) -> None:
+        """Stop sampling."""
 
 
 def _threads() -> None:
@@ -69,10 +80,10 @@ def stripped_spec(cfg: TrainConfig, prepared: Prepared | None) -> dict[str, Any]
 
 class _Reporter:
     """Reports each epoch to Tune with a checkpoint that carries the state and the trial record,
-    and the epoch's system metrics (:class:`trainables._system.SystemSampler`)."""
+    and the epoch's system metrics (:class:`SystemMetrics`)."""
 
     def __init__(self, cfg: TrainConfig, history: list[dict[str, Any]], prepared: Prepared | None = None,
-                 system: SystemSampler | None = None) -> None:
+                 system: SystemMetrics | None = None) -> None:
         self.cfg, self.history, self.prepared, self.system = cfg, history, prepared, system
 
     def __call__(self, metrics: dict[str, float], trainer: Trainer) -> None:
@@ -198,7 +209,7 @@ def _user_data(data: Prepared | None, data_path: str | None) -> Prepared | None:
 
 
 def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepared | None = None,
-              data_path: str | None = None) -> None:
+              data_path: str | None = None, system_metrics: Callable[[], SystemMetrics] | None = None) -> None:
     """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
 
     Args:
@@ -209,6 +220,9 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         data: A user's data, prepared by the driver and brought by Ray's object store
             (``tune.with_parameters`` puts it there once for all trials).
         data_path: The folder of a user's prepared data, read when ``data`` is None.
+        system_metrics: Makes the sampler of the node's system metrics, started with the
+            training and stopped after it; each epoch's result carries its averages. None:
+            no system metrics.
     """
     _threads()
     prepared = _user_data(data, data_path)  # first: a node without the data fails at once
@@ -236,7 +250,7 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         state, history = _replay(newer, history)
     if state is not None:
         state = _with_lr(state, cfg.lr)
-    system = SystemSampler()
+    system = system_metrics() if system_metrics is not None else None
     try:
         fit(cfg, _Reporter(cfg, history, prepared, system), state=state, data=prepared)
     except TrainingDiverged as e:
@@ -253,4 +267,5 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
                      "epochs_done": e.epochs_done, TEST_ACC: float("nan"), EPOCH: e.epoch, NODE_ID: _node_id(),
                      TORCH_THREADS: torch.get_num_threads()})
     finally:
-        system.stop()
+        if system is not None:
+            system.stop()

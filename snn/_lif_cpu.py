@@ -153,7 +153,17 @@ def dense_time_major(x: Tensor) -> bool:
 
 
 def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Run the kernels on as many threads as torch has, and leave torch's count as it was.
+
+    numba's OpenMP layer shares torch's libgomp, and starting its thread pool (at the first
+    call in a process) sets the calling thread's OpenMP count to the pool's size, every core
+    of the machine: torch's ``get_num_threads()`` would then answer that, and its operators
+    use it, whatever the trial was given. The count is put back.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _scalar(x: Tensor, value: float):

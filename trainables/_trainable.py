@@ -56,11 +56,21 @@ class SystemMetrics(Protocol):
         """Stop sampling."""
 
 
-def _threads() -> None:
-    # Give torch as many threads as the trial was given CPUs, so concurrent trials don't oversubscribe.
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") if ray.is_initialized() else None
-    if cpus:
-        torch.set_num_threads(max(1, int(cpus)))
+def _threads() -> int:
+    """Give torch as many threads as the trial's resources have CPUs (at least one), and return it.
+
+    The count is the trial's own request as Tune holds it (``get_trial_resources()``), not
+    what the worker process was assigned: concurrent trials on a node must not oversubscribe
+    its cores, and the thread count changes float sums, so a trial's result depends on it.
+    Outside a Tune trial torch keeps its default, and a warning says so.
+    """
+    resources = tune.get_context().get_trial_resources()
+    if resources is None:
+        log.warning("no Tune trial: torch keeps its default of %d threads", torch.get_num_threads())
+        return torch.get_num_threads()
+    threads = max(1, int(resources.required_resources.get("CPU", 0)))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _node_id() -> str:

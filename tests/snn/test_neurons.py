@@ -207,6 +207,18 @@ def test_cpu_training_does_not_import_triton():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+@pytest.mark.slow  # a fresh interpreter: numba starts its thread pool once per process
+def test_fused_cpu_kernels_leave_torch_s_thread_count_alone():
+    # numba's OpenMP pool shares torch's libgomp, and starting it sets the calling thread's OpenMP
+    # count to the pool's size: the kernels put torch's count back, so a trial given one CPU stays on one
+    code = ("import torch; torch.set_num_threads(1); from snn.neurons import LIF; "
+            "x = torch.randn(2, 3, 1000, requires_grad=True); LIF()(x).sum().backward(); "
+            "assert torch.get_num_threads() == 1, torch.get_num_threads()")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}  # a pool larger than torch's count
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 @pytest.mark.slow  # a subprocess (Triton reads TRITON_INTERPRET at import)
 def test_triton_kernels_match_tensor_ops_in_interpreter():
     # The same kernels, run on the CPU by Triton's interpreter, against the tensor-op path and

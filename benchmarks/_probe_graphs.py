@@ -3,13 +3,13 @@
 ResNet-18 (CIFAR stem), T = 2, batch 64, 32x32 single-channel random images (the digits
 Trainer with its loader replaced by fixed batches on the host). Run on a CUDA machine:
 `python -m benchmarks._probe_graphs`, then `python -m pytest tests/snn/test_training.py -k cuda`.
-The first H200 run: 24.35 ms eager against 3.50 ms replayed (6.96x).
+What it measured is quoted in docs/performance.md.
 """
 from __future__ import annotations
 
 import torch
 
-from benchmarks.__main__ import trainer_steps
+from benchmarks._shortcuts import trainer_steps
 
 
 def main(batches: int = 40, rounds: int = 5) -> None:

@@ -7,7 +7,7 @@ Run on a CUDA machine:
   python -m benchmarks._probe_heads graphs    # replayed as CUDA graphs (GPU time only; a process per candidate)
   python -m benchmarks._probe_heads eager     # eager steps, interleaved
   python -m benchmarks._probe_heads profile   # GPU time per kernel name, all branches minus none
-The first H200 run (graphs): +8.1 % (cur) and +6.5 % (new) at batch 64, +7.3 % and +4.8 % at batch 256."""
+What it measured is quoted in docs/performance.md."""
 from __future__ import annotations
 
 import os, subprocess, sys, statistics
@@ -102,7 +102,7 @@ def eager_step(b, batch):
 
 
 def eager():
-    from benchmarks.__main__ import _interleaved
+    from benchmarks._timing import interleaved
     fns = {}
     for variant in ("main", "cur", "pool", "hw"):
         for b in ("all", "none"):
@@ -113,7 +113,7 @@ def eager():
                 step()
                 sync()
             fns[f"{variant}-{b}"] = call
-    med = _interleaved(fns, rounds=40)
+    med = interleaved(fns, rounds=40)
     for v in ("main", "cur", "pool", "hw"):
         print(f"eager fused-adamw b64 {v}: all {med[v+'-all']*1e3:.2f} none {med[v+'-none']*1e3:.2f} overhead {med[v+'-all']/med[v+'-none']-1:+.3f}")
 

@@ -1,9 +1,7 @@
 """GPU probe: where the host time of one LIF layer's forward + backward goes (CUDA).
 
-Run: `python -m benchmarks._probe_lif_cpu` on a CUDA machine. On an H200's host: ours 166 us per
-forward + backward of a tiny layer, 37 us of it the forward and 50 us our backward (47 us the
-kernel's launch), against 68 us for an identity autograd.Function's forward + backward. (An
-earlier version, on another start of the machine, measured 376 us and 91 us.)
+Run: `python -m benchmarks._probe_lif_cpu` on a CUDA machine; what it measured is quoted in
+docs/performance.md.
 """
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def search_growth(tmp: Path, trials: int, objective: str) -> tuple[list[float], 
 def tracking_growth(tmp: Path, spec, trials: int, epochs: int = 3) -> tuple[list[float], str]:
     """Seconds per trial of the MLflow projection (run, epochs, close); the parent run's id."""
     from study.folder import study_paths, write_state
-    from study.tracking import TrialRecord, _Projection, start_parent_run
+    from study.tracking import TrialRecord, start_parent_run
+    from study.tracking._projection import _Projection
 
     paths = study_paths(spec)
     uri = spec.mlflow.tracking_uri

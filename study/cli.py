@@ -152,6 +152,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
     (Guo et al., NeurIPS 2024) on Ray Tune, Optuna and MLflow."""
     ctx.obj = {"verbose": verbose}
     _setup_logging(verbose)
+    from study.tracking import MLFLOW_ENVIRONMENT  # MLflow's retries and progress bars: environment only
+
+    for key, value in MLFLOW_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)  # a value the user set is kept
 
 
 @cli.command()

@@ -1,5 +1,6 @@
-"""Comparisons with confidence and which dimension matters (study/analysis.py), on hand-made
-MLflow runs in a SQLite store and a hand-made Optuna storage: no Ray, no training."""
+"""Comparisons with confidence and which dimension matters (study/analysis.py, study/replicates.py,
+study/importance.py), on hand-made MLflow runs in a SQLite store and a hand-made Optuna
+storage: no Ray, no training."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from optuna.trial import TrialState, create_trial
 from scipy import stats
 
 from search_spaces import SURROGATE_RANGES, branch_choices
-from study.analysis import (COMPARISON_CSV, COMPARISON_MD, MIN_IMPORTANCE_TRIALS, analyse, record_analysis,
-                            seeds_needed)
+from study.analysis import COMPARISON_CSV, COMPARISON_MD, analyse, record_analysis
 from study.folder import OPTUNA_FILE, StudyFolder, study_paths, write_state
+from study.importance import MIN_IMPORTANCE_TRIALS
+from study.replicates import seeds_needed
 from study.report import write_report
 from study.spec import parse_spec
 

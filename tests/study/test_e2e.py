@@ -80,6 +80,7 @@ def test_every_finished_trial_is_an_mlflow_model_and_the_best_is_registered(quic
     logged = {m.source_run_id: m for m in c.search_logged_models([exp.experiment_id])}
     assert set(logged) == {r.info.run_id for r in trials}
     x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))  # digits: 1 x 8 x 8
+    mlflow.set_tracking_uri(uri)  # a models:/ URI is looked up in the process's tracking store
     for r in trials:
         record = read_trial(result.path / f"trial_{r.data.tags['trial_id']}")
         state = torch.load(record.checkpoint / "state.pt", weights_only=True)
@@ -95,7 +96,6 @@ def test_every_finished_trial_is_an_mlflow_model_and_the_best_is_registered(quic
     assert result.model is not None and result.model.trial_id == result.best["trial_id"]
     version = c.get_model_version_by_alias(spec.name, "best")
     assert version.run_id == c.get_run(c.get_run(result.parent_run_id).data.tags["best_run_id"]).info.run_id
-    mlflow.set_tracking_uri(uri)
     with torch.no_grad():
         assert torch.equal(mlflow.pytorch.load_model(result.model.uri)(x),
                            mlflow.pytorch.load_model(logged[version.run_id].model_uri)(x))

@@ -1,4 +1,4 @@
-"""Replicates, early stops and conditional dimensions (issue 23): the spec, the searcher, a study."""
+"""Replicates, early stops and conditional dimensions: the spec, the searcher, a study."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def _final_acc(client, run) -> float:
 
 @pytest.mark.slow
 def test_an_ablation_with_five_seeds_states_each_paired_difference(ray_session, tmp_path, capsys):
-    """The issue's 'done when': Table 1 with error bars on digits. 3 methods x 5 paired seeds;
+    """Table 1 with error bars on digits: 3 methods x 5 paired seeds;
     the report and the parent run state each paired difference with its interval, and the
     numbers are scipy's on the MLflow data, computed here independently."""
     import numpy as np
@@ -249,7 +249,7 @@ def test_points_run_each_config_once_as_given_and_survive_a_restore(tmp_path):
 
 
 def test_a_silent_trial_is_pruned_with_its_reason_and_infeasible_for_the_sampler():
-    """The constraint hand-off (issue 25): the guard's stop reaches Optuna as PRUNED, its reason
+    """The constraint hand-off: the guard's stop reaches Optuna as PRUNED, its reason
     as a user attribute, and as an infeasible constraint (Trial.set_constraint), which TPE reads
     when it splits trials into good and bad, single- and multi-objective."""
     from optuna.samplers._tpe.sampler import _split_trials
@@ -275,7 +275,7 @@ def test_a_silent_trial_is_pruned_with_its_reason_and_infeasible_for_the_sampler
 
 @pytest.mark.slow
 def test_a_search_over_the_neuron_stops_silent_trials_and_records_them(ray_session, tmp_path):
-    """search.dims [tau, v_threshold] reaches silent networks (issue 25): the guard stops them in
+    """search.dims [tau, v_threshold] reaches silent networks: the guard stops them in
     their first epoch; MLflow tags them silent with the stage, Optuna has them PRUNED with the
     reason and infeasible, the report says what it saved."""
     from mlflow import MlflowClient

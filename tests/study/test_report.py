@@ -1,5 +1,6 @@
-"""The report's plots and YAML (study.report), on synthetic trial rows and a synthetic Optuna study:
-no Ray, no training. A real tiny study's report: tests/study/test_e2e.py."""
+"""The report's plots and YAML (study.report, study.figures, study.optuna_figures), on synthetic
+trial rows and a synthetic Optuna study: no Ray, no training. A real tiny study's report:
+tests/study/test_e2e.py."""
 
 from __future__ import annotations
 
@@ -11,31 +12,33 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
 
-from study import report
-from study.analysis import Analysis, Configuration, Importance
+from study import figures, optuna_figures, report, trial_rows
+from study.analysis import Analysis
 from study.folder import OPTUNA_FILE, StudyFolder
+from study.importance import Importance
+from study.replicates import Configuration
 from study.spec import quickstart_spec
 
 PNG = b"\x89PNG"
 
 
-def _row(trial_id: str, final: float | None, outcome: str = report.FULL, epochs: int = 3, budget: int = 3,
+def _row(trial_id: str, final: float | None, outcome: str = trial_rows.FULL, epochs: int = 3, budget: int = 3,
          **params: str) -> dict:
-    """A row as study.report._trial_rows makes it."""
+    """A row as study.trial_rows.read_rows makes it."""
     p = {"lambda0": "0.25", "schedule": "linear", "branches": "1,2", "surrogate": "triangle",
          "surrogate_param": "1.0", "epochs": str(budget), **params}
     curve = [(e, final - 0.02 * (epochs - e)) for e in range(1, epochs + 1)] if final is not None else []
     return {"trial_id": trial_id, "method": "searched", "status": "FINISHED", "outcome": outcome, "run_id": trial_id,
             "curve": curve, "final": final, "best": final, "epochs": len(curve), "budget": budget, "params": p,
-            "stopped": None, "saved": 0.0, **{c: p.get(c, "") for c in report._COLUMNS}}
+            "stopped": None, "saved": 0.0, **{c: p.get(c, "") for c in trial_rows.COLUMNS}}
 
 
 def _mixed_rows() -> list[dict]:
     return [_row("full1", 0.95, lambda0="0.1", schedule="cosine"), _row("full2", 0.93, lambda0="0.5"),
             _row("full3", 0.91, lambda0="0.9", schedule="constant"),
-            _row("early1", 0.80, report.STOPPED, epochs=1, lambda0="0.3"),
-            _row("early2", 0.70, report.STOPPED, epochs=1, lambda0="0.7", schedule="cosine"),
-            _row("boom", None, report.FAILED, lambda0="0.6")]
+            _row("early1", 0.80, trial_rows.STOPPED, epochs=1, lambda0="0.3"),
+            _row("early2", 0.70, trial_rows.STOPPED, epochs=1, lambda0="0.7", schedule="cosine"),
+            _row("boom", None, trial_rows.FAILED, lambda0="0.6")]
 
 
 def _points(ax) -> dict[str, PathCollection]:
@@ -48,17 +51,17 @@ def _draw(fig):
 
 
 def test_stopped_trials_are_hollow_grey_and_named_failed_ones_counted_not_drawn():
-    fig = _draw(report._dimension_figure(_mixed_rows(), ["lambda0", "schedule"]))
+    fig = _draw(figures.dimension_figure(_mixed_rows(), ["lambda0", "schedule"]))
     numeric, categorical = fig.axes[:2]
     for ax in (numeric, categorical):
         points = _points(ax)
-        assert set(points) == {report.FULL, "stopped early (1 of 3 epochs)"}
-        assert len(points[report.FULL].get_offsets()) == 3
+        assert set(points) == {trial_rows.FULL, "stopped early (1 of 3 epochs)"}
+        assert len(points[trial_rows.FULL].get_offsets()) == 3
         early = points["stopped early (1 of 3 epochs)"]
         assert len(early.get_offsets()) == 2  # the failed trial is not drawn
         assert all(a == 0 for *_, a in early.get_facecolor())  # hollow
-        assert all(a > 0 for *_, a in points[report.FULL].get_facecolor())  # filled
-        assert tuple(early.get_edgecolor()[0][:3]) == pytest.approx(matplotlib.colors.to_rgb(report._PARTIAL_COLOR))
+        assert all(a > 0 for *_, a in points[trial_rows.FULL].get_facecolor())  # filled
+        assert tuple(early.get_edgecolor()[0][:3]) == pytest.approx(matplotlib.colors.to_rgb(figures._PARTIAL_COLOR))
     assert sorted(y for _, y in _points(numeric)["stopped early (1 of 3 epochs)"].get_offsets()) == [0.70, 0.80]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["full budget (3 epochs)",
                                                                   "stopped early (1 of 3 epochs)"]
@@ -71,15 +74,15 @@ def test_surrogate_param_is_drawn_relative_to_its_surrogates_default():
     rows = [_row("a", 0.9, surrogate="atan", surrogate_param="4.0"),  # atan's default: 2
             _row("b", 0.8, surrogate="triangle", surrogate_param="None"),  # the default
             _row("c", 0.7, surrogate="sigmoid", surrogate_param="1.0")]  # sigmoid's default: 4
-    assert [report._dim_value(r, "surrogate_param") for r in rows] == [2.0, 1.0, 0.25]
-    ax = _draw(report._dimension_figure(rows, ["surrogate_param"])).axes[0]
+    assert [trial_rows.dim_value(r, "surrogate_param") for r in rows] == [2.0, 1.0, 0.25]
+    ax = _draw(figures.dimension_figure(rows, ["surrogate_param"])).axes[0]
     assert ax.get_xscale() == "log" and "default" in ax.get_xlabel()
-    assert sorted(x for x, _ in _points(ax)[report.FULL].get_offsets()) == [0.25, 1.0, 2.0]
+    assert sorted(x for x, _ in _points(ax)[trial_rows.FULL].get_offsets()) == [0.25, 1.0, 2.0]
 
 
 def test_learning_curves_have_integer_epochs_dashed_stopped_trials_and_a_legend_outside():
-    rows = [_row(f"t{i}", 0.9 - 0.01 * i) for i in range(4)] + [_row("early", 0.6, report.STOPPED, epochs=2)]
-    fig = _draw(report._curves_figure(rows))
+    rows = [_row(f"t{i}", 0.9 - 0.01 * i) for i in range(4)] + [_row("early", 0.6, trial_rows.STOPPED, epochs=2)]
+    fig = _draw(figures.curves_figure(rows))
     ax = fig.axes[0]
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
     assert styles["early  0.600, stopped early (2 of 3 epochs)"] == "--"
@@ -94,16 +97,16 @@ def test_learning_curves_have_integer_epochs_dashed_stopped_trials_and_a_legend_
 def test_a_one_epoch_study_has_one_whole_epoch_tick():
     row = _row("t0", 0.7)
     row["curve"] = [(1, 0.7)]
-    ax = _draw(report._curves_figure([row])).axes[0]
+    ax = _draw(figures.curves_figure([row])).axes[0]
     visible = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert visible == [1.0]
 
 
 def test_learning_curves_name_the_best_ten_and_grey_the_rest():
     rows = [_row(f"t{i:02d}", 0.99 - 0.01 * i) for i in range(14)]
-    ax = _draw(report._curves_figure(rows)).axes[0]
+    ax = _draw(figures.curves_figure(rows)).axes[0]
     named = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
-    assert [line.get_label().split()[0] for line in named] == [f"t{i:02d}" for i in range(report.TOP_CURVES)]
+    assert [line.get_label().split()[0] for line in named] == [f"t{i:02d}" for i in range(figures.TOP_CURVES)]
     assert len(ax.get_lines()) == 14
     assert "4 other trial(s)" in [t.get_text() for t in ax.get_legend().get_texts()]
 
@@ -135,7 +138,7 @@ def test_forest_plot_of_replicated_configurations_names_the_papers_methods():
                _config("vanilla", "vanilla", {"0": 0.90, "1": 0.91, "2": 0.89}),
                Configuration("search", "searched", "lambda0=0.5", {}, {"0": 0.5}, ("x",), 1, 0.5, None, None))
     analysis = Analysis("search", configs, (), Importance(), frozenset(), {})
-    ax = _draw(report._replicates_figure(analysis)).axes[0]
+    ax = _draw(figures.replicates_figure(analysis)).axes[0]
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert labels == ["vanilla — Vanilla Training (n=3)", "evolutionary — Evolutionary Training (n=3)"]
     lo, hi = configs[0].ci
@@ -143,7 +146,7 @@ def test_forest_plot_of_replicated_configurations_names_the_papers_methods():
     numbers = [t.get_text() for t in ax.child_axes[0].get_yticklabels()]  # the right axis: mean [CI]
     assert numbers[1] == f"{configs[0].mean:.4f} [{lo:.4f}, {hi:.4f}]"
     single = Analysis("search", configs[2:], (), Importance(), frozenset(), {})
-    assert report._replicates_figure(single) is None
+    assert figures.replicates_figure(single) is None
 
 
 def _folder(tmp_path) -> StudyFolder:
@@ -152,7 +155,7 @@ def _folder(tmp_path) -> StudyFolder:
 
 
 def test_optuna_plots_are_skipped_with_a_note_without_a_storage(tmp_path):
-    files, notes = report._optuna_plots(_folder(tmp_path), Importance(), tmp_path)
+    files, notes = optuna_figures.optuna_plots(_folder(tmp_path), Importance(), tmp_path)
     assert files == [] and len(notes) == 1
     assert "left out: the study folder has no Optuna storage" in notes[0]
 
@@ -182,8 +185,8 @@ def test_optuna_plots_leave_no_pyplot_figure_nor_style_behind(tmp_path):
     _optuna_study(folder, complete=5, pruned=2)
     before, style = plt.get_fignums(), dict(matplotlib.rcParams)
     with optuna_quiet():
-        files, notes = report._optuna_plots(folder, Importance(), tmp_path)
-    assert [f.name for f in files] == [report.PARALLEL_PLOT_FILE, report.SLICE_PLOT_FILE, report.CONTOUR_PLOT_FILE]
+        files, notes = optuna_figures.optuna_plots(folder, Importance(), tmp_path)
+    assert [f.name for f in files] == [optuna_figures.PARALLEL_PLOT_FILE, optuna_figures.SLICE_PLOT_FILE, optuna_figures.CONTOUR_PLOT_FILE]
     assert all(f.read_bytes()[:4] == PNG for f in files)
     assert plt.get_fignums() == before
     assert dict(matplotlib.rcParams) == style  # Optuna's ggplot style sheet did not leak
@@ -195,8 +198,8 @@ def test_optuna_plots_needing_two_trials_are_skipped_with_their_reason(tmp_path)
     folder = _folder(tmp_path)
     _optuna_study(folder, complete=1)
     with optuna_quiet():
-        files, notes = report._optuna_plots(folder, Importance(), tmp_path)
-    assert [f.name for f in files] == [report.SLICE_PLOT_FILE]
+        files, notes = optuna_figures.optuna_plots(folder, Importance(), tmp_path)
+    assert [f.name for f in files] == [optuna_figures.SLICE_PLOT_FILE]
     assert notes == [f"Optuna's {what} is left out: it needs at least 2 complete trial(s), the study has 1."
                      for what in ("parallel coordinates", "contour plot")]
 

@@ -103,7 +103,8 @@ def store(tmp_path_factory):
     from mlflow import MlflowClient
 
     from study.params import params_of
-    from study.tracking import TrialRecord, _Projection, log_baselines, start_parent_run
+    from study.tracking import TrialRecord, log_baselines, start_parent_run
+    from study.tracking._projection import _Projection
 
     tmp = tmp_path_factory.mktemp("rerun")
     uri = f"sqlite:///{tmp}/mlflow.db"

@@ -1,4 +1,4 @@
-"""MLflow as a projection of the trial folders (study/tracking.py), on a real SQLite store."""
+"""MLflow as a projection of the trial folders (study/tracking/), on a real SQLite store."""
 
 from __future__ import annotations
 
@@ -211,9 +211,9 @@ def test_a_half_written_model_leaves_no_run_open_at_the_studys_end(tmp_path, cap
 
 
 def test_logging_trial_models_leaves_the_drivers_import_path_as_it_was(tmp_path):
-    """MLflow checks each logged model by loading it, which puts the model's code copy first on
-    sys.path: the driver logs one model per trial, so a path left behind per model would make
-    every later import and package lookup slower as the study grows (issue 26)."""
+    """Loading a logged model (as mlflow.pytorch.log_model does to check it) puts the model's code
+    copy first on sys.path for good: the driver logs one model per trial, so a path left behind per
+    model would make every later import and package lookup slower as the study grows."""
     import sys
 
     import mlflow.pytorch
@@ -231,6 +231,7 @@ def test_logging_trial_models_leaves_the_drivers_import_path_as_it_was(tmp_path)
     uris = [log_inference_model(uri, c.create_run(exp).info.run_id, ckpt) for _ in range(3)]
     assert sys.path == before
     x = torch.rand(4, 1, 8, 8)
+    mlflow.set_tracking_uri(uri)  # a models:/ URI is looked up in the process's tracking store
     with torch.no_grad():
         assert torch.equal(mlflow.pytorch.load_model(uris[-1])(x), net.eval()(x))  # still a working model
 
@@ -264,23 +265,36 @@ def test_a_long_write_is_an_outage_only_when_the_store_does_not_answer(tmp_path,
         assert len(warnings) == 1 and warnings[0].startswith(f"MLflow: {uri} does not answer"), warnings
 
 
-def test_the_live_writer_retries_briefly_and_the_end_of_a_study_as_mlflow_does(tmp_path, monkeypatch):
-    """While trials train, a failed write loses nothing (the folders keep it): MLflow's minutes of
-    back-off would only delay the writes after a server's return. The final sync keeps them."""
+def test_the_cli_shortens_mlflows_retries_once_and_the_tracker_leaves_the_environment_alone(tmp_path):
+    """A failed write loses nothing (the folders keep it): MLflow's minutes of back-off would only
+    delay the writes after a server's return. MLflow reads its retries from the environment only,
+    so the CLI sets them at its start, keeping a user's own value; the tracker, which a Python
+    user runs too, sets nothing."""
     import os
+    import subprocess
+    import sys
+    from unittest import mock
 
-    from study.tracking import LIVE_HTTP_RETRIES, StudyTracker
+    from study.tracking import MLFLOW_ENVIRONMENT, StudyTracker
 
-    for key in LIVE_HTTP_RETRIES:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "3")  # the user's own: kept
-    tracker = StudyTracker(_study(tmp_path))
-    tracker.setup(stop=None, num_samples=1, total_num_samples=1)
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
-    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"
-    tracker.on_experiment_end([])
-    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
-    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"
+    with mock.patch.dict(os.environ):
+        for key in MLFLOW_ENVIRONMENT:
+            os.environ.pop(key, None)
+        os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "3"  # the user's own: kept
+        before = {k: os.environ.get(k) for k in MLFLOW_ENVIRONMENT}
+        tracker = StudyTracker(_study(tmp_path))
+        tracker.setup(stop=None, num_samples=1, total_num_samples=1)
+        tracker.on_experiment_end([])
+        assert {k: os.environ.get(k) for k in MLFLOW_ENVIRONMENT} == before
+        code = ("import json, os\nfrom study.cli import main\ntry:\n    main(['sync', '--help'])\n"
+                "except SystemExit:\n    pass\nprint(json.dumps(dict(os.environ)))")
+        root = str(Path(__file__).resolve().parents[2])  # this checkout's study package
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": root}, cwd=root)
+    cli = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cli["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "4"
+    assert cli["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "3"
+    assert cli["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
 
 
 def test_a_model_left_pending_is_logged_again_when_the_run_is_closed(tmp_path):

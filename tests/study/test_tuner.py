@@ -15,8 +15,8 @@ from snn.config import TrainConfig
 from snn.metrics import EPOCH, TEST_ACC
 from study import tuner, views
 from study._search import TUNE_TRIAL_IDS
-from study.analysis import _importance
 from study.folder import OPTUNA_FILE, StudyError, StudyFolder, optuna_url, study_paths
+from study.importance import importances as _importance
 from study.spec import parse_spec
 
 

@@ -1,0 +1,57 @@
+"""The page ``python -m benchmarks`` writes (``RESULTS.md``, ``RESULTS-cuda.md``): its header
+naming the command and the machine, and one section per benchmark, a note saying what it
+measures above a markdown table of its rows."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import _sj
+
+
+def header(cmd: str, device: str) -> str:
+    """The page's opening: the command that wrote it, when, and on what machine."""
+    return (f"# Benchmark results\n\nCommand: `{cmd}` (or `make bench{'-cuda' if device == 'cuda' else ''}`), run "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+            f"Machine: {machine(device)}.\n\nEvery ratio compares candidates measured in the same run, interleaved "
+            f"round by round (medians).\n")
+
+
+def section(title: str, note: str, rows: list[dict], seconds: float) -> str:
+    """One section of the page: its title, what it measures, its table and how long it ran."""
+    return f"\n## {title}\n\n{note}\n\n{table(rows)}\n_{seconds:.0f} s_\n"
+
+
+def table(rows: list[dict]) -> str:
+    """``rows`` as a markdown table: every key a column, floats to 3 significant digits."""
+    if not rows:
+        return "(no rows)\n"
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every column, in order of first appearance
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def machine(device: str) -> str:
+    """The machine and the versions that matter to the numbers, in one line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    gpu = (f"GPU {torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+           f"triton {v('triton')}); ") if device == "cuda" else ""
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}); {gpu}Python "
+            f"{platform.python_version()}; torch {torch.__version__} ({torch.get_num_threads()} threads); "
+            f"numba {v('numba')}; spikingjelly {_sj.available() or 'not installed'}; ray {v('ray')}")

@@ -1,0 +1,161 @@
+"""A finished trial's inference network as an MLflow model, and a study's best one in the Model Registry."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.models import Model
+
+import snn
+from snn import models
+from snn.metrics import TEST_ACC
+from study.folder import StudyFolder
+from study.tracking._folders import is_number
+from study.tracking._runs import trial_runs_filter
+from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
+
+__all__ = ["BEST_ALIAS", "MODEL_NAME", "RegisteredModel", "inference_model", "log_inference_model",
+           "register_best_model"]
+
+MODEL_NAME = "model"  # the name of every trial's logged model
+BEST_ALIAS = "best"  # the registered version of a study's best model: models:/<study>@best
+
+
+class _NoPickleAdvice(logging.Filter):
+    """Drops mlflow.pytorch's advice to save as 'pt2' (torch.export): an exported spiking
+    network is fixed to the example's batch size, so the study saves the module itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "serialization_format" not in record.getMessage()
+
+
+def inference_model(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, np.ndarray]:
+    """The stripped network of a trial's final checkpoint (Algorithm 1, inference part: the
+    main branch only, Eq. 7's b_n) with its weights, in eval mode, and an input example of
+    one sample (``[1, C, H, W]``; frames ``[T, 1, C, H, W]``, as the network takes them).
+
+    Raises:
+        FileNotFoundError: The checkpoint holds no stripped model (not the trial's last epoch).
+    """
+    checkpoint = Path(checkpoint)
+    spec = json.loads((checkpoint / STRIPPED_SPEC_FILE).read_text())
+    net = models.strip_shortcuts(models.build(**spec["build"]))
+    net.load_state_dict(torch.load(checkpoint / STRIPPED_MODEL_FILE, weights_only=True))
+    shape = spec["input_shape"]
+    example_shape = [shape[0], 1, *shape[1:]] if spec["kind"] == "frames" else [1, *shape]
+    example = np.random.default_rng(0).random(example_shape, dtype=np.float32)  # a fixed, non-trivial input
+    return net.eval(), example
+
+
+def log_inference_model(tracking_uri: str, run_id: str, checkpoint: str | os.PathLike) -> str:
+    """Log a finished trial's inference network to its run as an MLflow model (signature and
+    input example included); return the model's URI, for ``mlflow.pytorch.load_model``.
+
+    The module is saved whole (``serialization_format="pickle"``) with the ``snn`` package's
+    source (``code_paths``), so it loads where the project is not installed; torch.export's
+    format would fix the batch size to the example's.
+
+    The model is written through a client of ``tracking_uri``, since ``mlflow.pytorch.log_model``
+    writes to the process's tracking URI: created as a logged model of the run (an output of
+    the run, with its params), saved by ``mlflow.pytorch.save_model``, uploaded, and finalized
+    READY (FAILED where saving or uploading failed). Nothing loads the saved model back, so the
+    driver's ``sys.path`` stays as it was: loading a model puts its code folder on it for good.
+    """
+    net, example = inference_model(checkpoint)
+    c = MlflowClient(tracking_uri)
+    run = c.get_run(run_id)
+    model = c.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                  params=dict(run.data.params))
+    advice = _NoPickleAdvice()
+    logging.getLogger("mlflow.pytorch").addFilter(advice)
+    try:
+        c.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_NAME
+            mlflow.pytorch.save_model(
+                net, path, input_example=example, serialization_format="pickle",
+                mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id,
+                                   model_id=model.model_id),
+                code_paths=[str(Path(snn.__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", "numba"])
+            c.log_model_artifacts(model.model_id, str(path))
+    except Exception:
+        c.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    finally:
+        logging.getLogger("mlflow.pytorch").removeFilter(advice)
+    c.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return model.model_uri
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A study's best model in the Model Registry."""
+
+    name: str
+    version: str
+    run_id: str
+    trial_id: str
+    test_acc: float
+
+    @property
+    def uri(self) -> str:
+        """What ``mlflow.pytorch.load_model`` loads: the study's model by its alias."""
+        return f"models:/{self.name}@{BEST_ALIAS}"
+
+
+def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str) -> RegisteredModel | None:
+    """Register, under the study's name, the logged model of the trial among ``trial_ids`` with
+    the best final ``test_acc`` (the best configuration's replicates, or the best trial), and
+    point the alias :data:`BEST_ALIAS` at it. Idempotent: the same model is not registered twice.
+
+    Args:
+        folder: The study.
+        trial_ids: The trials to choose from.
+        why: The version's description: what made these trials the best.
+
+    Returns:
+        The registered version, or None where none of the trials has a logged model.
+    """
+    c = MlflowClient(folder.tracking_uri)
+    exp = c.get_experiment_by_name(folder.spec.experiment)
+    if exp is None:
+        return None
+    runs = []
+    for trial_id in dict.fromkeys(trial_ids):
+        runs += c.search_runs([exp.experiment_id], max_results=1,
+                              filter_string=trial_runs_filter(folder.spec.name, trial_id=trial_id))
+    runs = sorted((r for r in runs
+                   if is_number(r.data.metrics.get(TEST_ACC)) and math.isfinite(r.data.metrics[TEST_ACC])),
+                  key=lambda r: -r.data.metrics[TEST_ACC])
+    for run in runs:
+        models_of_run = c.search_logged_models([exp.experiment_id], max_results=1,
+                                               filter_string=f"source_run_id = '{run.info.run_id}'")
+        if models_of_run:
+            break
+    else:
+        return None
+    name, model = folder.spec.name, models_of_run[0]
+    versions = c.search_model_versions(f"name = '{name}'")
+    version = next((v for v in versions if v.source == model.model_uri), None)
+    if version is None:
+        if not versions and not c.search_registered_models(f"name = '{name}'"):
+            c.create_registered_model(name, description=f"The best model of study {name} (snn-study)")
+        version = c.create_model_version(name, model.model_uri, run_id=run.info.run_id, model_id=model.model_id,
+                                         description=why, tags={"trial_id": run.data.tags.get("trial_id", ""),
+                                                                TEST_ACC: str(run.data.metrics[TEST_ACC])})
+    c.set_registered_model_alias(name, BEST_ALIAS, version.version)
+    return RegisteredModel(name, str(version.version), run.info.run_id, run.data.tags.get("trial_id", ""),
+                           float(run.data.metrics[TEST_ACC]))

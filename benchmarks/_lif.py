@@ -15,7 +15,6 @@ from torch import Tensor
 
 from benchmarks import _sj
 from benchmarks._timing import interleaved
-from benchmarks._worker import fused_lif
 
 NOTE = ("ours: `snn.neurons.LIF` (fused numba kernels on CPU); plain loop: `lif_reference`, autograd over "
         "a loop in T; spikingjelly: its multi-step `LIFNode`, torch backend. Atan surrogate, float32. All "
@@ -23,19 +22,11 @@ NOTE = ("ours: `snn.neurons.LIF` (fused numba kernels on CPU); plain loop: `lif_
         "tunables in the spec's `env_vars`. The run first checks that all three give the same spikes and "
         "gradients.")
 NOTE_CUDA = ("ours: `snn.neurons.LIF` (fused Triton kernels on CUDA); ours, tensor ops: the same layer with "
-             "`SNN_FUSED_LIF=0`; plain loop: `lif_reference`, autograd over a loop in T; spikingjelly: its "
+             "`fused=False`; plain loop: `lif_reference`, autograd over a loop in T; spikingjelly: its "
              "multi-step `LIFNode`, torch backend. Atan surrogate, float32, [T, 64, 64, 32, 32] (a ResNet-18 "
              "first stage at batch 64). The run first checks that all give the same spikes and gradients "
              "(spikingjelly fires at a potential exactly on the threshold, the paper does not: such ties, "
              "about one neuron in 10**7, are left out of its check).")
-
-
-def _tensor_ops(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``f`` with the fused LIF kernels switched off; the other candidates run as the process was started."""
-    def call(c: Tensor) -> Tensor:
-        with fused_lif(False):
-            return f(c)
-    return call
 
 
 def bench_lif(quick: bool, device: str = "cpu") -> list[dict]:
@@ -58,7 +49,7 @@ def bench_lif(quick: bool, device: str = "cpu") -> list[dict]:
             "plain loop": lambda c: lif_reference(c, surrogate=atan),
         }
         if device == "cuda":  # the fused Triton kernels against the tensor ops they replace
-            impls["ours, tensor ops"] = _tensor_ops(ours)
+            impls["ours, tensor ops"] = LIF(surrogate="atan", surrogate_param=2.0, fused=False)
         if _sj.available():
             impls["spikingjelly"] = _sj.SJLIF()
         # fairness: same spikes and the same gradient from every implementation

@@ -16,12 +16,10 @@ images/s and peak RSS in MiB.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 
 def _status_mib(key: str) -> float:
@@ -40,21 +38,6 @@ def _peak_rss_mib() -> float:
     # VmHWM, the high-water mark of this process's own memory. Not getrusage's ru_maxrss: that
     # survives exec, so a worker started by a big parent would report the parent's peak.
     return _status_mib("VmHWM")
-
-
-@contextmanager
-def fused_lif(on: bool) -> Iterator[None]:
-    """The fused LIF kernels switched on or off for the block (``SNN_FUSED_LIF``, which the LIF
-    reads at each call), then the variable as it was."""
-    before = os.environ.get("SNN_FUSED_LIF")
-    os.environ["SNN_FUSED_LIF"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["SNN_FUSED_LIF"]
-        else:
-            os.environ["SNN_FUSED_LIF"] = before
 
 
 OPTIONS = {"contiguous", "tensor-lif", "amp", "system-malloc", "retain-memory", "cudnn-default"}
@@ -82,8 +65,10 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
     # gets it only when asked.
     if dev.type == "cpu" and ("retain-memory" in options or base == "ours") and "system-malloc" not in options:
         _malloc.retain_freed_memory()
+    fused = "tensor-lif" not in options
     torch.manual_seed(0)
-    model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none")
+    model = models.build(arch, 10, timesteps, surrogate="atan", surrogate_param=2.0, branches="none",
+                         fused_lif=fused)
     x = torch.randn(batch, 3, 32, 32).to(dev)
     y = torch.randint(0, 10, (batch,), device=dev)
     if base == "spikingjelly":
@@ -95,16 +80,14 @@ def build_step(impl: str, arch: str, timesteps: int, batch: int, device: str = "
             x = x.contiguous(memory_format=torch.channels_last)
     opt = adamw(net.parameters(), 1e-3, 0.02, dev)  # the Trainer's optimizer, for every candidate
     dtype = (amp_dtype(dev) or torch.bfloat16) if "amp" in options else None
-    fused = "tensor-lif" not in options
     autotune = "cudnn-default" not in options
 
     def step() -> None:
         torch.backends.cudnn.benchmark = autotune
         opt.zero_grad(set_to_none=True)
-        with fused_lif(fused):
-            with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                logits = net(x).main
-            F.cross_entropy(logits.float(), y).backward()
+        with torch.autocast(dev.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits = net(x).main
+        F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     return step

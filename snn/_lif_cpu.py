@@ -10,8 +10,8 @@ and the spike gradient, and writes the current gradient. They compute exactly th
 ``_LIFFunction`` and are checked against it and against ``lif_reference`` by the tests.
 
 Only float32/float64 CPU tensors take this path; CUDA tensors take :mod:`snn._lif_cuda`, and
-half precision on CPUs the tensor-op implementation. ``SNN_FUSED_LIF=0`` (read by
-:mod:`snn.neurons`) switches the fused kernels off.
+half precision on CPUs the tensor-op implementation. A layer built with ``fused=False``
+(:class:`snn.neurons.LIF`) never takes them.
 """
 
 from __future__ import annotations
@@ -153,7 +153,17 @@ def dense_time_major(x: Tensor) -> bool:
 
 
 def _threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Run the kernels on as many threads as torch has, and leave torch's count as it was.
+
+    numba's OpenMP layer shares torch's libgomp, and starting its thread pool (at the first
+    call in a process) sets the calling thread's OpenMP count to the pool's size, every core
+    of the machine: torch's ``get_num_threads()`` would then answer that, and its operators
+    use it, whatever the trial was given. The count is put back.
+    """
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _scalar(x: Tensor, value: float):

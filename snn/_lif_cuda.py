@@ -15,8 +15,8 @@ writes the current gradient. They compute the recursion documented in ``_LIFFunc
   rounds it to the tensors' dtype at every step (the two agree exactly in float32 and to
   rounding in float16/bfloat16).
 
-Float16, bfloat16 and float32 CUDA tensors take this path when Triton is installed;
-``SNN_FUSED_LIF=0`` (read by :mod:`snn.neurons`) switches the kernels off. The tests run the same kernels on the CPU
+Float16, bfloat16 and float32 CUDA tensors take this path when Triton is installed, unless the
+layer was built with ``fused=False`` (:class:`snn.neurons.LIF`). The tests run the same kernels on the CPU
 through Triton's interpreter (``TRITON_INTERPRET=1``) against the tensor-op path.
 """
 

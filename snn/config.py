@@ -225,6 +225,8 @@ class TrainConfig(BaseModel):
     channels_last: bool = Field(True, description="NHWC convolutions")
     cuda_graphs: bool = Field(False, description="replay each full batch's forward and backward as a captured "
                                                  "CUDA graph (GPU trials only)")
+    fused_lif: bool = Field(True, description="the LIF layers' fused kernels (numba on CPUs, Triton on CUDA) "
+                                              "where they take the input; false: their tensor operations")
 
     @model_validator(mode="after")
     def _together(self) -> "TrainConfig":

@@ -14,7 +14,9 @@ Conventions:
 * Logits are averaged over T.
 * Stages are numbered from 1, as in the paper's Fig. 1 (Stage 1 .. Stage 4).
 
-Registry in the style of timm: :data:`ARCHS` lists the names, :func:`build` makes one.
+Registry in the style of timm: :data:`ARCHS` lists the names, :func:`build` makes one, and
+:func:`build_args` gives its arguments for a trial's config (the one way a config becomes a
+network).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +33,11 @@ from snn import registry
 from snn.neurons import LIF
 from snn.registry import num_stages, resolve_branches
 
-__all__ = ["ARCHS", "ModelOutput", "SpikingResNet", "build", "num_stages", "resolve_branches",
+if TYPE_CHECKING:
+    from snn.config import TrainConfig
+    from snn.data import DatasetInfo
+
+__all__ = ["ARCHS", "ModelOutput", "SpikingResNet", "build", "build_args", "num_stages", "resolve_branches",
            "strip_shortcuts"]
 
 
@@ -52,10 +58,11 @@ class NeuronConfig:
     surrogate: str = "triangle"
     surrogate_param: float | None = None
     detach_reset: bool = False
+    fused: bool = True  # the LIF's fused kernels where they take the input (snn.neurons.LIF)
 
     def make(self) -> LIF:
         return LIF(self.tau, self.v_threshold, self.surrogate, self.surrogate_param,
-                   detach_reset=self.detach_reset)
+                   detach_reset=self.detach_reset, fused=self.fused)
 
 
 class _Seq(nn.Module):
@@ -279,15 +286,13 @@ def strip_shortcuts(model: nn.Module) -> nn.Module:
     return _Stripped(net)
 
 
-
-
 ARCHS: tuple[str, ...] = registry.ARCHS
 """Valid architecture names."""
 
 
 def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, surrogate: str = "triangle",
-          surrogate_param: float | None = None, branches: str | Sequence[int] = "all",
-          **arch_kwargs) -> SpikingResNet:
+          surrogate_param: float | None = None, branches: str | Sequence[int] = "all", *,
+          fused_lif: bool = True, **arch_kwargs) -> SpikingResNet:
     """Build a spiking ResNet by name.
 
     Args:
@@ -298,6 +303,8 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
         surrogate: Surrogate name (:data:`snn.surrogates.NAMES`).
         surrogate_param: Its parameter (None: default).
         branches: ``"all"``, ``"none"`` or a list of stages for shortcut heads (Eq. 10).
+        fused_lif: The LIF layers' fused kernels (``fused`` of :class:`snn.neurons.LIF`);
+            False: their tensor operations.
         **arch_kwargs: ``tau``, ``v_threshold``, ``detach_reset`` for the neurons;
             ``width`` and ``blocks`` for ``resnet-tiny``; ``stem`` to override the stem.
 
@@ -310,7 +317,7 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
     kw = dict(arch_kwargs)
     neuron = NeuronConfig(tau=kw.pop("tau", 0.5), v_threshold=kw.pop("v_threshold", 1.0),
                           surrogate=surrogate, surrogate_param=surrogate_param,
-                          detach_reset=kw.pop("detach_reset", False))
+                          detach_reset=kw.pop("detach_reset", False), fused=fused_lif)
     tiny = {k: kw.pop(k) for k in registry.TINY_OPTIONS if k in kw and arch == "resnet-tiny"}
     spec = registry.layout(arch, **tiny)
     blocks, widths = spec.blocks, spec.widths
@@ -323,3 +330,23 @@ def build(arch: str, num_classes: int, timesteps: int, in_channels: int = 3, sur
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     return SpikingResNet(blocks, widths, num_classes, timesteps, in_channels=in_channels, neuron=neuron,
                          branches=resolve_branches(branches, len(blocks)), **options)
+
+
+def build_args(cfg: TrainConfig, info: DatasetInfo, *, branches: str | Sequence[int] | None = None) -> dict[str, Any]:
+    """:func:`build`'s arguments for the network of a trial's config, as plain data (JSON).
+
+    The one place a config becomes a network: the trainer builds its model from these, and a
+    trial's inference model is rebuilt from them wherever its weights are read.
+
+    Args:
+        cfg: The trial's configuration.
+        info: What the dataset holds (:func:`snn.data.info`): classes and input channels.
+        branches: Shortcut heads other than ``cfg.branches`` (``"none"``: the inference network).
+
+    Returns:
+        Keyword arguments of :func:`build`.
+    """
+    return {"arch": cfg.arch, "num_classes": info.num_classes, "timesteps": cfg.timesteps,
+            "in_channels": info.in_channels, "surrogate": cfg.surrogate, "surrogate_param": cfg.surrogate_param,
+            "branches": cfg.branches if branches is None else branches, "fused_lif": cfg.fused_lif, "tau": cfg.tau,
+            "v_threshold": cfg.v_threshold, **cfg.arch_kwargs}

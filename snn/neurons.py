@@ -11,8 +11,6 @@ Time is the first dimension: inputs are [T, B, ...].
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 
@@ -44,16 +42,16 @@ def _empty_steps(x: Tensor) -> Tensor:
                                device=x.device)
 
 
-def _fused_kernels(x: Tensor):
+def _fused_kernels(x: Tensor, enabled: bool = True):
     """The module of fused kernels that takes ``x`` (:mod:`snn._lif_cpu` or :mod:`snn._lif_cuda`), or None
-    where none does, ``SNN_FUSED_LIF=0`` switches them off (read at each call) or ``torch.compile``
-    is tracing the model.
+    where none does, ``enabled`` is False (the layer's ``fused=False``) or ``torch.compile`` is
+    tracing the model.
 
     Both modules offer ``forward(current, tau, v_threshold) -> (spikes, saved)`` and
     ``backward(saved, grad_spikes, ...)``. Triton is imported only for CUDA tensors: CPU
     trials do not pay for its import.
     """
-    if os.environ.get("SNN_FUSED_LIF", "1") == "0" or torch.compiler.is_compiling():
+    if not enabled or torch.compiler.is_compiling():
         return None  # torch.compile traces the tensor ops (dynamo cannot trace into numba's kernels)
     if _lif_cpu.available(x):
         return _lif_cpu
@@ -81,16 +79,16 @@ class _LIFFunction(torch.autograd.Function):
 
     On CPUs both directions run as fused numba kernels (:mod:`snn._lif_cpu`), one pass over
     the data each, saving the input current; on CUDA as fused Triton kernels
-    (:mod:`snn._lif_cuda`), one launch each, saving u_pre; elsewhere (or with
-    ``SNN_FUSED_LIF=0``), as the tensor operations below, saving u_pre. Either way one
+    (:mod:`snn._lif_cuda`), one launch each, saving u_pre; elsewhere (or with ``fused``
+    False), as the tensor operations below, saving u_pre. Either way one
     [T, B, ...] tensor is kept for backward.
     """
 
     @staticmethod
     def forward(ctx, current: Tensor, tau: float, v_threshold: float, surrogate: Surrogate,
-                detach_reset: bool) -> Tensor:  # type: ignore[override]
+                detach_reset: bool, fused: bool) -> Tensor:  # type: ignore[override]
         ctx.tau, ctx.v_threshold, ctx.surrogate, ctx.detach_reset = tau, v_threshold, surrogate, detach_reset
-        ctx.fused = _fused_kernels(current)
+        ctx.fused = _fused_kernels(current, fused)
         if ctx.fused is not None:
             if not _lif_cpu.dense_time_major(current):
                 current = _empty_steps(current).copy_(current)
@@ -114,7 +112,7 @@ class _LIFFunction(torch.autograd.Function):
         if ctx.fused is not None:
             grad_current = ctx.fused.backward(saved, grad_spikes, tau, vth, ctx.surrogate.name, ctx.surrogate.param,
                                               ctx.detach_reset)
-            return grad_current, None, None, None, None
+            return grad_current, None, None, None, None, None
         u_pre = saved
         # Everything that does not depend on the recursion is computed for all T at once:
         #   a(t) = dL/do(t) * s(t)   and   c(t) = tau * (1 - o(t) - u_pre(t) * s(t)),
@@ -133,7 +131,7 @@ class _LIFFunction(torch.autograd.Function):
         grad_current = sg.mul_(grad_spikes)  # a(t), then overwritten step by step with the result
         for t in range(u_pre.shape[0] - 2, -1, -1):
             grad_current[t].addcmul_(coef[t], grad_current[t + 1])
-        return grad_current, None, None, None, None
+        return grad_current, None, None, None, None, None
 
 
 def lif_reference(current: Tensor, *, tau: float = 0.5, v_threshold: float = 1.0,
@@ -177,25 +175,32 @@ class LIF(nn.Module):
         surrogate: A name from :data:`snn.surrogates.NAMES`.
         surrogate_param: Its parameter; ``None`` for the default.
         detach_reset: Stop the gradient through the reset term.
+        fused: Run both directions as the fused kernels (numba on CPUs, Triton on CUDA) where
+            they take the input; False: always as tensor operations. Spikes are the same either
+            way; gradients agree to the dtype's precision.
 
     Shape:
         input [T, B, ...] of currents, output [T, B, ...] of spikes in {0, 1}.
     """
 
+    fused: bool = True  # for an instance that lacks the attribute (a module pickled without it)
+
     def __init__(self, tau: float = 0.5, v_threshold: float = 1.0, surrogate: str = "triangle",
-                 surrogate_param: float | None = None, *, detach_reset: bool = False) -> None:
+                 surrogate_param: float | None = None, *, detach_reset: bool = False, fused: bool = True) -> None:
         super().__init__()
         _check_params(tau, v_threshold)
         self.tau = float(tau)
         self.v_threshold = float(v_threshold)
         self.surrogate = _surrogates.get(surrogate, surrogate_param)
         self.detach_reset = bool(detach_reset)
+        self.fused = bool(fused)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"LIF: input must be [T, B, ...], got shape {tuple(x.shape)}")
-        return _LIFFunction.apply(x, self.tau, self.v_threshold, self.surrogate, self.detach_reset)
+        return _LIFFunction.apply(x, self.tau, self.v_threshold, self.surrogate, self.detach_reset, self.fused)
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, v_threshold={self.v_threshold}, surrogate={self.surrogate.name}"
-                f"({self.surrogate.param}), detach_reset={self.detach_reset}")
+                f"({self.surrogate.param}), detach_reset={self.detach_reset}"
+                + ("" if self.fused else ", fused=False"))

@@ -11,6 +11,11 @@ The loop knows nothing about Ray, Optuna or MLflow: it reports each epoch throug
 ``report(metrics, trainer)`` callable it is given, and :meth:`Trainer.state_dict` holds
 everything an exact resume needs (model, optimizer, LR schedule, iteration counter and
 RNG states).
+
+Beside it: what the loop uses of the machine (device, optimizer form, autocast dtype, data
+workers) in :mod:`snn._devices`, the generators' states in :mod:`snn._rng`, and the step
+captured as a CUDA graph in :mod:`snn._cuda_graph`. The public names of the first
+(``adamw``, ``amp_dtype``, ``data_workers``) are imported from here.
 """
 
 from __future__ import annotations
@@ -18,9 +23,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +32,10 @@ import torch
 from torch import Tensor, nn
 
 from snn import data as snn_data
-from snn import diagnostics, losses, models, registry, schedules
+from snn import diagnostics, losses, models, schedules
+from snn._cuda_graph import CapturedStep
+from snn._devices import MAX_AUTO_WORKERS, adamw, amp_dtype, data_workers, device
+from snn._rng import rng_state, seed_everything, set_rng_state
 from snn.config import TrainConfig, UserData
 from snn.guard import FiringGuard, Verdict
 from snn.metrics import (DIVERGED, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST, IMAGES_PER_S, LAMBDA, SYNOPS,
@@ -38,7 +45,7 @@ from snn.metrics import (DIVERGED, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIR
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
     "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "TrainConfig", "Trainer", "TrainingDiverged", "TrainingStopped",
-    "adamw", "amp_dtype", "branch_acc_metric", "data_workers", "fit",
+    "MAX_AUTO_WORKERS", "adamw", "amp_dtype", "branch_acc_metric", "data_workers", "fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,73 +80,6 @@ class TrainingStopped(RuntimeError):
         self.verdict, self.epoch, self.step, self.epochs_done = verdict, epoch, step, epochs_done
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def adamw(params: Iterable[Tensor], lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
-    """The optimizer of Algorithm 1's update step: AdamW, in its fused form on CUDA.
-
-    A foreach AdamW steps every parameter with a dozen multi-tensor kernels; the fused one
-    with one. A GPU step at small batches is bound by launching kernels, so fewer of them pay
-    (docs/performance.md). Elsewhere torch's default is kept.
-    The update is the same either way (``tests/snn/test_training.py`` checks it on CUDA).
-    """
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if device.type == "cuda" else None)
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``amp: true`` uses on ``device``, or None where it would not pay.
-
-    CUDA: bfloat16 where supported, else float16 (with gradient scaling). CPU: bfloat16 when
-    oneDNN has native bf16 kernels (AVX512-BF16 or AMX), where it trains faster than float32
-    (docs/performance.md); elsewhere bf16 is emulated and slower, so the CPU trains in float32.
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        try:
-            native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a torch build without oneDNN
-            native = False
-        return torch.bfloat16 if native else None
-    return None
-
-
-MAX_AUTO_WORKERS = 8
-
-
-def data_workers(workers: int | str, device: torch.device) -> int:
-    """DataLoader worker processes for ``workers``: a count, or ``"auto"``.
-
-    ``"auto"`` sizes them to the CPUs this process may use, which a Ray trial sets to what
-    it was given (``torch.get_num_threads()``): on CUDA, all of them but one, which feeds the
-    GPU (at most 8), so decoding and augmentation keep up with the device; on CPU, none,
-    because the training step itself keeps every given core busy and loading a batch in the
-    same process is small beside the step.
-
-    Raises:
-        ValueError: ``workers`` is neither a count >= 0 nor ``"auto"``.
-    """
-    try:
-        registry.check_workers(workers)
-    except ValueError as e:
-        raise ValueError(f"workers: {e}") from None
-    if workers != "auto":
-        return workers
-    if device.type != "cuda":
-        return 0
-    return min(MAX_AUTO_WORKERS, max(0, torch.get_num_threads() - 1))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Model, data, optimizer and counters of one trial; one call of :meth:`run_epoch` per epoch.
 
@@ -161,10 +101,10 @@ class Trainer:
                  progress: Callable[[str, int, int], None] | None = None) -> None:
         self.cfg = cfg
         self.progress = progress
-        self.device = _device(cfg.device)
+        self.device = device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN times its algorithms once, keeps the fastest
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         if isinstance(cfg.dataset, UserData) and data is None:
             data = snn_data.prepare(cfg.dataset, cfg.data_root, cfg.timesteps)
         info = snn_data.info(cfg.dataset, data)
@@ -172,10 +112,7 @@ class Trainer:
         self.train_loader, self.test_loader = snn_data.loaders(
             cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, data_workers(cfg.workers, self.device),
             download=cfg.download, seed=cfg.seed, prepared=data)
-        self.model = models.build(
-            cfg.arch, info.num_classes, cfg.timesteps, in_channels=info.in_channels,
-            surrogate=cfg.surrogate, surrogate_param=cfg.surrogate_param, branches=cfg.branches,
-            tau=cfg.tau, v_threshold=cfg.v_threshold, **cfg.arch_kwargs).to(self.device)
+        self.model = models.build(**models.build_args(cfg, info)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.loss_mode not in losses.MODES:
@@ -194,7 +131,7 @@ class Trainer:
         self.first_grad: Tensor | None = None  # dL/dW1 at the last iteration of the last epoch (Fig. 2)
         self.layer_grad_norms: dict[str, float] = {}  # mean over the last epoch, per layer
         self._check_each_step = self.device.type == "cpu"  # see train_epoch
-        self._graph: _CapturedStep | None = None
+        self._graph: CapturedStep | None = None
         self.guard = FiringGuard(cfg.stop.silent_rate, cfg.stop.saturated_rate, cfg.stop.patience)
         if cfg.cuda_graphs:
             if self.device.type != "cuda":
@@ -202,7 +139,7 @@ class Trainer:
             if self.scaler.is_enabled():
                 raise ValueError("cuda_graphs: this GPU has no bfloat16, and float16 autocast scales its gradients, "
                                  "which a captured step cannot; set amp: false or cuda_graphs: false")
-            self._graph = _CapturedStep(self)
+            self._graph = CapturedStep(self.model, self.optimizer, cfg.batch_size, self._forward_loss)
 
     # -- one epoch ---------------------------------------------------------------------------
     def _lambda(self) -> float:
@@ -367,7 +304,6 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs; tensors and plain Python values only."""
-        gen = self.train_loader.generator
         return {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
@@ -376,13 +312,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": _numpy_state(),
-                "python": _python_state(),
-                "loader": gen.get_state() if gen is not None else None,
-            },
+            "rng": rng_state(self.train_loader.generator),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -392,109 +322,7 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        _set_numpy_state(rng["numpy"])
-        _set_python_state(rng["python"])
-        if rng["loader"] is not None and self.train_loader.generator is not None:
-            self.train_loader.generator.set_state(rng["loader"])
-
-
-class _CapturedStep:
-    """Forward and backward of a full training batch, captured once as a CUDA graph and replayed.
-
-    A GPU step at small batches waits on the host launching its kernels one by one; replayed,
-    the whole step is one launch (docs/performance.md). The graph holds the forward, the loss of Eq. 10 with λ read from a
-    device scalar, the backward, the per-layer gradient norms and the correct count; the
-    fused AdamW step and the schedules stay outside it. The gradients live in the graph's
-    memory: the optimizer reads them there, and an eager step (the first steps, which let
-    cuDNN and Triton pick and compile their kernels, and a last partial batch) leaves its
-    gradients there too.
-    """
-
-    WARMUP = 2  # eager full batches before the capture
-
-    def __init__(self, trainer: "Trainer") -> None:
-        self.trainer = trainer
-        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.stream = torch.cuda.Stream(trainer.device)  # warm-up and capture
-        self.eager_steps = 0
-
-    def takes(self, x: Tensor, y: Tensor) -> bool:
-        """Whether this batch is replayed: a full batch, once the warm-up steps are done."""
-        if y.shape[0] != self.trainer.cfg.batch_size:
-            return False
-        if self.graph is None:
-            return self.eager_steps >= self.WARMUP
-        return x.shape == self.x.shape
-
-    def replay(self, x: Tensor, y: Tensor, lam: float) -> tuple[Tensor, Tensor, tuple[str, ...], Tensor]:
-        """Run this batch's forward and backward; returns copies of (loss, correct, names, norms)."""
-        if self.graph is None:
-            self._capture(x, y, lam)
-        else:
-            self.x.copy_(x)
-            self.y.copy_(y)
-            self.lam.fill_(lam)
-        self.graph.replay()
-        return self.loss.clone(), self.hits.clone(), self.names, self.norms.clone()
-
-    def _capture(self, x: Tensor, y: Tensor, lam: float) -> None:
-        t = self.trainer
-        self.x, self.y = x.clone(), y.clone()
-        self.lam = torch.tensor(float(lam), device=x.device)
-        t.optimizer.zero_grad(set_to_none=True)  # backward in the graph allocates the gradients it writes
-        graph = torch.cuda.CUDAGraph()
-        # records the kernels, the replay after it runs them; thread_local: the DataLoader's
-        # pin-memory thread may call CUDA meanwhile
-        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            loss, out = t._forward_loss(self.x, self.y, self.lam, cache=False)
-            loss.backward()
-            self.names, self.norms = diagnostics.grad_norm_vector(t.model)
-            self.hits = (out.main.argmax(1) == self.y).sum()
-            self.loss = loss.detach()
-        self.graph = graph
-        self.grads = [p.grad for p in self.params]
-
-    @contextlib.contextmanager
-    def eager(self, y: Tensor):
-        """Around an eager step: a warm-up step runs on the capture's side stream (as torch's
-        CUDA-graph recipe asks), a later one leaves its gradients where the graph's are."""
-        if self.graph is None:
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                yield
-            torch.cuda.current_stream().wait_stream(self.stream)
-            self.eager_steps += y.shape[0] == self.trainer.cfg.batch_size
-            return
-        yield
-        for p, g in zip(self.params, self.grads):
-            if g is not None and p.grad is not None:
-                g.copy_(p.grad)
-            p.grad = g
-
-
-# RNG states as tensors and lists, so checkpoints load with torch.load(weights_only=True).
-def _numpy_state() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "gauss": float(gauss)}
-
-
-def _set_numpy_state(s: dict[str, Any]) -> None:
-    np.random.set_state((s["kind"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"]))
-
-
-def _python_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_python_state(s: list) -> None:
-    random.setstate((s[0], tuple(s[1]), s[2]))
+        set_rng_state(state["rng"], self.train_loader.generator)
 
 
 def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | None = None, *,

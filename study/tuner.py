@@ -48,6 +48,7 @@ from study.analysis import Analysis, record_analysis
 from study.preflight import prepare_data
 from study.spec import PERTURBED, POPULATION, StudySpec, hide_password, redacted
 from study.report import write_report
+from study.system_metrics import SystemSampler
 from study.tracking import (RegisteredModel, StudyTracker, check_tracking_uri, finish_parent_run, log_baselines,
                             register_best_model, start_parent_run, sync_study)
 from trainables import train_snn
@@ -102,7 +103,9 @@ def _trainable(spec: StudySpec, prepared: data.Prepared | None = None, stage: st
     if prepared is not None:  # a user's data: through the object store if small, else from data_root
         small = prepared.nbytes <= spec.dataset.object_store_limit_mb * 2**20
         shipped = {"data": prepared.in_memory() if small else None, "data_path": prepared.path}
-    return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir, **shipped),
+    # the sampler of each trial's system metrics (MLflow's monitors): the trainable imports no MLflow
+    return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir, system_metrics=SystemSampler,
+                                                    **shipped),
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 

@@ -5,6 +5,8 @@
   ``search_spaces`` -> ``snn``; ``snn`` imports none of the other three.
 * ``snn`` is plain PyTorch: it never imports Ray, Optuna or MLflow, and ``snn.registry`` and
   ``snn.config`` (the names a spec is checked against) load without torch.
+* ``trainables`` never imports MLflow: the study projects what a trial reports, and hands the
+  trial what it needs of MLflow (the sampler of its system metrics).
 
 The graph is read from the source with :mod:`ast`, so an import inside a function counts as
 much as one at the top of a file: moving an import into a function does not remove a cycle,
@@ -337,6 +339,13 @@ def test_snn_module_never_imports_ray_optuna_or_mlflow(module):
     assert not found, f"{module} imports orchestration code:\n" + "\n".join(found)
 
 
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _package(m) == "trainables"))
+def test_trainables_module_never_imports_mlflow(module):
+    found = [f"{MODULES[module].relative_to(ROOT)}:{i.line}: {i.target}" for i in imports_of(module, MODULES[module])
+             if i.target.partition(".")[0] == "mlflow"]
+    assert not found, f"{module} imports MLflow:\n" + "\n".join(found)
+
+
 def _loaded_at_import(module: str) -> set[str]:
     """Top-level names of every module ``import module`` runs an import of, following the
     project's modules (module level only: not inside functions, not type-only)."""
@@ -496,6 +505,15 @@ def test_all_of_snn_pulls_in_no_ray_optuna_or_mlflow():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "torch" in loaded  # the check ran after the real imports
     assert not loaded & set(ORCHESTRATION), f"importing all of snn loads {sorted(loaded & set(ORCHESTRATION))}"
+
+
+@pytest.mark.slow
+def test_all_of_trainables_pulls_in_no_mlflow():
+    trainables = sorted(m for m in MODULES if _package(m) == "trainables")
+    out, loaded = _fresh_import(*trainables)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {"ray", "torch"} <= loaded  # the check ran after the real imports
+    assert "mlflow" not in loaded, "importing trainables loads mlflow"
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ checkpoint holds everything :meth:`snn.training.Trainer.state_dict` returns, so 
 restarted from epoch k continues exactly as if it had not stopped, and the trial's record
 (its config and every epoch's metrics, :data:`trainables.layout.RECORD_FILE`), so the
 trial folder alone says what the trial did. The trainable knows nothing of MLflow: the
-study projects what it reports.
+study projects what it reports, and hands it the sampler of its node's system metrics
+(``system_metrics``) to run beside the training.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 import torch
@@ -31,11 +33,10 @@ from snn.data import DatasetNotFoundError, Prepared, load_prepared
 from snn.config import TrainConfig
 from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, TEST_ACC
 from snn.training import Trainer, TrainingDiverged, TrainingStopped, fit
-from trainables._system import SystemSampler
 from trainables.layout import (FIRST_GRAD_FILE, NODE_ID, RECORD_FILE, STATE_FILE, STRIPPED_MODEL_FILE,
                                STRIPPED_SPEC_FILE, TORCH_THREADS, read_record)
 
-__all__ = ["load_state", "stripped_spec", "train_snn"]
+__all__ = ["SystemMetrics", "load_state", "stripped_spec", "train_snn"]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,31 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def _threads() -> None:
-    # Give torch as many threads as the trial was given CPUs, so concurrent trials don't oversubscribe.
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU") if ray.is_initialized() else None
-    if cpus:
-        torch.set_num_threads(max(1, int(cpus)))
+class SystemMetrics(Protocol):
+    """What the trainable asks of the sampler of its node's system metrics."""
+
+    def epoch(self) -> dict[str, float]:
+        """The epoch's averages, as result keys (``system/<name>``)."""
+
+    def stop(self) -> None:
+        """Stop sampling."""
+
+
+def _threads() -> int:
+    """Give torch as many threads as the trial's resources have CPUs (at least one), and return it.
+
+    The count is the trial's own request as Tune holds it (``get_trial_resources()``), not
+    what the worker process was assigned: concurrent trials on a node must not oversubscribe
+    its cores, and the thread count changes float sums, so a trial's result depends on it.
+    Outside a Tune trial torch keeps its default, and a warning says so.
+    """
+    resources = tune.get_context().get_trial_resources()
+    if resources is None:
+        log.warning("no Tune trial: torch keeps its default of %d threads", torch.get_num_threads())
+        return torch.get_num_threads()
+    threads = max(1, int(resources.required_resources.get("CPU", 0)))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _node_id() -> str:
@@ -63,19 +84,16 @@ def stripped_spec(cfg: TrainConfig, prepared: Prepared | None) -> dict[str, Any]
     wherever its weights are read (:data:`trainables.layout.STRIPPED_SPEC_FILE`)."""
     info = snn_data.info(cfg.dataset, prepared)
     sample = [info.in_channels, *info.input_size]
-    return {"build": {"arch": cfg.arch, "num_classes": info.num_classes, "timesteps": cfg.timesteps,
-                      "in_channels": info.in_channels, "surrogate": cfg.surrogate,
-                      "surrogate_param": cfg.surrogate_param, "branches": "none", "tau": cfg.tau,
-                      "v_threshold": cfg.v_threshold, **cfg.arch_kwargs},
+    return {"build": models.build_args(cfg, info, branches="none"),
             "kind": info.kind, "input_shape": [cfg.timesteps, *sample] if info.kind == "frames" else sample}
 
 
 class _Reporter:
     """Reports each epoch to Tune with a checkpoint that carries the state and the trial record,
-    and the epoch's system metrics (:class:`trainables._system.SystemSampler`)."""
+    and the epoch's system metrics (:class:`SystemMetrics`)."""
 
     def __init__(self, cfg: TrainConfig, history: list[dict[str, Any]], prepared: Prepared | None = None,
-                 system: SystemSampler | None = None) -> None:
+                 system: SystemMetrics | None = None) -> None:
         self.cfg, self.history, self.prepared, self.system = cfg, history, prepared, system
 
     def __call__(self, metrics: dict[str, float], trainer: Trainer) -> None:
@@ -201,7 +219,7 @@ def _user_data(data: Prepared | None, data_path: str | None) -> Prepared | None:
 
 
 def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepared | None = None,
-              data_path: str | None = None) -> None:
+              data_path: str | None = None, system_metrics: Callable[[], SystemMetrics] | None = None) -> None:
     """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
 
     Args:
@@ -212,6 +230,9 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         data: A user's data, prepared by the driver and brought by Ray's object store
             (``tune.with_parameters`` puts it there once for all trials).
         data_path: The folder of a user's prepared data, read when ``data`` is None.
+        system_metrics: Makes the sampler of the node's system metrics, started with the
+            training and stopped after it; each epoch's result carries its averages. None:
+            no system metrics.
     """
     _threads()
     prepared = _user_data(data, data_path)  # first: a node without the data fails at once
@@ -239,7 +260,7 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         state, history = _replay(newer, history)
     if state is not None:
         state = _with_lr(state, cfg.lr)
-    system = SystemSampler()
+    system = system_metrics() if system_metrics is not None else None
     try:
         fit(cfg, _Reporter(cfg, history, prepared, system), state=state, data=prepared)
     except TrainingDiverged as e:
@@ -256,4 +277,5 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
                      "epochs_done": e.epochs_done, TEST_ACC: float("nan"), EPOCH: e.epoch, NODE_ID: _node_id(),
                      TORCH_THREADS: torch.get_num_threads()})
     finally:
-        system.stop()
+        if system is not None:
+            system.stop()

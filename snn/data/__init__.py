@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from snn import registry
 from snn.config import UserData
-from snn.data._errors import DatasetNotFoundError, write_whole
-from snn.data._user import DataError, Prepared, load_prepared, prepare
+from snn.data._errors import DataError, DatasetNotFoundError, write_whole
+from snn.data._user import Prepared, load_prepared, prepare
 
 __all__ = ["NAMES", "DataError", "DatasetInfo", "DatasetNotFoundError", "Prepared", "build", "check_root", "info",
            "load_prepared", "loaders", "prepare", "write_whole"]

@@ -1,4 +1,5 @@
-"""The one error every loader raises when a dataset's files are missing, and the one way the
+"""The errors of the data layer: the one every loader raises when a dataset's files are
+missing, and the one a user's data raises when it can never train; and the one way the
 loaders write files (whole or not at all)."""
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["DatasetNotFoundError", "cleanup_on_failure", "not_found", "write_whole"]
+__all__ = ["DataError", "DatasetNotFoundError", "cleanup_on_failure", "not_found", "write_whole"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing (and were not, or could not be, downloaded)."""
+
+
+class DataError(ValueError):
+    """A user's data can never train as the spec describes it."""
 
 
 def not_found(name: str, where: str | os.PathLike, what: str, cause: BaseException | None = None) -> DatasetNotFoundError:

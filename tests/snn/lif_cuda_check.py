@@ -11,7 +11,6 @@ import sys
 import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-os.environ["SNN_FUSED_LIF"] = "0"  # the CPU autograd path below is the tensor-op one
 
 from snn import _lif_cuda, surrogates
 from snn.neurons import LIF, lif_reference
@@ -37,7 +36,8 @@ def main() -> None:
     for name in surrogates.NAMES:
         for detach_reset in (False, True):
             for tau, t, shape in ((0.5, 4, (3, 5, 7)), (0.9, 3, (2, 1100))):  # 1100: two programs, a masked tail
-                lif = LIF(tau=tau, v_threshold=1.0, surrogate=name, detach_reset=detach_reset)
+                # fused=False: the CPU autograd path below is the tensor-op one
+                lif = LIF(tau=tau, v_threshold=1.0, surrogate=name, detach_reset=detach_reset, fused=False)
                 c = torch.randn(t, *shape) * 1.5 + 0.6
                 g = torch.randn(t, *shape)
                 s_ref, g_ref = tensor_path(c, g, lif)
@@ -53,7 +53,7 @@ def main() -> None:
     # bfloat16. Triton's interpreter rounds float32 to bfloat16 by truncation where a GPU (and
     # torch) rounds to nearest, so a potential within one bfloat16 step of the threshold may fire
     # differently here; test_neurons.py asserts equal spikes on a real GPU.
-    lif = LIF(tau=0.5, surrogate="atan", surrogate_param=2.0)
+    lif = LIF(tau=0.5, surrogate="atan", surrogate_param=2.0, fused=False)
     c = (torch.randn(4, 2, 600) * 1.5 + 0.6).to(torch.bfloat16)
     g = torch.randn(4, 2, 600).to(torch.bfloat16)
     s_ref, g_ref = tensor_path(c, g, lif)

@@ -1,4 +1,4 @@
-"""The firing-rate guard's decisions on constructed firing-rate sequences (issue 25)."""
+"""The firing-rate guard's decisions on constructed firing-rate sequences (:mod:`snn.guard`)."""
 
 from __future__ import annotations
 

@@ -83,68 +83,65 @@ def test_bad_parameters(kwargs):
 from snn import _lif_cpu
 
 
-def _both_paths(monkeypatch, c, w, **kw):
+def _both_paths(c, w, **kw):
     """Spikes and input gradient from the fused kernels and from the tensor-op path."""
     out = {}
-    for fused in ("1", "0"):
-        monkeypatch.setenv("SNN_FUSED_LIF", fused)
+    for fused in (True, False):
         x = c.detach().clone().requires_grad_()
-        y = LIF(**kw)(x)
+        y = LIF(**kw, fused=fused)(x)
         (y * w).sum().backward()
         out[fused] = (y.detach(), x.grad)
-    return out["1"], out["0"]
+    return out[True], out[False]
 
 
-def test_fused_kernels_are_used_on_cpu(monkeypatch):
+def test_fused_kernels_are_used_on_cpu():
     # numba is a dependency: if it stopped loading, the comparisons below would compare a path with itself
     from snn.neurons import _fused_kernels
 
     assert _lif_cpu.available(torch.zeros(2, 3))
     assert not _lif_cpu.available(torch.zeros(2, 3, dtype=torch.bfloat16))
-    monkeypatch.setenv("SNN_FUSED_LIF", "1")
     assert _fused_kernels(torch.zeros(2, 3)) is _lif_cpu
-    monkeypatch.setenv("SNN_FUSED_LIF", "0")  # and the switch the comparisons below rely on
-    assert _fused_kernels(torch.zeros(2, 3)) is None
+    assert _fused_kernels(torch.zeros(2, 3), False) is None  # and the switch the comparisons below rely on
 
 
 @pytest.mark.parametrize("name", surrogates.NAMES)
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("tau", [0.5, 0.8])
-def test_fused_matches_tensor_ops_float32(monkeypatch, name, detach_reset, tau):
+def test_fused_matches_tensor_ops_float32(name, detach_reset, tau):
     torch.manual_seed(3)
     c = torch.randn(4, 3, 5000) * 1.5 + 0.3  # more neurons than one kernel block
     w = torch.randn_like(c)
-    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w, tau=tau, surrogate=name, detach_reset=detach_reset)
+    (ys, gs), (yt, gt) = _both_paths(c, w, tau=tau, surrogate=name, detach_reset=detach_reset)
     assert torch.equal(ys, yt)
     assert 0.05 < ys.mean() < 0.95
     # the kernels evaluate the backward in float64 before rounding; agreement is to float32 precision
     torch.testing.assert_close(gs, gt, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_keeps_channels_last_layout_and_values(monkeypatch):
+def test_fused_keeps_channels_last_layout_and_values():
     torch.manual_seed(4)
     t, b = 3, 4
     cl = (torch.randn(t * b, 8, 5, 5) + 0.7).contiguous(memory_format=torch.channels_last)
     c = cl.view(t, b, 8, 5, 5)  # T folded out of a channels-last batch, as in the models
     w = torch.randn(t, b, 8, 5, 5)  # a contiguous upstream gradient: other strides than the input
-    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w)
+    (ys, gs), (yt, gt) = _both_paths(c, w)
     assert ys.stride() == c.stride()
     assert torch.equal(ys, yt)
     torch.testing.assert_close(gs, gt)
 
 
-def test_fused_handles_non_dense_input(monkeypatch):
+def test_fused_handles_non_dense_input():
     torch.manual_seed(5)
     base = torch.randn(4, 6, 10) + 0.6
     c = base[:, :, ::2]  # strided: not one slab per step
     assert not _lif_cpu.dense_time_major(c)
     w = torch.randn(4, 6, 5)
-    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w)
+    (ys, gs), (yt, gt) = _both_paths(c, w)
     assert torch.equal(ys, yt)
     torch.testing.assert_close(gs, gt)
 
 
-def test_fused_expanded_channels_last_input_gives_channels_last_spikes(monkeypatch):
+def test_fused_expanded_channels_last_input_gives_channels_last_spikes():
     # A static image's stem output, computed once and expanded over T (stride 0): the spikes keep
     # each step channels-last, so the next channels-last convolution needs no reorder (both paths:
     # the fused kernels and the tensor ops that CUDA uses).
@@ -152,16 +149,15 @@ def test_fused_expanded_channels_last_input_gives_channels_last_spikes(monkeypat
     y0 = (torch.randn(4, 8, 5, 5) + 0.7).contiguous(memory_format=torch.channels_last)
     w = torch.randn(3, 4, 8, 5, 5)
     out = {}
-    for fused in ("1", "0"):
-        monkeypatch.setenv("SNN_FUSED_LIF", fused)
+    for fused in (True, False):
         y = y0.clone().requires_grad_()
         c = y.unsqueeze(0).expand(3, *y.shape)
         assert not _lif_cpu.dense_time_major(c)
-        s = LIF()(c)
+        s = LIF(fused=fused)(c)
         (s * w).sum().backward()
         assert s.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)  # T folded into B: a view
         out[fused] = (s.detach(), y.grad)
-    (ys, gs), (yt, gt) = out["1"], out["0"]
+    (ys, gs), (yt, gt) = out[True], out[False]
     assert torch.equal(ys, yt)
     torch.testing.assert_close(gs, gt)
 
@@ -175,11 +171,10 @@ def test_fused_rounds_the_potential_to_float32_before_the_threshold():
     assert LIF()(c.double()).view(-1).tolist() == [0.0, 1.0]
 
 
-def test_torch_compile_traces_the_tensor_ops_and_matches_eager(monkeypatch):
+def test_torch_compile_traces_the_tensor_ops_and_matches_eager():
     # dynamo cannot trace into numba's kernels (it failed inside the kernel call): under
     # torch.compile the LIF takes its tensor-op path, which gives the eager fused kernels' result
     torch._dynamo.reset()
-    monkeypatch.setenv("SNN_FUSED_LIF", "1")
     torch.manual_seed(5)
     c = torch.randn(3, 4, 2000) * 1.5 + 0.3
     w = torch.randn_like(c)
@@ -212,6 +207,18 @@ def test_cpu_training_does_not_import_triton():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+@pytest.mark.slow  # a fresh interpreter: numba starts its thread pool once per process
+def test_fused_cpu_kernels_leave_torch_s_thread_count_alone():
+    # numba's OpenMP pool shares torch's libgomp, and starting it sets the calling thread's OpenMP
+    # count to the pool's size: the kernels put torch's count back, so a trial given one CPU stays on one
+    code = ("import torch; torch.set_num_threads(1); from snn.neurons import LIF; "
+            "x = torch.randn(2, 3, 1000, requires_grad=True); LIF()(x).sum().backward(); "
+            "assert torch.get_num_threads() == 1, torch.get_num_threads()")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}  # a pool larger than torch's count
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 @pytest.mark.slow  # a subprocess (Triton reads TRITON_INTERPRET at import)
 def test_triton_kernels_match_tensor_ops_in_interpreter():
     # The same kernels, run on the CPU by Triton's interpreter, against the tensor-op path and
@@ -239,11 +246,11 @@ def test_fused_kernels_are_used_on_cuda():
 @cuda
 @pytest.mark.parametrize("name", surrogates.NAMES)
 @pytest.mark.parametrize("detach_reset", [False, True])
-def test_cuda_fused_matches_tensor_ops_and_reference_float32(monkeypatch, name, detach_reset):
+def test_cuda_fused_matches_tensor_ops_and_reference_float32(name, detach_reset):
     torch.manual_seed(7)
     c = torch.randn(4, 3, 5000, device="cuda") * 1.5 + 0.3
     w = torch.randn_like(c)
-    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w, surrogate=name, detach_reset=detach_reset)
+    (ys, gs), (yt, gt) = _both_paths(c, w, surrogate=name, detach_reset=detach_reset)
     assert torch.equal(ys, yt) and 0.05 < ys.mean() < 0.95
     torch.testing.assert_close(gs, gt, rtol=1e-4, atol=1e-5)
     x = c.clone().requires_grad_()
@@ -253,14 +260,14 @@ def test_cuda_fused_matches_tensor_ops_and_reference_float32(monkeypatch, name, 
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cuda_fused_half_precision_fires_as_tensor_ops(monkeypatch, dtype):
+def test_cuda_fused_half_precision_fires_as_tensor_ops(dtype):
     # the potential is rounded to the tensors' dtype before the threshold in both paths
     torch.manual_seed(8)
     t, b = 4, 16
     c = (torch.randn(t * b, 32, 8, 8, device="cuda") * 1.5 + 0.5).to(dtype)
     c = c.contiguous(memory_format=torch.channels_last).view(t, b, 32, 8, 8)
     w = torch.randn(t, b, 32, 8, 8, device="cuda", dtype=dtype)
-    (ys, gs), (yt, gt) = _both_paths(monkeypatch, c, w, surrogate="atan", surrogate_param=2.0)
+    (ys, gs), (yt, gt) = _both_paths(c, w, surrogate="atan", surrogate_param=2.0)
     assert ys.dtype == dtype and ys.stride() == c.stride()
     assert torch.equal(ys, yt)
     # backward carries dL/du_pre in float32 where the tensor ops round it at every step

@@ -245,7 +245,7 @@ def test_a_non_finite_loss_names_its_iteration_whether_read_at_once_or_at_the_ep
 
 
 def test_the_guard_stops_a_silent_network_within_its_first_epoch_and_names_the_stage():
-    """issue 25: a threshold no input reaches leaves every stage silent; with checks 4 times an
+    """A threshold no input reaches leaves every stage silent; with checks 4 times an
     epoch and a patience of 3, the trial stops at its third check, before the epoch ends."""
     from snn.training import TrainingStopped
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from snn import data
 from snn.config import UserData
-from snn.data import _user
+from snn.data import _formats
 from snn.data._events import simulate_saccade_events
 
 
@@ -627,7 +627,7 @@ def test_second_prepare_reads_the_cache(tmp_path, monkeypatch):
     def no_reading(*a, **k):
         raise AssertionError("read the npz again")
 
-    monkeypatch.setattr(_user, "_read_npz", no_reading)
+    monkeypatch.setattr(_formats, "read_npz", no_reading)
     second = data.prepare(user, root, 2)
     assert second.path == first.path
     for k in ("x_train", "y_train", "x_test", "y_test"):
@@ -649,7 +649,7 @@ def test_rewritten_source_gets_a_new_cache(tmp_path, monkeypatch):
     assert second.path != first.path
     np.testing.assert_array_equal(np.asarray(second.x_train), 255 - np.asarray(first.x_train))
     os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))  # only touched: prepared again too
-    monkeypatch.setattr(_user, "_read_npz", lambda *a: (_ for _ in ()).throw(RuntimeError("read")))
+    monkeypatch.setattr(_formats, "read_npz", lambda *a: (_ for _ in ()).throw(RuntimeError("read")))
     with pytest.raises(RuntimeError, match="read"):
         data.prepare(user, root, 2)
 

@@ -8,6 +8,9 @@ metrics" tab. A trial does not write to MLflow itself (the study projects its re
 averages to the study with the epoch's result, under the same ``system/`` names: they are
 kept in the trial's checkpoints like every other metric, and reach MLflow at the epoch's
 step.
+
+The trainable does not import MLflow: the study hands it :class:`SystemSampler` as the
+factory of its sampler (``train_snn``'s ``system_metrics``, through ``tune.with_parameters``).
 """
 
 from __future__ import annotations

@@ -149,11 +149,13 @@ def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str)
         return None
     name, model = folder.spec.name, models_of_run[0]
     versions = c.search_model_versions(f"name = '{name}'")
-    version = next((v for v in versions if v.source == model.model_uri), None)
+    version = next((v for v in versions if v.source in (model.model_uri, model.artifact_location)), None)
     if version is None:
         if not versions and not c.search_registered_models(f"name = '{name}'"):
             c.create_registered_model(name, description=f"The best model of study {name} (snn-study)")
-        version = c.create_model_version(name, model.model_uri, run_id=run.info.run_id, model_id=model.model_id,
+        # the source is where the model's files are: a local store resolves a models:/ source
+        # through the process's tracking URI, not this client's
+        version = c.create_model_version(name, model.artifact_location, run_id=run.info.run_id, model_id=model.model_id,
                                          description=why, tags={"trial_id": run.data.tags.get("trial_id", ""),
                                                                 TEST_ACC: str(run.data.metrics[TEST_ACC])})
     c.set_registered_model_alias(name, BEST_ALIAS, version.version)

@@ -4,17 +4,18 @@ cluster logging to one MLflow server on PostgreSQL, with a second study beside t
 worker node killed under that load, and the server SIGKILLed and started again.
 
 One run of the scenario (``_load.run_load``, faults on) serves every test here: a cluster of
-34 trial processes takes minutes to start on a small machine, and each test asserts its own
+up to 34 trial processes takes minutes to start on a small machine, and each test asserts its own
 guarantee on what that run left.
 
-What it needs: memory for 34 trial processes of about half a GiB each (PyTorch's CUDA build;
-less with its CPU build), 2-4 GiB for the cluster (PostgreSQL, MLflow's server, Ray's head
-and two worker nodes) and the drivers, and 10% of the machine's memory as headroom, all
-below the line where Ray's memory monitor kills workers (95% of memory, the machine's other
-programs counted): about 24 GiB for 32 trials. The scenario measures a trial and a driver
-first (a one-trial study on the cluster) and runs as many trials as fit in the memory free
-then (printed, and a warning when fewer than 32); fewer than 8 and the tests skip, saying
-what was measured.
+What it needs: memory for 34 trial processes of about 0.5 GiB each (their anonymous memory
+with PyTorch's CUDA build, whose libraries initialise even on a CPU), about 3 GiB for the
+cluster (PostgreSQL, MLflow's server, Ray's head and two worker nodes) and 2 GiB for the
+drivers, and 10% of the machine's memory as headroom, all below the line where Ray's memory
+monitor kills workers (95% of memory, the machine's other programs counted): about 28 GB
+with nothing else running for 32 trials at once, where a 24 GB machine holds about 28
+trials. So the scenario first measures one trial and its driver (a one-trial study on the
+cluster), then runs as many trials as fit in the memory free (printed, and a warning below
+32); fewer than 8 fit and the tests skip, saying what was measured.
 """
 
 from __future__ import annotations

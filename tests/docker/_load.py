@@ -12,7 +12,7 @@ worker node is killed (its trials wait for slots on the other), and the MLflow s
 SIGKILLed, then started again once the other node's trials have trained on without it.
 
 Memory, not CPUs, bounds how many trials run at once: each trial is a Ray worker process
-that imports PyTorch (about half a GiB of private memory with PyTorch's CUDA build, whose
+that imports PyTorch (about half a GiB of anonymous memory with PyTorch's CUDA build, whose
 libraries initialise even on a CPU), and the three nodes share the machine, with whatever
 else runs on it, under one line of Ray's memory monitor (95% of memory). So once the
 cluster is up, a one-trial study of the same trial measures the most a trial process and a
@@ -96,8 +96,8 @@ def _driver(cluster: LocalCluster, name: str, spec: Path) -> subprocess.Popen:
 
 
 def _size(cluster: LocalCluster) -> Sizing:
-    """How many trials of study `load` fit: one trial of the scenario's own, in a study of its
-    own (``SIZING_EPOCHS`` epochs), gives the most a trial process and a driver hold; what is
+    """Size study `load` on this machine: a one-trial study of the scenario's trial
+    (``SIZING_EPOCHS`` epochs) shows the most a trial process and its driver hold; the memory
     free is read once it has ended."""
     driver = _driver(cluster, "load-sizing", _spec(cluster.work, "load-sizing", 1, cluster, epochs=SIZING_EPOCHS,
                                                     storage="sizing"))

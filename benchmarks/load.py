@@ -1,31 +1,36 @@
-"""Load on one tracking server (issue 26, part 2): 32 trials at once on a three-node Ray cluster.
+"""Load on one tracking server: up to 32 trials at once on a three-node Ray cluster.
 
     python -m benchmarks.load [--faults] [--out benchmarks/RESULTS-load.md]
 
 Runs the scenario of the load tests (``tests/docker/_load.py``: PostgreSQL, an MLflow server
 on it and a Ray head with two worker nodes, all started from ``docker/compose.yaml``'s
-commands on 127.0.0.1; study ``load``, 32 tiny trials at once, and study ``load-b`` beside
-it, both logging to that server, their Optuna studies on the same PostgreSQL), without faults
-unless ``--faults``, and records what the server took: the metric rows PostgreSQL holds, per
-second (mean over the run, and the busiest second), and the latency of one REST write
-(``runs/log-metric``) a probe makes every half second beside the studies (median and
-slowest). Then it checks what the load tests assert: every epoch of every trial in MLflow
-exactly once, every Optuna trial in a final state.
+commands on 127.0.0.1; study ``load``, 32 tiny trials at once or as many as fit in the
+memory free, and study ``load-b`` beside it, both logging to that server, their Optuna
+studies on the same PostgreSQL), without faults unless ``--faults``, and records what the
+server took: the metric rows PostgreSQL holds, per second (mean over the run, and the
+busiest second), and the latency of one REST write (``runs/log-metric``) a probe makes every
+half second beside the studies (median and slowest); and the memory the scenario took. Then
+it checks what the load tests assert: every epoch of every trial in MLflow exactly once,
+every Optuna trial in a final state. Exits 1, saying what it measured, where fewer than 8
+trials fit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "docker")]  # the scenario and its cluster
 
 from _cluster import LocalCluster  # noqa: E402
-from _load import B_TRIALS, EPOCHS, TRIALS, WORKER_CPUS, run_load  # noqa: E402
+from _load import B_TRIALS, EPOCHS, WORKER_CPUS, TooLittleMemory, run_load  # noqa: E402
 
 
 def _checks(run) -> dict[str, str]:
@@ -34,7 +39,7 @@ def _checks(run) -> dict[str, str]:
 
     c = MlflowClient(run.cluster.uri)
     out = {}
-    for study, n in (("load", TRIALS), ("load-b", B_TRIALS)):
+    for study, n in (("load", run.trials), ("load-b", B_TRIALS)):
         exp = c.get_experiment_by_name(study)
         runs = c.search_runs([exp.experiment_id], "tags.kind = 'trial'", max_results=1000)
         once = sum(sorted(m.step for m in c.get_metric_history(r.info.run_id, "test_acc")) == list(range(1, EPOCHS + 1))
@@ -57,14 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run = run_load(cluster, faults=args.faults)
         checks = _checks(run)
+    except TooLittleMemory as e:
+        sys.exit(str(e))
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     m = run.measures
+    line = m["Ray's kill line GiB"]
     lines = [
         "# Load on one tracking server", "", __doc__.split("\n\n", 2)[2].strip(), "",
-        f"On this machine (2 cores, 24 GB), {'with' if args.faults else 'without'} faults, "
+        f"On this machine ({os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB), "
+        f"{'with' if args.faults else 'without'} faults, "
         f"{m['wall s']:.0f} s in all; the studies' drivers exited with {run.rc}.", "",
+        f"Sized on the memory free: {run.sizing.text()}.", "",
         "| what | value |", "|---|---|",
         f"| most trials of study `load` training at once | {m['most trials at once']} |",
         f"| metric rows in MLflow's PostgreSQL at the end | {m.get('metric rows', 'n/a')} |",
@@ -73,6 +83,11 @@ def main(argv: list[str] | None = None) -> None:
         f"| one REST write beside the load (`runs/log-metric`): median, s | "
         f"{m.get('probe write median s', float('nan')):.3f} |",
         f"| the same, slowest of {m.get('probe writes', 0)}, s | {m.get('probe write max s', float('nan')):.3f} |",
+        f"| memory used on the machine at most (as Ray counts it; it kills workers past {line:.1f}), GiB "
+        f"| {m['most memory used GiB']:.1f} |",
+        f"| one trial process at most (anonymous memory), MiB | {m['most per trial process MiB']:.0f} |",
+        f"| all trial processes together at most (anonymous memory), GiB | {m['most all trial processes GiB']:.1f} |",
+        f"| study `load`'s driver at most (anonymous memory), MiB | {m['most study driver MiB']:.0f} |",
         "", "Checks:", "", *(f"* `{k}`: {v}" for k, v in checks.items()), "",
         "Events (seconds from the start): " + "; ".join(f"{t:.0f} s {what}" for t, what in run.events) + ".",
     ]

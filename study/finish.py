@@ -2,8 +2,8 @@
 record the finished study's answer.
 
 :func:`check_finished` reads Tune's results: a run that Tune ended early (Ctrl-C, SIGINT,
-``snn-study stop``) leaves trials that never reported their end, or fewer trials than the
-study asked for; it raises :class:`StudyInterrupted`, which says how far the study got and
+``snn-study stop``) leaves trials that had not ended, or fewer trials than the study asked
+for; it raises :class:`StudyInterrupted`, which says how far the study got and
 how to resume it. :func:`finish_study` then records a finished study's answer: its best
 trial (among those that trained their full budget), the comparison of its configurations
 (:mod:`study.analysis`), its best model registered in MLflow, the parent run's note and the
@@ -20,7 +20,7 @@ from typing import Any
 
 from ray.tune.result import DONE
 
-from snn.metrics import DIVERGED, EPOCH, TEST_ACC
+from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.folder import SEARCH, StudyError, StudyFolder
@@ -72,11 +72,14 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
     """Raise :class:`StudyInterrupted` where Tune's run of a stage ended before its trials did.
 
     On SIGINT Tune saves its state and returns its results like a finished run's: the trials
-    that were running read TERMINATED, but their last result lacks Tune's ``done`` flag (which
-    a trial that ended, or that the scheduler stopped, carries); a trial waiting to start
-    reads PENDING, one paused by PBT PAUSED; trials not yet asked for are missing. The study's
-    parent run in MLflow is closed as KILLED (``resume`` opens it again); the trials' runs
-    were synced by the tracker at the end of Tune's run.
+    that were running read TERMINATED, a trial waiting to start PENDING, one paused by PBT
+    PAUSED, and trials not yet asked for are missing. A trial ended if it errored, if Tune's
+    ``done`` flag is on its last result (a trial the scheduler stopped), or if that result
+    says it trained its budget, diverged or was stopped by the firing-rate guard: Tune sets
+    ``done`` on a trial whose function returned in place, after its saved state was
+    written, so a trial restored from that state can lack it. The study's parent run in
+    MLflow is closed as KILLED (``resume`` opens it again); the trials' runs were synced by
+    the tracker at the end of Tune's run.
 
     Args:
         folder: The study.
@@ -84,9 +87,15 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
         total: Trials the stage asked for (Tune's ``num_samples``).
         stage: The stage whose results these are.
     """
-    ended = results.num_errors + sum(1 for r in results if r.error is None and (r.metrics or {}).get(DONE))
+    epochs = folder.spec.train.epochs
+
+    def ended(metrics: dict[str, Any]) -> bool:
+        return bool(metrics.get(DONE) or metrics.get(DIVERGED) or metrics.get(STOPPED)
+                    or int(metrics.get(EPOCH) or 0) >= epochs)
+
+    finished = results.num_errors + sum(1 for r in results if r.error is None and ended(r.metrics or {}))
     total = max(total, len(results))
-    if ended >= total:
+    if finished >= total:
         return
     try:
         finish_parent_run(folder.tracking_uri, folder.parent_run_id, None, status="KILLED")
@@ -94,9 +103,9 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
         log.warning("MLflow: could not close the parent run %s (%s: %s)", folder.parent_run_id, type(e).__name__,
                     str(e)[:200])
     where = "" if stage == SEARCH else f" in its {stage} stage"
-    raise StudyInterrupted(f"study {folder.spec.name} stopped early{where}: {ended} of {total} trial(s) finished; "
+    raise StudyInterrupted(f"study {folder.spec.name} stopped early{where}: {finished} of {total} trial(s) finished; "
                            f"every finished epoch is kept, in its folder and in MLflow; resume it with "
-                           f"'snn-study resume {folder.path}'", finished=ended, total=total)
+                           f"'snn-study resume {folder.path}'", finished=finished, total=total)
 
 
 def full_budget(r, epochs: int) -> bool:

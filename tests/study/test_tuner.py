@@ -198,16 +198,17 @@ class _Results(list):
         return sum(1 for r in self if r.error is not None)
 
 
-def _result(done: bool, error: Exception | None = None):
+def _result(metrics: dict, error: Exception | None = None):
     from types import SimpleNamespace
 
-    return SimpleNamespace(error=error, metrics={"done": True} if done else {"epoch": 3})
+    return SimpleNamespace(error=error, metrics=metrics)
 
 
 def test_a_study_tune_ended_before_its_trials_says_how_far_it_got_and_how_to_resume(tmp_path):
     """On SIGINT Tune returns its results as after a finished run: the trials that were running
-    lack Tune's done flag, the ones not asked for yet are missing. The study says so, and its
-    parent run in MLflow is closed KILLED (resume reopens it)."""
+    read TERMINATED but have neither Tune's done flag nor a last report that ends them (their
+    budget, a divergence, the firing-rate guard), the ones not asked for yet are missing. The
+    study says so, and its parent run in MLflow is closed KILLED (resume reopens it)."""
     from mlflow import MlflowClient
 
     from study.finish import StudyInterrupted, check_finished
@@ -215,15 +216,19 @@ def test_a_study_tune_ended_before_its_trials_says_how_far_it_got_and_how_to_res
     from study.tracking import start_parent_run
 
     uri = f"sqlite:///{tmp_path}/m.db"
-    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies")})
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "train": {"epochs": 8}})
     folder = StudyFolder(spec.study_dir(), spec, start_parent_run(uri, "s", "s", {}), uri)
-    check_finished(folder, _Results([_result(True), _result(False, RuntimeError("x"))]), 2)  # ended: no word
+    ended = [_result({"done": True, "epoch": 2}),  # stopped by the scheduler
+             _result({"epoch": 8}),  # trained its budget (restored from Tune's state without the done flag)
+             _result({"epoch": 3, "diverged": 1.0}), _result({"epoch": 2, "stopped": "silent"}),
+             _result({"epoch": 1}, RuntimeError("x"))]
+    check_finished(folder, _Results(ended), 5)  # all ended: nothing to say
     assert MlflowClient(uri).get_run(folder.parent_run_id).info.status == "RUNNING"
     with pytest.raises(StudyInterrupted) as e:
-        check_finished(folder, _Results([_result(True), _result(False, RuntimeError("x")), _result(False)]), 75)
-    assert e.value.exit_code == 130 and (e.value.finished, e.value.total) == (2, 75)
-    assert str(e.value).startswith("study s stopped early: 2 of 75 trial(s) finished;")
+        check_finished(folder, _Results([*ended, _result({"epoch": 3}), _result({})]), 75)
+    assert e.value.exit_code == 130 and (e.value.finished, e.value.total) == (5, 75)
+    assert str(e.value).startswith("study s stopped early: 5 of 75 trial(s) finished;")
     assert str(e.value).endswith(f"resume it with 'snn-study resume {folder.path}'")
     assert MlflowClient(uri).get_run(folder.parent_run_id).info.status == "KILLED"
     with pytest.raises(StudyInterrupted, match="stopped early in its confirm stage: 1 of 2 trial"):
-        check_finished(folder, _Results([_result(True), _result(False)]), 2, CONFIRM)
+        check_finished(folder, _Results([_result({"epoch": 8}), _result({"epoch": 7})]), 2, CONFIRM)

@@ -1,4 +1,5 @@
-"""How a study starts Ray and hands its trials their parameters (study/tuner.py)."""
+"""How a study starts Ray, hands its trials their parameters and tells a finished run from an interrupted one
+(study/tuner.py, study/startup.py, study/finish.py)."""
 
 from __future__ import annotations
 

@@ -108,8 +108,7 @@ def results_dir(out: str | None) -> Path:
     return path
 
 
-def train_trial(cfg: TrainConfig, out: Path, *, trial=None, changed: bool = False, echo: Say = print,
-                say: Say = print) -> None:
+def train_trial(cfg: TrainConfig, out: Path, *, echo: Say, say: Say, trial=None, changed: bool = False) -> None:
     """Train ``cfg`` through the study's loop, writing its results to ``out`` after every epoch.
 
     Before the first epoch, three lines to ``say`` tell the data, the model and the config;
@@ -119,10 +118,10 @@ def train_trial(cfg: TrainConfig, out: Path, *, trial=None, changed: bool = Fals
     Args:
         cfg: The trial's config.
         out: The results folder (:func:`results_dir`).
+        echo, say: Where the results' lines and the lines about what is going on go.
         trial: The MLflow run's trial re-run (:func:`trial_of_run`): a last line compares every
             epoch with what it recorded.
         changed: Whether the config was changed from the trial's (by ``--set``).
-        echo, say: Where the results' lines and the lines about what is going on go.
 
     Raises:
         StudyError: The data or the results folder cannot be read or written, or training failed.

@@ -1,4 +1,4 @@
-"""``snn-study``: a thin command line over :mod:`study` (and :mod:`snn.training` for ``train``).
+"""``snn-study``: a thin command line over :mod:`study`.
 
 Each command checks its options, then calls one library function that a Python user
 could call too. Failures end with one line on stderr and a non-zero exit: 2 for a bad
@@ -7,7 +7,6 @@ spec or bad options (before anything starts or is written), 1 for anything else.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -15,100 +14,37 @@ from typing import Any
 
 import click
 
+from study import console
+
 __all__ = ["main"]
 
-log = logging.getLogger("snn-study")
+
+# Tune's JSON and CSV loggers: each trial's result.json and progress.csv, which the study reads
+_TUNE_LOGGERS = ("ray.tune.logger.JsonLoggerCallback", "ray.tune.logger.CSVLoggerCallback")
 
 
-class _TuneStateWarning(logging.Filter):
-    """Drops Tune's advice that the experiment-state saves "may become a bottleneck".
-
-    The study keeps two checkpoints per trial (``num_to_keep=2``), so Tune saves its
-    experiment state whenever a trial has checkpointed twice since the last save, so that
-    the state never names a pruned checkpoint; with short epochs it then warns each time,
-    asking to change settings chosen on purpose.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "may become a bottleneck" not in record.getMessage()
-
-
-class _ConsoleFormatter(logging.Formatter):
-    """The console's records, a traceback as one line naming the file that holds it in full."""
-
-    log_file: Path | None = None  # the study's log, once the command knows its study
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not (record.exc_info and record.exc_info[1] is not None):
-            return super().format(record)
-        error = record.exc_info[1]
-        short = logging.makeLogRecord(record.__dict__)  # the other handlers keep the traceback
-        short.exc_info, short.exc_text = None, None
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        where = f"; the traceback is in {self.log_file}" if self.log_file is not None else ""
-        return f"{super().format(short)} ({type(error).__name__}: {first}){where}"
-
-
-class _StudyLog(logging.Handler):
-    """Every record, tracebacks in full, in the study folder's log once that folder exists."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(logging.DEBUG)
-        self.path = path
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.path.parent.is_dir():  # a study refused before its folder was made leaves nothing
-            return
-        try:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(self.format(record) + "\n")
-        except OSError:
-            self.handleError(record)
-
-
-LOG_FILE = "driver.log"  # in the study folder
-
-
-def _log_to(study_dir: Path) -> None:
-    """Send every record to the study folder's log as well; the console names it for tracebacks.
-
-    Ray's "ray" logger has a console handler of its own and does not propagate; ``ray.init``
-    (with ``configure_logging=False``) then removes that handler, which left Ray's and
-    Tune's warnings to Python's last-resort handler, tracebacks and all. Here they go where
-    every other record goes: the console's one line, and the study's log in full.
-    """
-    import ray  # noqa: F401  (sets up the "ray" logger, whose handler is replaced here)
-
-    _ConsoleFormatter.log_file = study_dir / LOG_FILE
-    ray_logger = logging.getLogger("ray")
-    ray_logger.handlers.clear()
-    ray_logger.propagate = True
-    logging.getLogger().addHandler(_StudyLog(_ConsoleFormatter.log_file))
-
-
-class _QuietRay(logging.Filter):
-    """Ray's and Tune's own INFO lines stay in the study's log, not on the console."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not record.name.startswith("ray")
-
-
-def _setup_logging(verbose: int) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_ConsoleFormatter("%(message)s"))
-        if verbose < 1:
-            handler.addFilter(_QuietRay())
-    for noisy in ("alembic", "mlflow", "urllib3", "filelock", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if verbose < 2:
-        logging.getLogger("ray.tune.execution.experiment_state").addFilter(_TuneStateWarning())
+def _process_settings() -> None:
+    """Settings of the ``snn-study`` process for the libraries it drives, made through the
+    environment variables they read (none has another switch); a value the user set is kept."""
     # MLflow prints two "View run/experiment" links each time a run on a server ends, which the
     # driver does for every trial (and again as it logs the trial's model): a thousand-trial
     # study would bury its console under them. The study prints its own link; a user who wants
     # MLflow's sets the variable to false.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Tune adds a TensorBoard logger to every run, a cost on the driver at every result that MLflow
+    # makes redundant (docs/performance.md); only this variable leaves it out, with Tune's JSON and
+    # CSV loggers, which the study keeps by naming them in RAY_TUNE_CALLBACKS (read by every Tune
+    # run, a resumed study's too, whose restored RunConfig names no logger). A user who sets
+    # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 gets all three.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":
+        named = [c.strip() for c in os.environ.get("RAY_TUNE_CALLBACKS", "").split(",") if c.strip()]
+        os.environ["RAY_TUNE_CALLBACKS"] = ",".join(named + [c for c in _TUNE_LOGGERS if c not in named])
+    # MLflow's HTTP retries and artifact progress bars (docs/reliability.md)
+    from study.tracking import MLFLOW_ENVIRONMENT
+
+    for key, value in MLFLOW_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -137,6 +73,16 @@ def _load(spec_path: str | None, sets: tuple[str, ...]):
         _fail(str(e), 2)
 
 
+def _open(study: str):
+    """The study in folder STUDY (or named STUDY under ./studies), or the one line why not."""
+    from study.folder import StudyError, open_study
+
+    try:
+        return open_study(study)
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
+
+
 _ADDRESS = click.option("--address", envvar="RAY_ADDRESS", default=None,
                         help="Ray cluster to join, e.g. 'auto' or ray://head:10001 (env RAY_ADDRESS). "
                              "Default: start a local Ray.")
@@ -151,11 +97,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """Hyperparameter studies of shortcut back-propagation for spiking neural networks
     (Guo et al., NeurIPS 2024) on Ray Tune, Optuna and MLflow."""
     ctx.obj = {"verbose": verbose}
-    _setup_logging(verbose)
-    from study.tracking import MLFLOW_ENVIRONMENT  # MLflow's retries and progress bars: environment only
-
-    for key, value in MLFLOW_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)  # a value the user set is kept
+    _process_settings()
+    console.setup(verbose)
 
 
 @cli.command()
@@ -170,7 +113,7 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
         tracking_uri: str | None) -> None:
     """Run the study in SPEC (a YAML file); without SPEC, the built-in quick-start study."""
     s = _load(spec, sets)
-    _log_to(s.study_dir())
+    console.log_to(s.study_dir())
     from study.folder import StudyError
     from study.tuner import run_study
 
@@ -254,12 +197,8 @@ def _shown(tracking_uri: str) -> str:
 @click.pass_context
 def resume(ctx: click.Context, study: str, address: str | None) -> None:
     """Resume the interrupted study in folder STUDY (or named STUDY under ./studies)."""
-    from study.folder import StudyError, open_study
-
-    try:
-        _log_to(open_study(study).path)  # a missing or unreadable study fails here, before Ray or MLflow
-    except StudyError as e:
-        _fail(str(e), e.exit_code)
+    console.log_to(_open(study).path)  # a missing or unreadable study fails here, before Ray or MLflow
+    from study.folder import StudyError
     from study.tuner import resume_study
 
     try:
@@ -277,12 +216,7 @@ def sync(study: str) -> None:
     Idempotent: nothing is written twice. Use it after the tracking server was down, or
     after a driver died: the trials' checkpoints record every epoch they finished.
     """
-    from study.folder import StudyError, open_study
-
-    try:
-        folder = open_study(study)
-    except StudyError as e:
-        _fail(str(e), e.exit_code)
+    folder = _open(study)
     _reap(folder.path)
     from study.tracking import sync_study
 
@@ -312,12 +246,8 @@ def stop(study: str) -> None:
     """Stop the study in folder STUDY: its driver (which saves Tune's state, for 'resume') and the
     processes of the local Ray it started, including any a killed driver left behind."""
     from study import local_ray
-    from study.folder import StudyError, open_study
 
-    try:
-        folder = open_study(study)
-    except StudyError as e:
-        _fail(str(e), e.exit_code)
+    folder = _open(study)
     stopped, running = local_ray.stop(folder.path, driver_too=True)
     if running:
         _fail(f"{study}: the study's driver did not stop within a minute; stop it yourself (Ctrl-C where it runs)")
@@ -375,354 +305,36 @@ def train(ctx: click.Context, spec: str | None, config_file: str | None, run_id:
     line says whether every epoch's recorded metrics were reproduced exactly, or which
     differs and by how much.
     """
-    import yaml
-    from pydantic import ValidationError
-
-    from snn.config import TrainConfig, first_error
-
     if run_id is not None and (spec or config_file):
         raise click.UsageError("give --run-id, or a SPEC or --config, not both")
     if run_id is None and ctx.get_parameter_source("tracking_uri") == click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError("--tracking-uri goes with --run-id")
     if spec and config_file:
         raise click.UsageError("give a SPEC or --config, not both")
-    results = _Results(_out_dir(out))
-    overrides = _overrides(sets)
-    trial = _trial_run(tracking_uri, run_id) if run_id is not None else None
-    try:
-        if trial is not None:
-            cfg = TrainConfig.model_validate({**trial.config, **overrides})
-        elif config_file:
-            try:
-                config = yaml.safe_load(Path(config_file).read_text())
-            except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8, a NUL in the path
-                _fail(f"{config_file}: cannot read the trial's config ({getattr(e, 'strerror', None) or e})")
-            if not isinstance(config, dict):
-                _fail(f"{config_file}: a trial's config is a YAML mapping of parameters to values", 2)
-            cfg = TrainConfig.model_validate({**config, **overrides})
-        else:
-            cfg = _load(spec, ()).trial_config(**overrides)
-    except ValidationError as err:
-        field, message = first_error(err)
-        _fail(f"{field}: {message}", 2)
-    import torch
-
-    if trial is not None and not threads:
-        threads = trial.threads
-    if threads:
-        torch.set_num_threads(threads)
-    if trial is not None:
-        unknown = "" if threads else " (the run records no torch_threads: float sums may differ)"
-        changed = f", changed by --set {' '.join(sets)}" if sets else ""
-        click.echo(f"re-running trial {trial.trial_id} of study {trial.study} (run {trial.run_id}) from its "
-                   f"{trial.source}{changed}, {torch.get_num_threads()} torch thread(s){unknown}")
-    rerun: list[dict[str, float]] = []
-    progress = _EpochProgress(cfg.epochs)
-
-    def start(trainer) -> None:
-        progress.trainer = trainer
-        for line in _describe(trainer):
-            click.echo(line, err=True)
-        results.start(trainer.cfg)
-
-    def report(metrics: dict[str, float], trainer) -> None:
-        progress.close()  # the bar gives way to the epoch's line
-        rerun.append(dict(metrics))
-        click.echo(f"epoch {int(metrics['epoch'])}/{cfg.epochs}  train_loss={metrics['train_loss']:.4f}  "
-                   f"train_acc={metrics['train_acc']:.4f}  test_acc={metrics['test_acc']:.4f}  "
-                   f"lambda={metrics['lambda']:.4f}  firing_rate={metrics['firing_rate']:.4f}  "
-                   f"{metrics['images_per_s']:.0f} img/s")
-        results.epoch(metrics, trainer)
-
-    prepared = _prepare(cfg)
-    try:
-        _fit(cfg, report, progress=progress, start=start, saved=results.saved, data=prepared)
-    finally:
-        progress.close()
-    if results.made:
-        click.echo(results.summary())
-    if trial is not None:
-        line = _compare(trial.history, rerun)
-        click.echo(line + ("; the config was changed by --set" if sets else ""))
-
-
-def _trial_run(tracking_uri: str, run_id: str):
-    """The trial of an MLflow run (:func:`study.tracking.read_trial_run`), its failures as one line."""
-    from study.tracking import RunNotFound, read_trial_run
+    from study import single_trial
+    from study.folder import StudyError
 
     try:
-        return read_trial_run(tracking_uri, run_id)
-    except (RunNotFound, ConnectionError) as e:  # no such run, or the store does not answer
-        _fail(str(e))
-    except ValueError as e:  # a run that is not a trial's
-        _fail(str(e), 2)
-
-
-_TIMING = ("epoch", "epoch_time", "images_per_s")  # not compared: the step itself, and wall-clock measures
-
-
-def _compare(recorded: dict[int, dict[str, float]], rerun: list[dict[str, float]]) -> str:
-    """One line: every metric the run recorded for the re-run's epochs reproduced exactly, or
-    the first that differs (epoch, metric, by how much) and how many others do."""
-    import math
-
-    diffs, values, names = [], 0, set()
-    epochs = [int(m["epoch"]) for m in rerun if int(m["epoch"]) in recorded]
-    for metrics in rerun:
-        epoch = int(metrics["epoch"])
-        for key, was in sorted(recorded.get(epoch, {}).items()):
-            if key in _TIMING or key not in metrics:
-                continue
-            now = float(metrics[key])
-            values += 1
-            names.add(key)
-            if not (now == was or (math.isnan(now) and math.isnan(was))):
-                diffs.append((epoch, key, was, now))
-    missing = sorted(set(recorded) - {int(m["epoch"]) for m in rerun})
-    notes = []
-    if len(epochs) < len(rerun):
-        notes.append(f"{len(rerun) - len(epochs)} re-run epoch(s) the run did not record (stopped early?)")
-    if missing:
-        notes.append(f"recorded epoch(s) {', '.join(map(str, missing))} not re-run")
-    note = "; " + "; ".join(notes) if notes else ""
-    if not values:
-        return f"nothing to compare: the run records no metrics of the re-run's epochs{note}"
-    if not diffs:
-        return f"reproduced {len(epochs)} epochs exactly ({values} values of {len(names)} metrics){note}"
-    epoch, key, was, now = diffs[0]
-    more = f"; {len(diffs) - 1} more of {values} values differ" if len(diffs) > 1 else f" (1 of {values} values)"
-    return (f"not reproduced: epoch {epoch} {key} differs by {now - was:+.3g} (recorded {was!r}, "
-            f"re-run {now!r}){more}{note}")
-
-
-def _fit(cfg, report, *, saved=None, **hooks) -> None:
-    """Train through the study's own loop (``hooks``: :func:`snn.training.fit`'s ``progress``
-    and ``start``); its failures as one line each, ending with ``saved()`` (where the epochs
-    done so far are) where given."""
-    from snn.training import TrainingDiverged, TrainingStopped, fit
-
-    def where() -> str:
-        return saved() if saved is not None else ""
-
-    try:
-        fit(cfg, report, **hooks)
-    except (TrainingDiverged, TrainingStopped) as e:
-        _fail(str(e) + where())
-    except ValueError as e:  # a setting the data or model refuse
-        _fail(str(e), 2)
-    except OSError as e:  # missing or unreadable data
-        _fail(str(e) + where())
-
-
-def _prepare(cfg):
-    """A user's data, prepared (or read from its cache) with its progress on stderr; None for a
-    built-in dataset. Failures as in :func:`_fit`."""
-    from snn import data
-    from snn.config import UserData
-    from study.preflight import PrepareProgress
-
-    if not isinstance(cfg.dataset, UserData):
-        return None
-
-    def say(line: str) -> None:
-        click.echo(line, err=True)
-
-    try:
-        data.check_root(cfg.data_root)
-        return data.prepare(cfg.dataset, cfg.data_root, cfg.timesteps, log=say, progress=PrepareProgress(say))
-    except ValueError as e:  # data that can never train as described
-        _fail(str(e), 2)
-    except OSError as e:  # missing or unreadable files
-        _fail(str(e))
-
-
-_OUTPUTS = ("checkpoint.pt", "model.pt", "config.yaml", "metrics.csv")  # what train writes to its folder
-
-
-def _out_dir(out: str | None) -> Path:
-    """``train``'s results folder: --out, or a new ``runs/train-<date>-<time>`` under the working
-    directory. Nothing is made here (a training refused before its first epoch leaves nothing);
-    a file, or a folder holding a training's results already, is refused (exit 2)."""
-    if out is None:
-        import time
-
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path, n = Path("runs") / f"train-{stamp}", 1
-        while path.exists():
-            n += 1
-            path = Path("runs") / f"train-{stamp}-{n}"
-        return path
-    if not out or "\x00" in out:
-        _fail(f"--out: {out!r} is not a folder's path", 2)
-    path = Path(out)
-    try:
-        if path.exists() and not path.is_dir():
-            _fail(f"--out: {out} is a file; give a folder", 2)
-        held = [name for name in _OUTPUTS if (path / name).exists()]
-    except OSError as e:
-        _fail(f"--out: {out}: {e.strerror or e}", 2)
-    if held:
-        _fail(f"--out: {out} holds a training's results already ({', '.join(held)}); give another folder", 2)
-    return path
-
-
-class _Results:
-    """What ``train`` writes to its folder (:data:`_OUTPUTS`): the config when training starts,
-    then the checkpoint, the inference weights and the metrics after every epoch."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict[str, float]] = []
-        self.made = False
-
-    def _write(self, name: str, write) -> None:
-        """``write(file)`` into ``name`` whole or not at all (:func:`snn.data.write_whole`): an
-        interrupted training keeps the files of its last finished epoch."""
-        from snn.data import write_whole
-
-        try:
-            write_whole(self.path / name, write)
-        except OSError as e:
-            _fail(f"--out: cannot write {self.path / name} ({e.strerror or e})")
-
-    def start(self, cfg) -> None:
-        import yaml
-
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            _fail(f"--out: cannot make the folder {self.path} ({e.strerror or e})")
-        self.made = True
-        text = yaml.safe_dump(cfg.to_dict(), sort_keys=True)  # as a trial's config.yaml artifact
-        self._write("config.yaml", lambda f: f.write(text.encode("utf-8")))
-
-    def epoch(self, metrics: dict[str, float], trainer) -> None:
+        folder = single_trial.results_dir(out)
+        overrides = _overrides(sets)
+        trial = single_trial.trial_of_run(tracking_uri, run_id) if run_id is not None else None
+        cfg = single_trial.train_config(overrides, trial=trial, config_file=config_file,
+                                        spec=None if trial is not None or config_file else _load(spec, ()))
         import torch
 
-        from snn.models import strip_shortcuts
-
-        self.rows.append(dict(metrics))
-        weights = {k: v.detach().cpu() for k, v in strip_shortcuts(trainer.model).state_dict().items()}
-        self._write("checkpoint.pt", lambda f: torch.save(trainer.state_dict(), f))
-        self._write("model.pt", lambda f: torch.save(weights, f))
-        self._write("metrics.csv", lambda f: f.write(self._metrics().encode("utf-8")))
-
-    def _metrics(self) -> str:
-        """The epochs' metrics as CSV, one row per epoch."""
-        import csv
-        import io
-
-        keys = list(dict.fromkeys(["epoch", *(k for row in self.rows for k in row)]))
-        text = io.StringIO(newline="")
-        w = csv.DictWriter(text, keys, restval="")
-        w.writeheader()
-        w.writerows(self.rows)
-        return text.getvalue()
-
-    def saved(self) -> str:
-        """For a failure's line: where the epochs done so far are."""
-        n = len(self.rows)
-        return f"; the {n} epoch(s) done are saved in {self.path}" if n else ""
-
-    def summary(self) -> str:
-        p, n = self.path, len(self.rows)
-        if not n:
-            return f"no epoch trained; the config is in {p / 'config.yaml'}"
-        return (f"saved {n} epoch(s) to {p}: checkpoint {p / 'checkpoint.pt'} (the full training state), inference weights "
-                f"{p / 'model.pt'} (shortcut branches stripped), config {p / 'config.yaml'}, metrics "
-                f"{p / 'metrics.csv'}")
-
-
-def _describe(trainer) -> list[str]:
-    """What ``train`` is about to train, as the trainer built it: the data, the model, the config."""
-    import torch
-
-    from snn import data as snn_data
-
-    cfg, info, prepared, model = trainer.cfg, trainer.info, trainer.data, trainer.model
-    if prepared is not None:
-        user = cfg.dataset
-        test = user.test if user.test is not None else (f"{user.test_fraction:g} of it held out, "
-                                                        f"split_seed {user.split_seed}")
-        source = f"{user.format} data from {user.train}, test: {test}; prepared in {prepared.path}"
-    elif snn_data.info(cfg.dataset).bundled:
-        source = "bundled"
-    else:
-        source = f"files under {cfg.data_root}"
-    shape = "x".join(map(str, (info.in_channels, *info.input_size)))
-    kind = "images" if info.kind == "static" else f"frames of T={cfg.timesteps}"
-    batches, used = len(trainer.train_loader), trainer.steps_per_epoch
-    capped = f" ({used} an epoch: max_batches)" if used < batches else ""
-    lines = [f"data: {info.name} ({source}): {info.num_classes} classes, {shape} {kind}, "
-             f"{len(trainer.train_loader.dataset):,} train / {len(trainer.test_loader.dataset):,} test samples; "
-             f"{batches} train batches of {cfg.batch_size}{capped}, {len(trainer.test_loader)} test batches"]
-    total = sum(p.numel() for p in model.parameters())
-    heads = sum(p.numel() for p in model.shortcuts.parameters())
-    options = " (" + ", ".join(f"{k}={v}" for k, v in cfg.arch_kwargs.items()) + ")" if cfg.arch_kwargs else ""
-    stages = ", ".join(map(str, model.branch_stages))
-    branches = (f"{heads:,} in {len(model.branch_stages)} shortcut branch(es) at stage(s) {stages}, for training "
-                f"only (stripped for inference)" if model.branch_stages else "no shortcut branches")
-    lines.append(f"model: {cfg.arch}{options}, T={cfg.timesteps}: {total - heads:,} parameters in the main network, "
-                 f"{branches}")
-    param = "default" if cfg.surrogate_param is None else f"{cfg.surrogate_param:g}"
-    amp = f" ({str(trainer.amp_dtype).removeprefix('torch.')} autocast)" if trainer.amp else ""
-    lines.append(f"config ({cfg.method()}): lambda0={cfg.lambda0:g}, schedule={cfg.schedule}, branches={cfg.branches}, "
-                 f"surrogate={cfg.surrogate} (param {param}), epochs={cfg.epochs}, batch_size={cfg.batch_size}, "
-                 f"lr={cfg.lr:g}, seed={cfg.seed}, device={trainer.device}{amp}, "
-                 f"{torch.get_num_threads()} torch thread(s)")
-    return lines
-
-
-class _EpochProgress:
-    """``train``'s progress within each epoch, as :class:`snn.training.Trainer`'s ``progress`` hook.
-
-    On a terminal: a tqdm bar on stderr per epoch, over its training batches and then its
-    test pass, redrawn at most once a second and erased when the epoch's line is printed.
-    Elsewhere (a log, a pipe): a plain line on stderr every ``every`` seconds of an epoch,
-    none for a shorter one, so a log shows how a slow epoch goes without a line per batch.
-    """
-
-    def __init__(self, epochs: int, stream=None, every: float = 30.0) -> None:
-        self.epochs, self.every = epochs, every
-        self.stream = stream if stream is not None else sys.stderr
-        isatty = getattr(self.stream, "isatty", None)
-        self.tty = bool(isatty()) if isatty is not None else False
-        self.trainer = None  # set once built: the epoch's number and its test batches
-        self.bar = None
-        self.epoch, self.train_total, self.total = 0, 0, 0
-        self.t0 = self.last = 0.0
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        import time
-
-        if phase == "train" and done == 0:  # an epoch starts
-            self.close()
-            self.epoch = self.trainer.epoch + 1 if self.trainer is not None else self.epoch + 1
-            self.train_total = total
-            self.total = total + (len(self.trainer.test_loader) if self.trainer is not None else 0)
-            self.t0 = self.last = time.monotonic()
-            if self.tty:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=self.total, desc=f"epoch {self.epoch}/{self.epochs} train", unit="batch",
-                                file=self.stream, leave=False, mininterval=1.0, dynamic_ncols=True)
-            return
-        at = done if phase == "train" else self.train_total + done
-        if self.bar is not None:
-            if done == 0:
-                self.bar.set_description(f"epoch {self.epoch}/{self.epochs} {phase}", refresh=False)
-            self.bar.update(at - self.bar.n)
-            return
-        now = time.monotonic()
-        if not self.tty and now - self.last >= self.every:
-            self.last = now
-            print(f"progress: epoch {self.epoch}/{self.epochs}, {phase} batch {done}/{total}, "
-                  f"{now - self.t0:.0f} s into the epoch", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if trial is not None and not threads:
+            threads = trial.threads
+        if threads:  # the process's torch threads: the command's own setting
+            torch.set_num_threads(threads)
+        if trial is not None:
+            unknown = "" if threads else " (the run records no torch_threads: float sums may differ)"
+            changed = f", changed by --set {' '.join(sets)}" if sets else ""
+            click.echo(f"re-running trial {trial.trial_id} of study {trial.study} (run {trial.run_id}) from its "
+                       f"{trial.source}{changed}, {torch.get_num_threads()} torch thread(s){unknown}")
+        single_trial.train_trial(cfg, folder, trial=trial, changed=bool(sets), echo=click.echo,
+                                 say=lambda line: click.echo(line, err=True))
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
 
 
 @cli.command()
@@ -746,12 +358,8 @@ def baselines(tracking_uri: str, experiment: str) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder (default: STUDY/report).")
 def report(study: str, out: str | None) -> None:
     """Write a table of trials and baselines, the best config and plots for STUDY."""
-    from study.folder import StudyError, open_study
-
-    try:
-        _reap(open_study(study).path)
-    except StudyError as e:
-        _fail(str(e), e.exit_code)
+    _reap(_open(study).path)
+    from study.folder import StudyError
     from study.report import write_report
 
     try:
@@ -773,15 +381,11 @@ def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> Non
     """Serve MLflow's UI on a study's tracking store (one server, on 127.0.0.1 unless asked
     otherwise) and print the link to the study's runs table."""
     from study import views
-    from study.folder import StudyError, open_study
     from study.spec import is_tracking_server
 
     folder = None
     if study:
-        try:
-            folder = open_study(study)
-        except StudyError as e:
-            _fail(str(e), e.exit_code)
+        folder = _open(study)
         _reap(folder.path)
     tracking_uri = tracking_uri or (folder.tracking_uri if folder else "sqlite:///mlflow.db")
     if is_tracking_server(tracking_uri):
@@ -808,12 +412,8 @@ def dashboard(study: str, host: str, port: int) -> None:
     """Serve optuna-dashboard on a study's Optuna storage (one process, on 127.0.0.1 unless asked
     otherwise) and print the link to the study's page."""
     from study import views
-    from study.folder import StudyError, open_study
 
-    try:
-        folder = open_study(study)
-    except StudyError as e:
-        _fail(str(e), e.exit_code)
+    folder = _open(study)
     try:
         storage = views.optuna_storage(folder)
         views.check_port(host, port)
@@ -840,6 +440,8 @@ def gradients(arch: str, dataset: str, epochs: int, timesteps: int, max_batches:
     from pydantic import ValidationError
 
     from snn.config import METHODS, TrainConfig, first_error
+    from study.folder import StudyError
+    from study.single_trial import fit_trial
 
     for method in ("vanilla", "evolutionary"):
         try:
@@ -855,12 +457,13 @@ def gradients(arch: str, dataset: str, epochs: int, timesteps: int, max_batches:
                               if k.startswith("grad_norm_"))
             click.echo(f"epoch {int(metrics['epoch'])}: test_acc={metrics['test_acc']:.4f}  {norms}")
 
-        _fit(cfg, report)
+        try:
+            fit_trial(cfg, report)
+        except StudyError as e:
+            _fail(str(e), e.exit_code)
 
 
 def _traceback_file() -> Path:
-    import os
-
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "snn-study" / "last-error.txt"
 
 

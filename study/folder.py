@@ -41,7 +41,8 @@ def stage_of(trial_dir: str | os.PathLike) -> str:
 
 
 class StudyError(RuntimeError):
-    """A study cannot start, resume or be read; the message is one line saying why and what to do.
+    """A study cannot start, resume or be read, or one trial trained alone (:mod:`study.single_trial`)
+    cannot train; the message is one line saying why and what to do.
 
     Attributes:
         exit_code: 2 for a request that can never run as given (like a bad spec), else 1.

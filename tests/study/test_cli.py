@@ -176,7 +176,7 @@ def test_the_epoch_progress_is_a_bar_on_a_terminal_and_sparse_lines_elsewhere():
     import io
     from types import SimpleNamespace
 
-    from study.cli import _EpochProgress
+    from study.single_trial import _EpochProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -1,5 +1,6 @@
 """Faults injected for real: the driver killed again and again, resumed each time; killed
-during a tracking outage, then synced; a killed driver's own Ray (issue: reliability).
+during a tracking outage, then synced; a killed driver's own Ray; a driver interrupted (SIGINT),
+then resumed.
 
 The drivers are real ``snn-study`` processes joined to the test session's Ray cluster, as a
 driver joins a cluster with ``--address``: killing a driver leaves the cluster up. Trial
@@ -273,6 +274,59 @@ def test_stop_leaves_nothing_of_a_killed_drivers_local_ray(tmp_path):
         assert stopped and int(stopped.group(1)) <= len(left), r.stdout  # (one may have ended by itself meanwhile)
         assert alive() == []
         assert not (study_dir / "local_ray.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_an_interrupted_study_says_so_exits_130_and_resumes_to_the_end(ray_session, tmp_path):
+    """Ctrl-C (SIGINT) stops `snn-study run`, and then `snn-study resume`, part way: each says the
+    study stopped early (how many trials finished, of how many) and how to resume it, writes no
+    report, and exits 130, so `snn-study run spec && next-step` stops there. MLflow holds every
+    epoch the trials finished; the last resume finishes the study. Tune's JSON logger writes
+    each trial's result.json, its TensorBoard logger nothing."""
+    import re
+
+    address = ray_session.get_runtime_context().gcs_address
+    spec = _spec(tmp_path, "ctrlc", trials=6, epochs=8, batch_size=16)
+    study_dir = tmp_path / "studies" / "ctrlc"
+
+    def trained() -> int:
+        return sum(map(len, _epochs_in_folders(study_dir).values())) if (study_dir / "study.json").exists() else 0
+
+    def a_run_finished() -> bool:
+        try:
+            return any(r.info.status == "FINISHED" for r in _runs(tmp_path, "ctrlc")[1])
+        except Exception:
+            return False
+
+    at = 0  # epochs trained when the driver was last interrupted
+    proc = _snn_study(["run", str(spec)], address, tmp_path)
+    try:
+        for command, ready in (("run", a_run_finished), ("resume", lambda: trained() >= at + 4)):
+            wait_for(ready, 300, f"{command}: a point to interrupt it", [proc])
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the driver's terminal
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 130, out[-3000:]
+            assert not _driver_traceback(out), out[-4000:]
+            stopped = re.search(r"snn-study: error: study ctrlc stopped early: (\d+) of 6 trial\(s\) finished; .*"
+                                r"resume it with 'snn-study resume (.+)'$", out.strip().splitlines()[-1])
+            assert stopped and Path(stopped[2]) == study_dir and int(stopped[1]) < 6, out[-3000:]
+            print(out[-1500:])  # shown if an assertion below fails: how the interrupted driver ended
+            assert not any(line.startswith(("study ctrlc:", "best trial")) for line in out.splitlines())
+            assert not (study_dir / "report").exists()
+            at = trained()
+            in_mlflow = {t: e for t, e in _mlflow_epochs(f"sqlite:///{tmp_path}/mlflow.db", "ctrlc").items() if e}
+            assert {t: sorted(set(e)) for t, e in _epochs_in_folders(study_dir).items()} == in_mlflow
+            proc = _snn_study(["resume", str(study_dir)], address, tmp_path)
+        out, _ = proc.communicate(timeout=500)
+        assert proc.returncode == 0, out[-3000:]
+        assert "study ctrlc: 6 trial(s), 0 errored" in out and (study_dir / "report" / "report.md").exists()
+        assert all(epochs == list(range(1, 9)) for epochs in
+                   _mlflow_epochs(f"sqlite:///{tmp_path}/mlflow.db", "ctrlc").values())
+        trials = sorted(study_dir.glob("trial_*"))
+        assert len(trials) == 6 and all((t / "result.json").stat().st_size for t in trials)
+        assert not list(study_dir.glob("trial_*/events.out.tfevents.*"))
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -176,7 +176,7 @@ def test_run_id_excludes_a_spec_and_a_store_that_is_not_there_is_not_made(tmp_pa
 
 
 def test_the_comparison_names_the_first_difference():
-    from study.cli import _compare
+    from study.single_trial import _compare
 
     recorded = {1: {"epoch": 1.0, "test_acc": 0.5, "train_loss": 0.25, "epoch_time": 9.0, "time_total_s": 3.0},
                 2: {"epoch": 2.0, "test_acc": 0.75, "train_loss": 0.125, "diverged": math.nan}}

@@ -25,4 +25,4 @@ def test_nothing_unsafe_in_the_code():
         assert "shell=True" not in text and "os.system(" not in text, path
     assert loads >= 1  # the checkpoint loader is there and was checked
     assert 'default="127.0.0.1"' in code[ROOT / "study" / "cli.py"]  # snn-study ui
-    assert 'dashboard_host="127.0.0.1"' in code[ROOT / "study" / "tuner.py"]  # Ray dashboard
+    assert 'dashboard_host="127.0.0.1"' in code[ROOT / "study" / "startup.py"]  # Ray dashboard

@@ -1,4 +1,5 @@
-"""How a study starts Ray and hands its trials their parameters (study/tuner.py)."""
+"""How a study starts Ray, hands its trials their parameters and tells a finished run from an interrupted one
+(study/tuner.py, study/startup.py, study/finish.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from procs import free_port
 from search_spaces import PRESETS, build_space
 from snn.config import TrainConfig
 from snn.metrics import EPOCH, TEST_ACC
-from study import tuner, views
+from study import startup, tuner, views
 from study._search import TUNE_TRIAL_IDS
 from study.folder import OPTUNA_FILE, StudyError, StudyFolder, optuna_url, study_paths
 from study.importance import importances as _importance
@@ -21,7 +22,7 @@ from study.spec import parse_spec
 
 
 class _Ray:
-    """What _init_ray asks of Ray, recorded."""
+    """What start_ray asks of Ray, recorded."""
 
     def __init__(self, initialized: bool = False) -> None:
         self.initialized, self.calls = initialized, []
@@ -35,33 +36,33 @@ class _Ray:
 
 def test_the_specs_env_vars_reach_the_trials_through_rays_runtime_env(monkeypatch):
     fake = _Ray()
-    monkeypatch.setattr(tuner, "ray", fake)
+    monkeypatch.setattr(startup, "ray", fake)
     spec = parse_spec({"name": "s", "env_vars": {"MALLOC_TRIM_THRESHOLD_": "2147483647"}})
-    tuner._init_ray(spec, None)
+    startup.start_ray(spec, None)
     assert fake.calls[0]["runtime_env"] == {"env_vars": {"MALLOC_TRIM_THRESHOLD_": "2147483647"}}
     assert fake.calls[0]["address"] == "local" and fake.calls[0]["dashboard_host"] == "127.0.0.1"
 
 
 def test_a_local_ray_gets_no_runtime_env_unless_the_spec_asks(monkeypatch):
     fake = _Ray()
-    monkeypatch.setattr(tuner, "ray", fake)
+    monkeypatch.setattr(startup, "ray", fake)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tuner._init_ray(parse_spec({"name": "s"}), None)
+    startup.start_ray(parse_spec({"name": "s"}), None)
     assert fake.calls[0]["runtime_env"] is None
 
 
 def test_a_joined_cluster_gets_the_project_on_its_path(monkeypatch):
     fake = _Ray()
-    monkeypatch.setattr(tuner, "ray", fake)
-    tuner._init_ray(parse_spec({"name": "s", "env_vars": {"PYTHONPATH": "/opt/mine"}}), "auto")
+    monkeypatch.setattr(startup, "ray", fake)
+    startup.start_ray(parse_spec({"name": "s", "env_vars": {"PYTHONPATH": "/opt/mine"}}), "auto")
     env = fake.calls[0]["runtime_env"]["env_vars"]
-    assert env["PYTHONPATH"].split(":") == [tuner._project_root(), "/opt/mine"]
+    assert env["PYTHONPATH"].split(":") == [startup._project_root(), "/opt/mine"]
 
 
 def test_a_running_ray_is_joined_as_it_is(monkeypatch, caplog):
     fake = _Ray(initialized=True)
-    monkeypatch.setattr(tuner, "ray", fake)
-    tuner._init_ray(parse_spec({"name": "s", "env_vars": {"A": "1"}}), None)
+    monkeypatch.setattr(startup, "ray", fake)
+    startup.start_ray(parse_spec({"name": "s", "env_vars": {"A": "1"}}), None)
     assert fake.calls == [] and "without A" in caplog.text
 
 
@@ -119,9 +120,9 @@ def test_a_new_study_refuses_a_name_its_shared_storage_holds(tmp_path):
     optuna.create_study(study_name="s", storage=url)  # another study's search, of the same name
     spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": url}})
     with pytest.raises(StudyError, match=r"search.storage: .*server.db already holds an Optuna study named 's'"):
-        tuner._check_optuna(spec, new=True)
-    tuner._check_optuna(spec, new=False)  # a resume: that study is its own
-    tuner._check_optuna(parse_spec({"name": "t", "search": {"storage": url}}), new=True)
+        startup.check_optuna(spec, new=True)
+    startup.check_optuna(spec, new=False)  # a resume: that study is its own
+    startup.check_optuna(parse_spec({"name": "t", "search": {"storage": url}}), new=True)
 
 
 def test_a_storage_that_is_mlflows_database_is_refused_with_the_reason(tmp_path):
@@ -131,9 +132,9 @@ def test_a_storage_that_is_mlflows_database_is_refused_with_the_reason(tmp_path)
     MlflowClient(url).search_experiments()  # MLflow's backend store: its tables, its alembic_version
     spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": url}})
     with pytest.raises(StudyError, match=r"search.storage: .*tracking.db holds MLflow's tables .* database of its own"):
-        tuner._check_optuna(spec, new=True)
+        startup.check_optuna(spec, new=True)
     other = f"sqlite:///{tmp_path / 'optuna.db'}"  # a database of its own: opened
-    tuner._check_optuna(parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": other}}),
+    startup.check_optuna(parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "search": {"storage": other}}),
                         new=True)
 
 
@@ -141,7 +142,7 @@ def test_a_storage_that_does_not_answer_is_named_without_its_password(tmp_path):
     url = f"postgresql+psycopg://snn:hunter2@127.0.0.1:{free_port()}/optuna"  # nothing listens there
     spec = parse_spec({"name": "s", "storage": str(tmp_path), "search": {"storage": url}})
     with pytest.raises(StudyError) as e:
-        tuner._check_optuna(spec, new=True)
+        startup.check_optuna(spec, new=True)
     shown = f"postgresql+psycopg://snn:***@127.0.0.1:{url.rsplit(':', 1)[1]}"
     assert str(e.value).startswith(f"search.storage: cannot open the Optuna storage {shown}")
     assert "hunter2" not in str(e.value)
@@ -188,3 +189,47 @@ def test_trials_killed_by_rays_memory_monitor_end_the_study_with_what_to_do(tmp_
     with pytest.raises(RuntimeError, match="another"):  # any other error of Tune's is left as it is
         with _memory_kills(folder):
             raise RuntimeError("another")
+
+
+class _Results(list):
+    """What check_finished reads of Tune's ResultGrid: its results, and how many errored."""
+
+    @property
+    def num_errors(self) -> int:
+        return sum(1 for r in self if r.error is not None)
+
+
+def _result(metrics: dict, error: Exception | None = None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(error=error, metrics=metrics)
+
+
+def test_a_study_tune_ended_before_its_trials_says_how_far_it_got_and_how_to_resume(tmp_path):
+    """On SIGINT Tune returns its results as after a finished run: the trials that were running
+    read TERMINATED but have neither Tune's done flag nor a last report that ends them (their
+    budget, a divergence, the firing-rate guard), the ones not asked for yet are missing. The
+    study says so, and its parent run in MLflow is closed KILLED (resume reopens it)."""
+    from mlflow import MlflowClient
+
+    from study.finish import StudyInterrupted, check_finished
+    from study.folder import CONFIRM
+    from study.tracking import start_parent_run
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies"), "train": {"epochs": 8}})
+    folder = StudyFolder(spec.study_dir(), spec, start_parent_run(uri, "s", "s", {}), uri)
+    ended = [_result({"done": True, "epoch": 2}),  # stopped by the scheduler
+             _result({"epoch": 8}),  # trained its budget (restored from Tune's state without the done flag)
+             _result({"epoch": 3, "diverged": 1.0}), _result({"epoch": 2, "stopped": "silent"}),
+             _result({"epoch": 1}, RuntimeError("x"))]
+    check_finished(folder, _Results(ended), 5)  # all ended: nothing to say
+    assert MlflowClient(uri).get_run(folder.parent_run_id).info.status == "RUNNING"
+    with pytest.raises(StudyInterrupted) as e:
+        check_finished(folder, _Results([*ended, _result({"epoch": 3}), _result({})]), 75)
+    assert e.value.exit_code == 130 and (e.value.finished, e.value.total) == (5, 75)
+    assert str(e.value).startswith("study s stopped early: 5 of 75 trial(s) finished;")
+    assert str(e.value).endswith(f"resume it with 'snn-study resume {folder.path}'")
+    assert MlflowClient(uri).get_run(folder.parent_run_id).info.status == "KILLED"
+    with pytest.raises(StudyInterrupted, match="stopped early in its confirm stage: 1 of 2 trial"):
+        check_finished(folder, _Results([_result({"epoch": 8}), _result({"epoch": 7})]), 2, CONFIRM)

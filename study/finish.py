@@ -1,0 +1,228 @@
+"""What a study does once Ray Tune has run it: tell a finished study from an interrupted one, then
+record the finished study's answer.
+
+:func:`check_finished` reads Tune's results: a run that Tune ended early (Ctrl-C, SIGINT,
+``snn-study stop``) leaves trials that had not ended, or fewer trials than the study asked
+for; it raises :class:`StudyInterrupted`, which says how far the study got and
+how to resume it. :func:`finish_study` then records a finished study's answer: its best
+trial (among those that trained their full budget), the comparison of its configurations
+(:mod:`study.analysis`), its best model registered in MLflow, the parent run's note and the
+report (:mod:`study.report`), and returns a :class:`StudyResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.result import DONE
+
+from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC
+from study import baselines as _baselines
+from study.analysis import Analysis, record_analysis
+from study.folder import SEARCH, StudyError, StudyFolder
+from study.report import write_report
+from study.tracking import RegisteredModel, finish_parent_run, register_best_model
+
+__all__ = ["StudyInterrupted", "StudyResult", "check_finished", "finish_study", "full_budget"]
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_EXIT_CODE = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+
+
+class StudyInterrupted(StudyError):
+    """Ray Tune ended the study before its trials did (on SIGINT); every finished epoch is kept,
+    and ``snn-study resume`` continues it. Exit code 130.
+
+    Attributes:
+        finished: Trials that ended (trained their budget, were stopped early by the
+            scheduler, or errored).
+        total: Trials the stage asked for.
+    """
+
+    def __init__(self, message: str, *, finished: int, total: int) -> None:
+        super().__init__(message, exit_code=INTERRUPTED_EXIT_CODE)
+        self.finished, self.total = finished, total
+
+
+@dataclass
+class StudyResult:
+    """What a finished study returns: where it lives and its best trial."""
+
+    name: str
+    path: Path
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    trials: int
+    errored: int
+    best: dict[str, Any] | None
+    recovered: int = 0  # trials that failed, were retried and ended well
+    stopped: int = 0  # trials the scheduler stopped before their full budget (PRUNED in Optuna)
+    confirmed: int = 0  # trials of the confirm stage
+    answer: list[str] = field(default_factory=list)  # the best replicated configuration, the paired differences
+    model: RegisteredModel | None = None  # the best model, registered under the study's name
+
+
+def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH) -> None:
+    """Raise :class:`StudyInterrupted` where Tune's run of a stage ended before its trials did.
+
+    On SIGINT Tune saves its state and returns its results like a finished run's: the trials
+    that were running read TERMINATED, a trial waiting to start PENDING, one paused by PBT
+    PAUSED, and trials not yet asked for are missing. A trial ended if it errored, if Tune's
+    ``done`` flag is on its last result (a trial the scheduler stopped), or if that result
+    says it trained its budget, diverged or was stopped by the firing-rate guard: Tune sets
+    ``done`` on a trial whose function returned in place, after its saved state was
+    written, so a trial restored from that state can lack it. The study's parent run in
+    MLflow is closed as KILLED (``resume`` opens it again); the trials' runs were synced by
+    the tracker at the end of Tune's run.
+
+    Args:
+        folder: The study.
+        results: Tune's :class:`~ray.tune.ResultGrid` of the stage.
+        total: Trials the stage asked for (Tune's ``num_samples``).
+        stage: The stage whose results these are.
+    """
+    epochs = folder.spec.train.epochs
+
+    def ended(metrics: dict[str, Any]) -> bool:
+        return bool(metrics.get(DONE) or metrics.get(DIVERGED) or metrics.get(STOPPED)
+                    or int(metrics.get(EPOCH) or 0) >= epochs)
+
+    finished = results.num_errors + sum(1 for r in results if r.error is None and ended(r.metrics or {}))
+    total = max(total, len(results))
+    if finished >= total:
+        return
+    try:
+        finish_parent_run(folder.tracking_uri, folder.parent_run_id, None, status="KILLED")
+    except Exception as e:  # the store is down: resume reopens the run all the same
+        log.warning("MLflow: could not close the parent run %s (%s: %s)", folder.parent_run_id, type(e).__name__,
+                    str(e)[:200])
+    where = "" if stage == SEARCH else f" in its {stage} stage"
+    raise StudyInterrupted(f"study {folder.spec.name} stopped early{where}: {finished} of {total} trial(s) finished; "
+                           f"every finished epoch is kept, in its folder and in MLflow; resume it with "
+                           f"'snn-study resume {folder.path}'", finished=finished, total=total)
+
+
+def full_budget(r, epochs: int) -> bool:
+    """A trial that trained its whole budget (not stopped early, not failed) with a finite value."""
+    acc = (r.metrics or {}).get(TEST_ACC)
+    return (r.error is None and isinstance(acc, (int, float)) and math.isfinite(acc)
+            and int((r.metrics or {}).get(EPOCH, 0)) >= epochs)
+
+
+def _best(results, epochs: int) -> dict[str, Any] | None:
+    """The best trial among those that trained their whole budget: an early-stopped trial's
+    accuracy is from fewer epochs, not comparable."""
+    full = [r for r in results if full_budget(r, epochs)]
+    if not full:
+        return None
+    r = max(full, key=lambda r: r.metrics[TEST_ACC])
+    return {"trial_id": r.metrics.get("trial_id", ""), "config": dict(r.config), "path": r.path,
+            "metrics": {k: v for k, v in r.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
+
+def _analysis(folder: StudyFolder) -> Analysis | None:
+    """The study's analysis, recorded on its parent run (:mod:`study.analysis`); None while the
+    store does not answer."""
+    try:
+        return record_analysis(folder)
+    except Exception as e:  # the store is down at the very end: 'snn-study report' computes it later
+        log.warning("MLflow: the study's comparison could not be recorded (%s: %s); 'snn-study report %s' "
+                    "computes it once the store answers", type(e).__name__, str(e)[:200], folder.path)
+        return None
+
+
+def _answer(analysis: Analysis | None) -> list[str]:
+    """The study's answer: the best replicated configuration with its interval, and the paired
+    differences of the paper's methods; empty without replicates."""
+    if analysis is None:
+        return []
+    lines = []
+    best = analysis.best
+    if best is not None and best.ci is not None:
+        lines.append(f"best configuration ({analysis.stage} stage): {best.label}: test_acc {best.mean:.4f} "
+                     f"[{best.ci[0]:.4f}, {best.ci[1]:.4f}] (95 % CI) over {best.n} seeds")
+    lines += [d.sentence for d in analysis.differences if d.stage == analysis.stage]
+    return lines
+
+
+def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, Any] | None) -> RegisteredModel | None:
+    """Register the model of the best configuration's best replicate, else of the best trial."""
+    if analysis is not None and analysis.best is not None:
+        trial_ids, why = analysis.best.trial_ids, (f"the best of the {analysis.best.n} replicates of the best "
+                                                   f"configuration ({analysis.stage} stage): {analysis.best.label}")
+    elif best is not None:
+        trial_ids, why = [best["trial_id"]], "the best trial that trained its full budget"
+    else:
+        return None
+    try:
+        return register_best_model(folder, trial_ids, why)
+    except Exception as e:  # the store is down, or has no model registry (a folder store)
+        log.warning("MLflow: the best model could not be registered (%s: %s)", type(e).__name__, str(e)[:200])
+        return None
+
+
+def _note(folder: StudyFolder, results, answer: list[str], best: dict[str, Any] | None,
+          registered: RegisteredModel | None) -> str:
+    """The parent run's description: the study's answer in a few lines (markdown)."""
+    spec = folder.spec
+    lines = [f"**{spec.name}**: {len(results)} trial(s) on `{spec.dataset_name}`, {spec.arch}, T={spec.timesteps}, "
+             f"search `{spec.search.preset}`."]
+    lines += [f"- {line}" for line in answer]
+    if best:
+        lines.append(f"- best trial `{best['trial_id']}` (full budget): test_acc "
+                     f"{best['metrics'].get(TEST_ACC, float('nan')):.4f}")
+    if registered is not None:
+        lines.append(f"- its model: `{registered.uri}` (version {registered.version}, trial {registered.trial_id})")
+    if not _baselines.rows(spec.dataset_name):
+        lines.append(f"- The paper reports no results on `{spec.dataset_name}`: no baselines beside these trials.")
+    lines.append("\nComparison, importance and plots: the artifacts `comparison.md` and `report/`.")
+    return "\n".join(lines)
+
+
+def _report(folder: StudyFolder, analysis: Analysis | None) -> None:
+    """Write the study's report, which also puts its plots on the parent run."""
+    try:
+        write_report(folder.path, analysis=analysis)
+    except Exception as e:  # a plot or the store failed: the study's results stand without it
+        log.warning("report: could not be written (%s: %s); run 'snn-study report %s'", type(e).__name__,
+                    str(e)[:200], folder.path)
+
+
+def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
+    """Record a finished study's answer (best trial, analysis, best model, note, report).
+
+    Args:
+        folder: The study.
+        results: Tune's results of the search stage.
+        confirm_results: Tune's results of the confirm stage; None without one.
+    """
+    epochs = folder.spec.train.epochs
+    best = _best(results, epochs)
+    stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
+                  and int(r.metrics.get(EPOCH, 0)) < epochs)
+    every = list(results) + list(confirm_results or [])
+    errored = sum(1 for r in every if r.error is not None)
+    # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds
+    recovered = sum(1 for r in every if r.error is None and r.path and "://" not in r.path
+                    and (Path(r.path) / "error.txt").exists())
+    log.info("recording the study's answer: the comparison of its configurations, the best model, the report ...")
+    analysis = _analysis(folder)
+    answer = _answer(analysis)
+    registered = _register(folder, analysis, best)
+    try:
+        finish_parent_run(folder.tracking_uri, folder.parent_run_id, best,
+                          note=_note(folder, every, answer, best, registered))
+    except Exception as e:  # the store is down at the very end: the trials' results are in their folders
+        log.warning("MLflow: could not record the best trial on the parent run %s (%s: %s); run 'snn-study sync "
+                    "%s' once the store answers", folder.parent_run_id, type(e).__name__, e, folder.path)
+    _report(folder, analysis)
+    spec = folder.spec
+    return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,
+                       len(results), errored, best, recovered, stopped,
+                       len(confirm_results) if confirm_results is not None else 0, answer, registered)

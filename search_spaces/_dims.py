@@ -163,15 +163,16 @@ def _surrogate_default(config: Mapping[str, Any]) -> float | None:
     return registry.SURROGATE_DEFAULTS.get(config.get("surrogate", TrainConfig.model_fields["surrogate"].default))
 
 
-# Suggestion order: what conditions others first (branches: whether there is a head; surrogate:
-# its parameter's range). The order is also the columns' order in tables and views.
+# In the order of the columns of tables and views. A dimension another depends on comes before
+# it (surrogate before surrogate_param); the space draws the branches first, since whether a
+# trial has a shortcut head decides whether it draws the heads-only dimensions.
 DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
-    Dimension("branches", "categorical", choices=branch_choices, searched=True,
-              help="the stages that carry a shortcut head (Eq. 6-7); none is vanilla training"),
     Dimension("lambda0", "float", 0.0, 1.0, searched=True, perturbed=True, label="λ₀",
               help="the balance coefficient's start, λ₀ of Eq. 10"),
     Dimension("schedule", "categorical", choices=registry.SHAPES, quick=("constant", "linear", "cosine"),
               searched=True, help="the shape of λ(i) over training; linear is Eq. 10"),
+    Dimension("branches", "categorical", choices=branch_choices, searched=True,
+              help="the stages that carry a shortcut head (Eq. 6-7); none is vanilla training"),
     Dimension("surrogate", "categorical", choices=registry.SURROGATES, quick=("atan", "sigmoid", "triangle"),
               searched=True, help="the surrogate gradient of the spike (Eq. 4)"),
     # each surrogate's parameter, searched on a log scale around its default
@@ -191,7 +192,7 @@ DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
     Dimension("tau", "float", 0.05, 1.0, label="τ", help="the LIF membrane's decay factor (Eq. 1)"),
     Dimension("v_threshold", "float", 0.1, 10.0, log=True, label="V_th", help="the LIF firing threshold (Eq. 2)"),
 )}
-"""Every searchable dimension by name, in suggestion order."""
+"""Every searchable dimension by name, in the order tables and views show them."""
 
 assert set(DIMENSIONS["surrogate_param"].ranges) == set(registry.SURROGATES)
 

@@ -122,19 +122,18 @@ class SearchSpace:
             out["seed"] = self.seed + trial.number // len(METHODS)
         # what the trial has so far, for the conditions: drawn values over fixed over constants
         known = {_HEADS: TrainConfig.model_fields[_HEADS].default, **out, **self.fixed}
-        heads = None
+        quick = self.preset == "quick"
+        if _HEADS in self.dims:
+            known[_HEADS] = DIMENSIONS[_HEADS].suggest(trial, stages=self.stages, quick=quick)
+        heads = bool(registry.resolve_branches(known[_HEADS], self.stages))
         for name, dim in DIMENSIONS.items():
-            if heads is None and dim.heads_only:
-                heads = bool(registry.resolve_branches(known[_HEADS], self.stages))
-            if name not in self.dims or (dim.heads_only and not heads):
+            if name == _HEADS or name not in self.dims or (dim.heads_only and not heads):
                 # Without a shortcut head, λ₀, its schedule and the loss's reading of the heads mean
                 # nothing: not sampled, so a vanilla trial carries no value for them.
                 continue
             if dim.depends_on is not None:
                 known.setdefault(dim.depends_on, TrainConfig.model_fields[dim.depends_on].default)
-            known[name] = dim.suggest(trial, stages=self.stages, quick=self.preset == "quick", drawn=known)
-        if heads is None:
-            heads = bool(registry.resolve_branches(known[_HEADS], self.stages))
+            known[name] = dim.suggest(trial, stages=self.stages, quick=quick, drawn=known)
         out.update(self.fixed)
         for k in self.dims:  # suggested values win over constants of the same name
             out.pop(k, None)

@@ -56,6 +56,8 @@ class Dimension:
             log-uniform where ``log``, in ``low``-``high``).
         binned: Event data are binned into frames once for this value, so it cannot be searched
             on event data.
+        order: The sort key of a categorical dimension's values (as MLflow's text) in a plot
+            (None: alphabetical).
         label: Its name in plots and console tables (default: ``name``).
         unit: Its unit, where it has one.
         help: One line on what it is, citing the paper's equation.
@@ -75,6 +77,7 @@ class Dimension:
     relative: bool = False
     perturbed: bool = False
     binned: bool = False
+    order: Callable[[str], Any] | None = None
     label: str = ""
     unit: str = ""
     help: str = ""
@@ -118,6 +121,10 @@ class Dimension:
         if self.kind == "int":
             return trial.suggest_int(self.name, int(lo), int(hi), log=self.log)
         return trial.suggest_float(self.name, lo, hi, log=self.log)
+
+    def sort(self, values: set[str]) -> list[str]:
+        """A categorical dimension's values (as text) in the order a plot shows them."""
+        return sorted(values, key=self.order)
 
     def value(self, config: Mapping[str, Any]) -> Any:
         """The value a trial with ``config`` trains with (``default_of`` where the config holds None)."""
@@ -172,6 +179,7 @@ DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
     Dimension("schedule", "categorical", choices=registry.SHAPES, quick=("constant", "linear", "cosine"),
               searched=True, help="the shape of λ(i) over training; linear is Eq. 10"),
     Dimension("branches", "categorical", choices=branch_choices, searched=True,
+              order=lambda v: (v != "none", v == "all", len(v), v),  # vanilla first, every stage last
               help="the stages that carry a shortcut head (Eq. 6-7); none is vanilla training"),
     Dimension("surrogate", "categorical", choices=registry.SURROGATES, quick=("atan", "sigmoid", "triangle"),
               searched=True, help="the surrogate gradient of the spike (Eq. 4)"),

@@ -1,17 +1,23 @@
 """Optuna define-by-run search spaces and presets over λ₀, the λ schedule, the branch
-placement and the surrogate gradient (Guo et al., NeurIPS 2024, Eq. 4 and 10)."""
+placement and the surrogate gradient (Guo et al., NeurIPS 2024, Eq. 4 and 10), and the one
+declaration of each searchable dimension (:data:`DIMENSIONS`)."""
 
-from search_spaces._spaces import (
-    FIXABLE,
-    METHODS,
-    NEURON_RANGES,
-    SearchSpace,
-    OPTIONAL,
-    PRESETS,
-    SEARCHED,
-    SURROGATE_RANGES,
+from search_spaces._dims import (
+    DIMENSIONS,
+    Dimension,
     all_branches,
     branch_choices,
+    dimension,
+    fixable,
+    optional,
+    perturbed,
+    register,
+    searched,
+)
+from search_spaces._spaces import (
+    METHODS,
+    PRESETS,
+    SearchSpace,
     build_space,
     describe,
     dims_of,
@@ -21,6 +27,7 @@ from search_spaces._spaces import (
 )
 
 __all__ = [
-    "FIXABLE", "METHODS", "NEURON_RANGES", "OPTIONAL", "SearchSpace", "PRESETS", "SEARCHED", "SURROGATE_RANGES", "all_branches", "branch_choices",
-    "build_space", "describe", "dims_of", "first_points", "method_setting", "paper_setting",
+    "DIMENSIONS", "Dimension", "METHODS", "PRESETS", "SearchSpace", "all_branches",
+    "branch_choices", "build_space", "describe", "dimension", "dims_of", "first_points", "fixable", "method_setting",
+    "optional", "paper_setting", "perturbed", "register", "searched",
 ]

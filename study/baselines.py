@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from snn.config import METHODS, PAPER_NAMES, PAPER_SURROGATE, meaningful
-from snn.registry import SURROGATE_DEFAULTS
+from search_spaces import paper_setting, searched
+from snn.config import METHODS, PAPER_NAMES, meaningful
 
 __all__ = ["BASELINES", "DATASETS", "Baseline", "rows"]
 
@@ -58,8 +58,8 @@ class Baseline:
                   "method": self.method_tag}
         if not self.ours:
             return common
-        return meaningful({**common, **METHODS[self.method_tag], "surrogate": PAPER_SURROGATE,
-                           "surrogate_param": SURROGATE_DEFAULTS[PAPER_SURROGATE]})
+        method = METHODS[self.method_tag]
+        return meaningful({**common, **method, **paper_setting(None, [d for d in searched() if d not in method])})
 
     def run_name(self) -> str:
         """A stable name, unique over all rows, used for the row's MLflow run."""

@@ -56,7 +56,8 @@ from study.analysis import Analysis
 from study.importance import Importance
 from study.replicates import Configuration
 from study.spec import POPULATION
-from study.trial_rows import FAILED, FULL, LOG_DIMS, RUNNING, category_order, dim_value, metric_per_epoch
+from search_spaces import DIMENSIONS
+from study.trial_rows import FAILED, FULL, RUNNING, dim_value, metric_per_epoch
 
 __all__ = ["CURVES_PLOT_FILE", "DIMENSIONS_PLOT_FILE", "DPI", "GRAD_PLOT_FILE", "IMPORTANCE_PLOT_FILE",
            "LAMBDA_PLOT_FILE", "PLOT_FILES", "REPLICATES_PLOT_FILE", "TOP_CURVES", "curves_figure", "dimension_figure",
@@ -155,13 +156,12 @@ def _scatter(ax, points: Sequence[tuple[float, float, dict[str, Any]]], markers:
 def _numeric_panel(ax, dim: str, rows: Sequence[dict[str, Any]], markers: dict[str, str]) -> None:
     points = [(v, r["final"], r) for r in rows if isinstance(v := dim_value(r, dim), float)]
     _scatter(ax, points, markers)
-    if dim in LOG_DIMS and points and min(p[0] for p in points) > 0:
-        _log_axis(ax, powers_of_two=dim == "surrogate_param")
-    if dim == "surrogate_param":
-        ax.axvline(1.0, color="black", lw=0.8, ls=":", zorder=1)
-        ax.set_xlabel("surrogate_param ÷ its surrogate's default")
-    else:
-        ax.set_xlabel("λ₀" if dim == "lambda0" else dim)
+    d = DIMENSIONS.get(dim)
+    if d is not None and d.log and points and min(p[0] for p in points) > 0:
+        _log_axis(ax, powers_of_two=d.relative)
+    if d is not None and d.relative:
+        ax.axvline(1.0, color="black", lw=0.8, ls=":", zorder=1)  # the default
+    ax.set_xlabel(d.title if d is not None else dim)
 
 
 def _log_axis(ax, *, powers_of_two: bool) -> None:
@@ -175,7 +175,8 @@ def _log_axis(ax, *, powers_of_two: bool) -> None:
 
 def _categorical_panel(ax, dim: str, rows: Sequence[dict[str, Any]], markers: dict[str, str]) -> None:
     values = {r["trial_id"]: v for r in rows if (v := dim_value(r, dim)) is not None}
-    cats = category_order(dim, {str(v) for v in values.values()})
+    texts = {str(v) for v in values.values()}
+    cats = DIMENSIONS[dim].sort(texts) if dim in DIMENSIONS else sorted(texts)
     at = {c: i for i, c in enumerate(cats)}
     full = [[r["final"] for r in rows if r["outcome"] == FULL and str(values.get(r["trial_id"])) == c] for c in cats]
     if any(len(f) >= _BOX_MIN for f in full):  # a box of fewer values says no more than the dots

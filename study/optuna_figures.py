@@ -21,7 +21,8 @@ from snn.metrics import TEST_ACC
 from study.figures import DPI
 from study.folder import OPTUNA_FILE, StudyFolder
 from study.importance import Importance
-from study.trial_rows import COLUMNS
+from search_spaces import DIMENSIONS
+from study.trial_rows import columns
 
 __all__ = ["CONTOUR_PLOT_FILE", "PARALLEL_PLOT_FILE", "PLOT_FILES", "SLICE_PLOT_FILE", "optuna_plots"]
 
@@ -79,12 +80,18 @@ def _optuna_figure(draw: Callable[[], Any], path: Path, size: tuple[float, float
                 plt.close(number)
 
 
+def _relative() -> list[str]:
+    return [n for n, d in DIMENSIONS.items() if d.relative]
+
+
 def _contour_params(study, importance: Importance) -> list[str]:
     """Up to :data:`_CONTOUR_PARAMS` dimensions for the contour grid, the most important first;
-    ``surrogate_param`` left out (its range differs per surrogate: acc_by_dimension shows it relative)."""
-    names = sorted({p for t in study.trials for p in t.params} - {"surrogate_param"})
+    a ``relative`` dimension left out (its range differs per choice of the one it depends on:
+    acc_by_dimension shows it relative)."""
+    names = sorted({p for t in study.trials for p in t.params} - set(_relative()))
     rank = {**{d: v for d, v in importance.ped_anova.items()}, **importance.fanova}
-    order = sorted(names, key=lambda d: (-rank.get(d, -1.0), COLUMNS.index(d) if d in COLUMNS else 99, d))
+    shown = columns()
+    order = sorted(names, key=lambda d: (-rank.get(d, -1.0), shown.index(d) if d in shown else 99, d))
     return order[:_CONTOUR_PARAMS]
 
 
@@ -117,7 +124,7 @@ def optuna_plots(folder: StudyFolder, importance: Importance, out: Path) -> tupl
                          f"{len(complete)}.")
         elif name == CONTOUR_PLOT_FILE and len(contour) < 2:
             notes.append(f"Optuna's {what} is left out: it needs at least 2 dimensions "
-                         f"(besides surrogate_param), the study searches {len(contour)}.")
+                         f"(besides {', '.join(_relative())}), the study searches {len(contour)}.")
         else:
             try:
                 _optuna_figure(draw, out / name, size, touch)

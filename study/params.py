@@ -16,8 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from search_spaces import DIMENSIONS
 from snn.config import TrainConfig, UserData, dataset_name, meaningful
-from snn.registry import SURROGATE_DEFAULTS
 
 __all__ = ["MACHINE_PARAMS", "config_of_params", "params_of"]
 
@@ -39,9 +39,9 @@ def params_of(config: dict[str, Any]) -> dict[str, str]:
     """A trial's config as MLflow params: what defines the trial, not where this machine keeps
     its data (:data:`MACHINE_PARAMS`). A user's dataset mapping becomes ``dataset`` (its name)
     and one ``dataset.<key>`` param per key it sets, its files relative to the data root, so
-    the UI can filter and compare on each and two machines' runs read the same. A surrogate
-    parameter left to its default is logged as that default's value (Eq. 4's shape, as trained),
-    on the same axis as the searched ones and the paper's rows."""
+    the UI can filter and compare on each and two machines' runs read the same. A dimension
+    left to None is logged as the value the trial trained with (:meth:`Dimension.value`: the
+    surrogate's own parameter, Eq. 4), on the same axis as the searched values and the paper's rows."""
     root = config.get("data_root")
     out = {}
     for k, v in meaningful(config).items():  # a vanilla trial has no λ₀
@@ -51,8 +51,8 @@ def params_of(config: dict[str, Any]) -> dict[str, str]:
             out[k] = dataset_name(v)
             out.update({f"{k}.{key}": _relative(value, root) if key in ("train", "test") else str(value)
                         for key, value in v.items() if value is not None})
-        elif k == "surrogate_param" and v is None:  # the surrogate's default, as the trial trained with it
-            out[k] = str(SURROGATE_DEFAULTS.get(config.get("surrogate", ""), v))
+        elif v is None and k in DIMENSIONS:  # e.g. the surrogate's own parameter, as the trial trained with it
+            out[k] = str(DIMENSIONS[k].value(config))
         else:
             out[k] = str(v)
     return {k: v[:6000] for k, v in out.items()}  # MLflow's longest param value

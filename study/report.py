@@ -32,7 +32,7 @@ from study import figures, optuna_figures
 from study.analysis import Analysis, analyse, record_analysis
 from study.folder import StudyFolder, open_study
 from study.markdown import table
-from study.trial_rows import COLUMNS, dimensions, read_rows, typed
+from study.trial_rows import columns, dimensions, read_rows, typed
 
 __all__ = ["REPORT_FILE", "Report", "write_report"]
 
@@ -198,12 +198,12 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     full = [r for r in rows if r["run_id"] in analysis.run_ids and r["final"] is not None]
     best = full[0] if full else None  # rows are sorted by final test_acc
 
-    columns = COLUMNS + tuple(d for d in spec.search.dims if d not in COLUMNS)  # and the spec's extra dimensions
+    shown = columns(spec.search.dims)
     lines = [f"# Study `{spec.name}`", "",
              f"Dataset `{spec.dataset_name}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
              f"search preset `{spec.search.preset}`, {len(rows)} trial(s). MLflow experiment "
              f"`{spec.experiment}` at `{folder.tracking_uri}`.", "", "## Trials", ""]
-    lines += _trial_lines(rows, columns) + _guard_lines(rows, spec.train.epochs)
+    lines += _trial_lines(rows, shown) + _guard_lines(rows, spec.train.epochs)
     lines += ["", "## The paper's results on this dataset", ""] + _paper_lines(spec.dataset_name, paper)
     lines += ["", "## Best trial", ""] + _best_lines(analysis, best, rows)
     lines += [""] + analysis.markdown(level=2).rstrip("\n").split("\n")

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_serializer,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator)
 
-from search_spaces import FIXABLE, OPTIONAL, PRESETS
+from search_spaces import DIMENSIONS, PRESETS, dimension, fixable, optional, perturbed, searched
 from snn import registry
 from snn.config import TrainConfig, UserData, dataset_name, first_error
 
-__all__ = ["MAX_SPEC_BYTES", "PERTURBED", "POPULATION", "QUICKSTART", "RDB_BACKENDS", "SpecError", "StudySpec",
+__all__ = ["MAX_SPEC_BYTES", "POPULATION", "QUICKSTART", "RDB_BACKENDS", "SpecError", "StudySpec",
            "hide_password", "is_tracking_server", "load_spec", "parse_spec", "quickstart_spec", "redacted"]
 
 QUICKSTART: dict[str, Any] = {
@@ -65,19 +64,19 @@ class _Strict(BaseModel):
 
 # Which of the trial's parameters (snn.config.TrainConfig) a spec sets where. Their types,
 # defaults, ranges and allowed values are TrainConfig's: copied from it, never restated.
+# The top level: the data, the network, the seed; `train:` every other parameter but those a
+# full search draws (set in search.fixed) and where the trial runs (the device: a study's
+# resources decide it).
 _TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed", "stop")
-_RECIPE = ("epochs", "batch_size", "lr", "weight_decay", "loss_mode", "tau", "v_threshold", "workers", "amp",
-           "cuda_graphs", "max_batches")
+_RECIPE = tuple(f for f in TrainConfig.model_fields
+                if f not in _TOP and f not in searched() and f not in ("device", "channels_last"))
 
 
-def _fields(names: tuple[str, ...], *, optional: bool = False) -> dict[str, Any]:
-    """``create_model`` fields of TrainConfig's ``names``; ``optional``: default None, meaning unset."""
+def _fields(names: tuple[str, ...]) -> dict[str, Any]:
+    """``create_model`` fields of TrainConfig's ``names``."""
     out = {}
     for name in names:
         info = copy.copy(TrainConfig.model_fields[name])
-        if optional:
-            info.default, info.default_factory = None, None
-            info.annotation = info.annotation | None
         out[name] = (info.annotation, info)
     return out
 
@@ -85,27 +84,14 @@ def _fields(names: tuple[str, ...], *, optional: bool = False) -> dict[str, Any]
 TrainSpec = create_model("TrainSpec", __base__=_Strict, __module__=__name__, **_fields(_RECIPE))
 TrainSpec.__doc__ = "The training recipe: TrainConfig's fields, the paper's CIFAR recipe (section 5.2) by default."
 
-class _Unset(_Strict):
-    """Fields whose None means "not set": left out when the model is written out."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=False)
-
-    @model_serializer(mode="wrap")
-    def _set_only(self, handler: Any) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-
-FixedSpec = create_model("FixedSpec", __base__=_Unset, __module__=__name__, **_fields(FIXABLE, optional=True))
-FixedSpec.__doc__ = "Trial parameters that are not searched (TrainConfig's fields; unset ones are searched)."
-
-
 class SearchSpec(_Strict):
     """Which search preset runs, with optional extra dimensions and fixed values, and where Optuna
     keeps the search (``storage``)."""
 
     preset: str = "quick"
-    dims: list[str] = Field(default_factory=list, description=f"extra dimensions: {', '.join(OPTIONAL)}")
-    fixed: FixedSpec = Field(default_factory=FixedSpec, description="values that are not searched")
+    dims: list[str] = Field(default_factory=list, description="extra dimensions (search_spaces.optional())")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="values of dimensions that are not searched "
+                                                                    "(search_spaces.fixable()); null: searched")
     storage: str | None = Field(None, description=(
         "Optuna's storage, an RDB as a SQLAlchemy URL (postgresql+psycopg://user@host:5432/optuna, "
         "mysql+pymysql://user@host/optuna, sqlite:////abs/path.db), so that several studies and nodes share one "
@@ -122,8 +108,17 @@ class SearchSpec(_Strict):
     @classmethod
     def _dims(cls, v: list[str]) -> list[str]:
         for d in v:
-            _choose(d, OPTIONAL)
+            _choose(d, optional())
         return v
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # the names here; each value is TrainConfig's to check (StudySpec's trial check names it)
+        for name in v:
+            if name not in fixable():
+                raise _FieldError(f"search.fixed.{name}", f"unknown key (a typo?); fix one of {', '.join(fixable())}")
+        return {k: value for k, value in v.items() if value is not None}
 
     @field_validator("storage")
     @classmethod
@@ -132,7 +127,7 @@ class SearchSpec(_Strict):
 
     def fixed_values(self) -> dict[str, Any]:
         """The fixed parameters the spec sets, by name."""
-        return self.fixed.model_dump()
+        return dict(self.fixed)
 
 
 RDB_BACKENDS = ("postgresql", "mysql", "mariadb", "sqlite")
@@ -202,10 +197,6 @@ class ConfirmSpec(_Strict):
 
 POPULATION: tuple[str, ...] = ("pbt", "pb2")
 """Schedulers that train a population and perturb its hyperparameters during training."""
-
-PERTURBED: dict[str, tuple[float, float]] = {"lambda0": (0.0, 1.0), "lr": (1e-3, 3e-2)}
-"""What population-based training perturbs, with its range: λ₀ always (TrainConfig's range), lr
-where ``search.dims`` lists it (log-uniform; the range of the Optuna space's lr)."""
 
 
 class PopulationSpec(_Strict):
@@ -283,9 +274,10 @@ class _Study(_Strict):
         if isinstance(self.dataset, UserData) and "://" in self.data_root:
             raise _FieldError("data_root", f"{self.data_root} is a URI; your own data is prepared into a folder "
                                            f"(data_root/cache), give a local or shared path")
-        if isinstance(self.dataset, UserData) and self.dataset.format == "events" and "timesteps" in self.search.dims:
-            raise _FieldError("search.dims", "timesteps cannot be searched on event data: the recordings are binned "
-                                             "into frames once, for the spec's timesteps")
+        binned = [d for d in self.search.dims if dimension(d).binned]
+        if isinstance(self.dataset, UserData) and self.dataset.format == "events" and binned:
+            raise _FieldError("search.dims", f"{binned[0]} cannot be searched on event data: the recordings are "
+                                             f"binned into frames once, for the spec's {binned[0]}")
         if self.scheduler in POPULATION:
             self._population()
         elif self.pbt is not None:
@@ -330,20 +322,26 @@ class _Study(_Strict):
         if self.search.preset in ("paper", "ablation"):
             raise _FieldError("search.preset", f"{self.search.preset} fixes λ to the paper's schedules, which leaves "
                                                f"{how} nothing to learn; use quick or full")
-        other = [d for d in self.search.dims if d not in PERTURBED]
+        other = [d for d in self.search.dims if not dimension(d).perturbed]
         if other:
-            raise _FieldError("search.dims", f"{how} perturbs λ₀ and, where listed, lr during training; "
-                                             f"{', '.join(other)} cannot change mid-training (allowed: lr)")
+            always = ", ".join(DIMENSIONS[d].title for d in perturbed())
+            listed = [n for n, d in DIMENSIONS.items() if d.perturbed and not d.searched]
+            raise _FieldError("search.dims", f"{how} perturbs {always} and, where listed, {', '.join(listed)} during "
+                                             f"training; {', '.join(other)} cannot change mid-training (allowed: "
+                                             f"{', '.join(listed)})")
         fixed = self.search.fixed_values()
-        if "lambda0" in fixed:
-            raise _FieldError("search.fixed.lambda0", f"{how} learns λ; remove it (the population starts from λ₀ "
-                                                      f"uniform in [0, 1])")
+        learned = [d for d in perturbed() if d in fixed]
+        if learned:
+            dim = DIMENSIONS[learned[0]]
+            raise _FieldError(f"search.fixed.{dim.name}", f"{how} learns {dim.title}; remove it (the population starts from "
+                                                          f"{dim.title} {dim.describe(self.stages)})")
         if fixed.get("schedule", "constant") != "constant":
             raise _FieldError("search.fixed.schedule", f"{how} holds λ constant between perturbations; remove it "
                                                        f"or set constant")
-        if "lr" in fixed and "lr" in self.search.dims:
-            raise _FieldError("search.fixed.lr", "lr is in search.dims, so it is perturbed; fix it or list it, "
-                                                 "not both")
+        both = [d for d in self.search.dims if d in fixed]
+        if both:
+            raise _FieldError(f"search.fixed.{both[0]}", f"{both[0]} is in search.dims, so it is perturbed; fix it "
+                                                         f"or list it, not both")
         if not registry.resolve_branches(self.trial_config().branches, self.stages):
             raise _FieldError("search.fixed.branches", f"none has no shortcut head, so λ weighs nothing and {how} "
                                                        f"has nothing to learn; keep heads")

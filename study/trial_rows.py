@@ -4,12 +4,12 @@
 epoch, what it came to: :data:`FULL`, :data:`STOPPED`, :data:`RUNNING` or :data:`FAILED`);
 :func:`metric_per_epoch` reads one metric of a run, an epoch's newest value.
 
-The section "the dimensions" holds how the report reads and shows each searched dimension:
-the columns of its trial table (:data:`COLUMNS`), the dimensions searched log-uniform
-(:data:`LOG_DIMS`), MLflow's string params back as typed values (:func:`typed`: ``branches``
-as a list of stages), the value a plot draws (:func:`dim_value`: ``surrogate_param`` as the
-ratio to its surrogate's default), the order of a category (:func:`category_order`) and the
-dimensions a report draws (:func:`dimensions`).
+The section "the dimensions" reads each searched dimension as the registry
+(:data:`search_spaces.DIMENSIONS`) declares it: the columns of the trial table
+(:func:`columns`), MLflow's string params back as typed values (:func:`typed`: ``branches``
+as a list of stages), the value a plot draws (:func:`dim_value`: a ``relative`` dimension as
+the ratio to the default it is relative to) and the dimensions a report draws
+(:func:`dimensions`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from search_spaces import DIMENSIONS, dims_of, searched
 from snn.metrics import TEST_ACC
-from snn.registry import SURROGATE_DEFAULTS
 from study.params import config_of_params
 
-__all__ = ["COLUMNS", "FAILED", "FULL", "LOG_DIMS", "RUNNING", "STOPPED", "category_order", "dim_value", "dimensions",
-           "metric_per_epoch", "read_rows", "typed"]
+__all__ = ["FAILED", "FULL", "RUNNING", "STOPPED", "columns", "dim_value", "dimensions", "metric_per_epoch",
+           "read_rows", "typed"]
 
 # what a trial came to: trained its budget, stopped early (scheduler or firing-rate guard),
 # still running, or failed / diverged (no accuracy to draw)
@@ -56,7 +56,7 @@ def read_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
     Keys: trial_id, method, status (a sentence), outcome (:data:`FULL`, ...), run_id, curve
     ((epoch, test_acc), finite values only), final, best, epochs (epochs with a value),
     budget (the ``epochs`` param), params (MLflow's strings), stopped, saved, and the
-    :data:`COLUMNS`.
+    :func:`columns`.
     """
     runs = client.search_runs([experiment_id], filter_string=f"tags.study = '{study}' and tags.kind = 'trial'",
                               max_results=10000)
@@ -79,7 +79,7 @@ def read_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
                "curve": curve, "final": final, "best": max(v for _, v in curve) if curve else None,
                "epochs": len(curve), "budget": _int(r.data.params.get("epochs")), "params": dict(r.data.params),
                "stopped": tags.get("stopped"), "saved": saved}
-        for c in COLUMNS:
+        for c in columns():
             row[c] = r.data.params.get(c, "")
         rows.append(row)
     rows.sort(key=lambda r: (r["final"] is None, -(r["final"] or 0)))
@@ -93,9 +93,12 @@ def metric_per_epoch(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 # -- the dimensions ----------------------------------------------------------------------------------
-COLUMNS = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
-"""The dimensions every row carries and the trial table shows first (the spec's other searched ones follow)."""
-LOG_DIMS = frozenset({"surrogate_param", "lr", "weight_decay", "v_threshold"})  # searched log-uniform
+def columns(extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The dimensions every row carries and the trial table shows: a full search's
+    (:func:`search_spaces.searched`), then ``extra`` (a spec's other searched ones)."""
+    return tuple(dict.fromkeys((*searched(), *extra)))
+
+
 _STAGE_LIST = re.compile(r"\d+(,\d+)*")
 
 
@@ -111,20 +114,25 @@ def typed(params: dict[str, str]) -> dict[str, Any]:
     return config
 
 
-def _surrogate_ratio(params: dict[str, str]) -> float | None:
-    """``surrogate_param`` over its surrogate's default (1: the default; None: no surrogate known)."""
-    default = SURROGATE_DEFAULTS.get(params.get("surrogate", ""))
+def _ratio(params: dict[str, str], dim: str) -> float | None:
+    """A ``relative`` dimension's value over its default for the trial (the surrogate's parameter
+    over that surrogate's default: 1 is the default; None: what it depends on is not known)."""
+    d = DIMENSIONS[dim]
+    if d.depends_on is not None and d.depends_on not in params:
+        return None
+    config = typed({k: params[k] for k in (dim, d.depends_on) if k is not None and k in params})
+    default = d.default_of(config) if d.default_of is not None else None
     if default is None:
         return None
-    value = typed({"surrogate_param": params.get("surrogate_param", "None")}).get("surrogate_param")
+    value = config.get(dim)
     return 1.0 if value is None else float(value) / default
 
 
 def dim_value(row: dict[str, Any], dim: str) -> Any:
     """The value a panel draws for ``dim``: a number, a category (text), or None (the trial has none)."""
     params = row.get("params") or {}
-    if dim == "surrogate_param":
-        return _surrogate_ratio(params)
+    if dim in DIMENSIONS and DIMENSIONS[dim].relative:
+        return _ratio(params, dim)
     raw = params.get(dim, row.get(dim))
     if raw in (None, "", "None"):
         return None
@@ -134,20 +142,11 @@ def dim_value(row: dict[str, Any], dim: str) -> Any:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def category_order(dim: str, values: set[str]) -> list[str]:
-    """A categorical dimension's values in the order a plot shows them (``branches``: none first, all last)."""
-    if dim == "branches":
-        return sorted(values, key=lambda v: (v != "none", v == "all", len(v), v))
-    return sorted(values)
-
-
 def dimensions(spec, rows: Sequence[dict[str, Any]]) -> list[str]:
     """The dimensions to draw: the spec's searched ones, then any column whose value varies between trials."""
-    from search_spaces import dims_of
-
     try:
-        searched = list(dims_of(spec.search.preset, spec.search.dims))
+        drawn = list(dims_of(spec.search.preset, spec.search.dims))
     except (AttributeError, ValueError):
-        searched = []
-    varying = [c for c in (*COLUMNS, *searched) if len({str(dim_value(r, c)) for r in rows}) > 1]
-    return list(dict.fromkeys(d for d in (*COLUMNS, *searched) if d in searched or d in varying))
+        drawn = []
+    varying = [c for c in (*columns(), *drawn) if len({str(dim_value(r, c)) for r in rows}) > 1]
+    return list(dict.fromkeys(d for d in (*columns(), *drawn) if d in drawn or d in varying))

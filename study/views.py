@@ -41,13 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from search_spaces import searched
 from snn.metrics import TEST_ACC
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 __all__ = ["DASHBOARD_PORT", "DEFAULT_HOST", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "STUDY_COLUMNS", "STUDY_VIEW",
-           "UI_PORT", "SavedView", "ViewError", "base_url", "check_port", "classic_experiment", "compare_link",
+           "UI_PORT", "SavedView", "study_columns", "ViewError", "base_url", "check_port", "classic_experiment", "compare_link",
            "dashboard_command", "dashboard_link", "mlflow_ui_command", "mlflow_ui_env", "optuna_storage", "run_view",
            "save_view", "serving", "stop", "study_link", "wait_until_up"]
 
@@ -89,13 +90,15 @@ def _column(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"
 
 
-# What a study's runs table shows, in this order after the run's name: the test accuracy the
-# search ranks by, the four dimensions a trial draws (surrogate_param with its surrogate), and the
-# method they amount to.
-STUDY_COLUMNS: tuple[str, ...] = (_column("metrics", TEST_ACC),
-                                  *(_column("params", p) for p in ("lambda0", "schedule", "branches", "surrogate",
-                                                                   "surrogate_param")),
-                                  _column("tags", "method"))
+def study_columns(extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """What a study's runs table shows, in this order after the run's name: the test accuracy the
+    search ranks by, the dimensions a full search draws (:func:`search_spaces.searched`), the
+    spec's ``extra`` dimensions, and the method they amount to."""
+    dims = dict.fromkeys((*searched(), *extra))
+    return (_column("metrics", TEST_ACC), *(_column("params", p) for p in dims), _column("tags", "method"))
+
+
+STUDY_COLUMNS: tuple[str, ...] = study_columns()
 _RUN_NAME = _column("attributes", "Run Name")  # the UI's id of the runs table's name column
 
 
@@ -116,7 +119,7 @@ class SavedView:
     ``snn-study ui`` runs, and a changed view gets a key of its own.
     """
 
-    columns: tuple[str, ...] = STUDY_COLUMNS
+    columns: tuple[str, ...] = field(default_factory=study_columns)
     rank_by: str | None = TEST_ACC
     name: str = field(default="snn-study: trials", compare=False)  # in the UI's list of views
 

@@ -4,10 +4,11 @@ import optuna
 import pytest
 
 from search_spaces import (
-    METHODS, OPTIONAL, PRESETS, SURROGATE_RANGES, branch_choices, build_space, first_points, method_setting,
-    paper_setting,
+    DIMENSIONS, METHODS, PRESETS, branch_choices, build_space, first_points, method_setting, optional, paper_setting,
 )
 from snn import registry
+
+SURROGATE_RANGES = DIMENSIONS["surrogate_param"].ranges
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -99,13 +100,11 @@ def test_optional_dims():
     assert t.params["loss_mode"] in registry.LOSS_MODES
     with pytest.raises(ValueError, match="search.dims: unknown dimension"):
         build_space("quick", stages=3, extra=["epochs"])
-    assert set(OPTIONAL) == {"timesteps", "lr", "weight_decay", "loss_mode", "tau", "v_threshold"}
+    assert set(optional()) == {"timesteps", "lr", "weight_decay", "loss_mode", "tau", "v_threshold"}
 
 
 def test_the_neuron_dimensions_reach_silent_networks():
     """tau and v_threshold (issue 25): their ranges include thresholds no input reaches."""
-    from search_spaces import NEURON_RANGES
-
     space = build_space("quick", stages=3, extra=["tau", "v_threshold"])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
@@ -114,7 +113,7 @@ def test_the_neuron_dimensions_reach_silent_networks():
         study.tell(t, 0.0)
     taus = [t.params["tau"] for t in study.trials]
     thresholds = [t.params["v_threshold"] for t in study.trials]
-    assert all(NEURON_RANGES["tau"][0] <= v <= NEURON_RANGES["tau"][1] for v in taus)
+    assert all(DIMENSIONS["tau"].low <= v <= DIMENSIONS["tau"].high for v in taus)
     assert min(thresholds) < 1.0 < 4.0 < max(thresholds)  # the default, and a threshold where digits' network is silent
 
 

@@ -18,13 +18,15 @@ from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvalu
 from optuna.trial import TrialState, create_trial
 from scipy import stats
 
-from search_spaces import SURROGATE_RANGES, branch_choices
+from search_spaces import DIMENSIONS, branch_choices
 from study.analysis import COMPARISON_CSV, COMPARISON_MD, analyse, record_analysis
 from study.folder import OPTUNA_FILE, StudyFolder, study_paths, write_state
 from study.importance import MIN_IMPORTANCE_TRIALS
 from study.replicates import seeds_needed
 from study.report import write_report
 from study.spec import parse_spec
+
+SURROGATE_RANGES = DIMENSIONS["surrogate_param"].ranges
 
 EPOCHS = 3
 SEEDS = (0, 1, 2, 3, 4)

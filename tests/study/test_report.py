@@ -30,7 +30,7 @@ def _row(trial_id: str, final: float | None, outcome: str = trial_rows.FULL, epo
     curve = [(e, final - 0.02 * (epochs - e)) for e in range(1, epochs + 1)] if final is not None else []
     return {"trial_id": trial_id, "method": "searched", "status": "FINISHED", "outcome": outcome, "run_id": trial_id,
             "curve": curve, "final": final, "best": final, "epochs": len(curve), "budget": budget, "params": p,
-            "stopped": None, "saved": 0.0, **{c: p.get(c, "") for c in trial_rows.COLUMNS}}
+            "stopped": None, "saved": 0.0, **{c: p.get(c, "") for c in trial_rows.columns()}}
 
 
 def _mixed_rows() -> list[dict]:

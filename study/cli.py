@@ -47,6 +47,11 @@ def _process_settings() -> None:
         os.environ.setdefault(key, value)
 
 
+def _show(value: Any) -> str:
+    """A value for a console line: numbers to 4 significant digits (0.1234, 2.5e-05)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _fail(message: str, code: int = 1) -> None:
     # one line, whatever the message echoes (a path or value may hold a newline or a control character)
     line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
@@ -67,8 +72,11 @@ def _overrides(sets: tuple[str, ...]) -> dict[str, Any]:
 def _load(spec_path: str | None, sets: tuple[str, ...]):
     from study.spec import SpecError, load_spec, quickstart_spec
 
+    overrides = _overrides(sets)
+    if os.environ.get("SNN_STUDY_LOCAL"):  # the local folder of studies on remote storage, unless --set
+        overrides.setdefault("local_dir", os.environ["SNN_STUDY_LOCAL"])
     try:
-        return load_spec(spec_path, _overrides(sets)) if spec_path else quickstart_spec(_overrides(sets))
+        return load_spec(spec_path, overrides) if spec_path else quickstart_spec(overrides)
     except SpecError as e:
         _fail(str(e), 2)
 
@@ -165,8 +173,10 @@ def _summary(result) -> None:
         click.echo(line)
     if result.best:
         acc = result.best["metrics"].get("test_acc")
-        keys = ("lambda0", "schedule", "branches", "surrogate", "surrogate_param")
-        cfg = ", ".join(f"{k}={result.best['config'].get(k)}" for k in keys)
+        from search_spaces import DIMENSIONS
+
+        config = result.best["config"]
+        cfg = ", ".join(f"{k}={_show(d.value(config))}" for k, d in DIMENSIONS.items() if k in config)
         click.echo(f"best trial {result.best['trial_id']}: test_acc={acc:.4f} ({cfg})")
     if result.model is not None:
         click.echo(f"best model: {result.model.uri} (trial {result.model.trial_id}); load it with "
@@ -278,8 +288,8 @@ def train(ctx: click.Context, spec: str | None, config_file: str | None, run_id:
 
     The hyperparameters are the spec's recipe with the paper's setting for the searched
     dimensions, the --config file's, or both, with --set KEY=VALUE applied last (keys
-    are trial config names: lambda0, schedule, branches, surrogate, surrogate_param,
-    epochs, lr, seed, ...).
+    are trial config names, the fields of snn.config.TrainConfig: lambda0, epochs, lr,
+    seed, ...).
 
     Before the first epoch three lines on stderr say what it trains: the data, the model
     (parameters of the main network and of the shortcut branches) and the config. Each

@@ -14,12 +14,12 @@ import os
 import time
 from typing import Any
 
-from search_spaces import build_space, describe
+from search_spaces import build_space, describe, perturbed
 from snn import data
 from snn.config import UserData
 from study import baselines
 from study.folder import StudyError
-from study.spec import PERTURBED, POPULATION, StudySpec, hide_password
+from study.spec import POPULATION, StudySpec, hide_password
 
 __all__ = ["PrepareProgress", "plan", "prepare_data"]
 
@@ -159,8 +159,7 @@ def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None
                f"  the paper has no rows on {spec.dataset_name}: the study is recorded without baselines")
     if spec.scheduler in POPULATION:  # no Optuna: Tune draws the population, the scheduler perturbs it
         cfg = spec.trial_config(schedule="constant")
-        dims = {k: f"{'log-uniform' if k == 'lr' else 'uniform'} in [{lo:g}, {hi:g}]"
-                for k, (lo, hi) in PERTURBED.items() if k == "lambda0" or k in spec.search.dims}
+        dims = {k: d.describe(spec.stages) for k, d in perturbed(spec.search.dims).items()}
         out.append(f"population ({spec.scheduler}, no Optuna): {spec.trials} trials drawn by Tune; every "
                    f"{spec.population.interval} epoch(s) its bottom {spec.population.quantile:.0%} continue from a top "
                    f"trial's checkpoint, perturbed (λ constant in between):")

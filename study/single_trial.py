@@ -26,6 +26,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
+from search_spaces import DIMENSIONS, searched
 from snn import data as snn_data
 from snn import training
 from snn.config import TrainConfig, UserData, first_error
@@ -283,6 +284,10 @@ class _Results:
                 f"{p / 'metrics.csv'}")
 
 
+def _g(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _describe(trainer) -> list[str]:
     """What is about to be trained, as the trainer built it: the data, the model, the config."""
     cfg, info, prepared, model = trainer.cfg, trainer.info, trainer.data, trainer.model
@@ -310,10 +315,10 @@ def _describe(trainer) -> list[str]:
                 f"only (stripped for inference)" if model.branch_stages else "no shortcut branches")
     lines.append(f"model: {cfg.arch}{options}, T={cfg.timesteps}: {total - heads:,} parameters in the main network, "
                  f"{branches}")
-    param = "default" if cfg.surrogate_param is None else f"{cfg.surrogate_param:g}"
     amp = f" ({str(trainer.amp_dtype).removeprefix('torch.')} autocast)" if trainer.amp else ""
-    lines.append(f"config ({cfg.method()}): lambda0={cfg.lambda0:g}, schedule={cfg.schedule}, branches={cfg.branches}, "
-                 f"surrogate={cfg.surrogate} (param {param}), epochs={cfg.epochs}, batch_size={cfg.batch_size}, "
+    config = cfg.to_params()  # a vanilla trial has no λ₀: not shown
+    dims = ", ".join(f"{k}={_g(DIMENSIONS[k].value(config))}" for k in searched() if k in config)
+    lines.append(f"config ({cfg.method()}): {dims}, epochs={cfg.epochs}, batch_size={cfg.batch_size}, "
                  f"lr={cfg.lr:g}, seed={cfg.seed}, device={trainer.device}{amp}, "
                  f"{torch.get_num_threads()} torch thread(s)")
     return lines

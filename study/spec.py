@@ -258,6 +258,9 @@ class _Study(_Strict):
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of the trial processes "
                                                                        "(Ray's runtime_env)")
     storage: str = Field("studies", description="local folder or URI (s3://, gs://) for Tune's results")
+    local_dir: str = Field(".snn-study", min_length=1, description="storage on a URI: the local folder under which "
+                                                                   "the study keeps <name>/ (its spec, Optuna storage, "
+                                                                   "driver log); the CLI's default: $SNN_STUDY_LOCAL")
     max_failures: int = Field(2, ge=0, description="retries of a trial whose worker died")
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
 
@@ -390,7 +393,7 @@ class _Study(_Strict):
     def study_dir(self) -> Path:
         """The local folder that holds the spec, the Optuna storage and Tune's results."""
         if "://" in self.storage:
-            return Path(os.environ.get("SNN_STUDY_LOCAL", ".snn-study")).resolve() / self.name
+            return Path(self.local_dir).expanduser().resolve() / self.name
         return Path(self.storage_uri()) / self.name
 
     def trial_config(self, **overrides: Any) -> TrainConfig:

@@ -34,7 +34,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search import BasicVariantGenerator
 
-from search_spaces import build_space, dims_of, first_points, paper_setting
+from search_spaces import DIMENSIONS, build_space, dims_of, first_points, paper_setting
+from search_spaces import perturbed as perturbed_dims
 from snn import data
 from snn.config import HEAD_ONLY
 from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC
@@ -45,7 +46,7 @@ from study.finish import StudyResult, check_finished, finish_study, full_budget
 from study.folder import (CONFIRM, SEARCH, StudyError, StudyFolder, open_study, optuna_url, stage_dir, study_paths,
                           write_state)
 from study.preflight import prepare_data
-from study.spec import PERTURBED, POPULATION, StudySpec, redacted
+from study.spec import POPULATION, StudySpec, redacted
 from study.startup import check_optuna, check_resources, check_server, rdb_storage, start_ray
 from study.system_metrics import SystemSampler
 from study.tracking import StudyTracker, log_baselines, start_parent_run, sync_study
@@ -149,12 +150,13 @@ class _PB2(_UntilTheLastEpoch, PB2):
 
 
 def perturbed(spec: StudySpec) -> dict[str, tuple[float, float]]:
-    """What a population study perturbs, with its range: λ₀, and lr where ``search.dims`` lists it."""
-    return {k: r for k, r in PERTURBED.items() if k == "lambda0" or k in spec.search.dims}
+    """What a population study perturbs, with its range: the perturbable dimensions of a full
+    search (λ₀), and those ``search.dims`` lists (lr) (:func:`search_spaces.perturbed`)."""
+    return {k: d.bounds() for k, d in perturbed_dims(spec.search.dims).items()}
 
 
 def _initial(name: str, bounds: tuple[float, float]):
-    return tune.loguniform(*bounds) if name == "lr" else tune.uniform(*bounds)
+    return tune.loguniform(*bounds) if DIMENSIONS[name].log else tune.uniform(*bounds)
 
 
 def population(spec: StudySpec) -> tuple[TrialScheduler, dict[str, Any]]:

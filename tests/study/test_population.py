@@ -86,10 +86,12 @@ def test_the_population_starts_from_the_spec_with_tune_drawing_lambda0_and_lr():
 
 def test_the_perturbed_ranges_are_the_optuna_spaces():
     from search_spaces import build_space, describe
-    from study.spec import PERTURBED
+    from study.tuner import perturbed
 
     optuna = describe(build_space("full", stages=3, extra=["lr"]))
-    for name, (lo, hi) in PERTURBED.items():
+    spec = quickstart_spec({"scheduler": "pbt", "search.dims": ["lr"], "search.fixed.schedule": "constant"})
+    assert set(perturbed(spec)) == {"lambda0", "lr"}
+    for name, (lo, hi) in perturbed(spec).items():
         assert optuna[name].endswith(f"in [{lo:g}, {hi:g}]"), (name, optuna[name])
 
 

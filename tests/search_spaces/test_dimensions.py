@@ -110,7 +110,7 @@ def test_a_new_dimension_reaches_mlflow_the_view_and_the_report(batch_dim, ray_s
     report = write_report(result.path)
     text = (report.path / REPORT_FILE).read_text()
     header = next(line for line in text.splitlines() if line.startswith("| trial |"))
-    assert "batch_size" in header.split("|")[3:-4]
+    assert "batch_size" in [cell.strip() for cell in header.split("|")[3:-4]]
     rows = trial_rows.read_rows(c, exp.experiment_id, spec.name)
     dims = trial_rows.dimensions(open_study(result.path).spec, rows)
     assert "batch_size" in dims

@@ -129,7 +129,7 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
         result = run_study(s, address=address, tracking_uri=tracking_uri, verbose=1 + ctx.obj["verbose"])
     except StudyError as e:
         _fail(str(e), e.exit_code)
-    _summary(result)
+    _summary(result, s.search.dims)
 
 
 @cli.command()
@@ -163,7 +163,7 @@ def check(spec: str | None, sets: tuple[str, ...]) -> None:
         _fail(missing)
 
 
-def _summary(result) -> None:
+def _summary(result, extra: list[str]) -> None:
     recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
     stopped = f", {result.stopped} stopped early by ASHA" if result.stopped else ""
     confirmed = f", then {result.confirmed} in the confirm stage" if result.confirmed else ""
@@ -173,10 +173,11 @@ def _summary(result) -> None:
         click.echo(line)
     if result.best:
         acc = result.best["metrics"].get("test_acc")
-        from search_spaces import DIMENSIONS
+        from search_spaces import DIMENSIONS, searched
 
-        config = result.best["config"]
-        cfg = ", ".join(f"{k}={_show(d.value(config))}" for k, d in DIMENSIONS.items() if k in config)
+        config = result.best["config"]  # a full search's dimensions and the spec's extra ones
+        shown = [k for k in DIMENSIONS if (k in searched() or k in extra) and k in config]
+        cfg = ", ".join(f"{k}={_show(DIMENSIONS[k].value(config))}" for k in shown)
         click.echo(f"best trial {result.best['trial_id']}: test_acc={acc:.4f} ({cfg})")
     if result.model is not None:
         click.echo(f"best model: {result.model.uri} (trial {result.model.trial_id}); load it with "
@@ -207,7 +208,8 @@ def _shown(tracking_uri: str) -> str:
 @click.pass_context
 def resume(ctx: click.Context, study: str, address: str | None) -> None:
     """Resume the interrupted study in folder STUDY (or named STUDY under ./studies)."""
-    console.log_to(_open(study).path)  # a missing or unreadable study fails here, before Ray or MLflow
+    folder = _open(study)  # a missing or unreadable study fails here, before Ray or MLflow
+    console.log_to(folder.path)
     from study.folder import StudyError
     from study.tuner import resume_study
 
@@ -215,7 +217,7 @@ def resume(ctx: click.Context, study: str, address: str | None) -> None:
         result = resume_study(study, address=address, verbose=1 + ctx.obj["verbose"])
     except StudyError as e:
         _fail(str(e), e.exit_code)
-    _summary(result)
+    _summary(result, folder.spec.search.dims)
 
 
 @cli.command()

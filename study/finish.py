@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray.tune.result import DONE
-
-from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC
+from snn.metrics import DIVERGED, EPOCH, TEST_ACC
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.folder import SEARCH, StudyError, StudyFolder
 from study.report import write_report
-from study.tracking import RegisteredModel, finish_parent_run, register_best_model
+from study.tracking import RegisteredModel, finish_parent_run, register_best_model, trial_ended
 
 __all__ = ["StudyInterrupted", "StudyResult", "check_finished", "finish_study", "full_budget"]
 
@@ -73,13 +71,11 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
 
     On SIGINT Tune saves its state and returns its results like a finished run's: the trials
     that were running read TERMINATED, a trial waiting to start PENDING, one paused by PBT
-    PAUSED, and trials not yet asked for are missing. A trial ended if it errored, if Tune's
-    ``done`` flag is on its last result (a trial the scheduler stopped), or if that result
-    says it trained its budget, diverged or was stopped by the firing-rate guard: Tune sets
-    ``done`` on a trial whose function returned in place, after its saved state was
-    written, so a trial restored from that state can lack it. The study's parent run in
+    PAUSED, and trials not yet asked for are missing. A trial ended if it errored, or if its
+    last result says so (:func:`study.tracking.trial_ended`: Tune's ``done`` flag, its
+    budget trained, a divergence, the firing-rate guard). The study's parent run in
     MLflow is closed as KILLED (``resume`` opens it again); the trials' runs were synced by
-    the tracker at the end of Tune's run.
+    the tracker at the end of Tune's run, those of the trials that had not ended left open.
 
     Args:
         folder: The study.
@@ -88,12 +84,7 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
         stage: The stage whose results these are.
     """
     epochs = folder.spec.train.epochs
-
-    def ended(metrics: dict[str, Any]) -> bool:
-        return bool(metrics.get(DONE) or metrics.get(DIVERGED) or metrics.get(STOPPED)
-                    or int(metrics.get(EPOCH) or 0) >= epochs)
-
-    finished = results.num_errors + sum(1 for r in results if r.error is None and ended(r.metrics or {}))
+    finished = results.num_errors + sum(1 for r in results if r.error is None and trial_ended(r.metrics or {}, epochs))
     total = max(total, len(results))
     if finished >= total:
         return

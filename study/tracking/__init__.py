@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 _HOMES = {  # private module -> the public names it holds
     "_baselines": ("BASELINE_ARTIFACT", "log_baselines"),
     "_environment": ("MLFLOW_ENVIRONMENT",),
-    "_folders": ("TrialRecord", "read_trial"),
+    "_folders": ("TrialRecord", "read_trial", "trial_ended"),
     "_health": ("check_tracking_uri", "reachable"),
     "_models": ("MODEL_NAME", "RegisteredModel", "inference_model", "log_inference_model", "register_best_model"),
     "_parent": ("BEST_CONFIG_ARTIFACT", "finish_parent_run", "start_parent_run"),
@@ -58,7 +58,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from study.tracking._baselines import BASELINE_ARTIFACT, log_baselines
     from study.tracking._environment import MLFLOW_ENVIRONMENT
-    from study.tracking._folders import TrialRecord, read_trial
+    from study.tracking._folders import TrialRecord, read_trial, trial_ended
     from study.tracking._health import check_tracking_uri, reachable
     from study.tracking._models import (MODEL_NAME, RegisteredModel, inference_model, log_inference_model,
                                         register_best_model)

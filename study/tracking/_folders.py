@@ -1,4 +1,5 @@
-"""Reading a trial's folder: its config and one result per epoch, as the trial and Tune wrote them.
+"""Reading a trial's folder: its config and one result per epoch, as the trial and Tune wrote them;
+and whether a trial's last result says it ended (:func:`trial_ended`).
 
 The folder (``studies/<name>/trial_<id>/``) is the study's durable record: every checkpoint,
 written by the trial itself before Tune's driver hears of the epoch, carries the trial's
@@ -8,16 +9,18 @@ config and the metrics of every epoch so far (:mod:`trainables.layout`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ray.tune.result import DONE
 
 from snn.metrics import DIVERGED, EPOCH, STOPPED
 from study.folder import stage_of
 from trainables.layout import read_record
 
-__all__ = ["TrialRecord", "by_epoch", "is_number", "read_trial"]
+__all__ = ["TrialRecord", "by_epoch", "is_number", "read_trial", "trial_ended"]
 
 
 def is_number(v: Any) -> bool:
@@ -55,6 +58,20 @@ class TrialRecord:
     def stopped(self) -> str | None:
         """``silent`` or ``saturated``: the firing-rate guard stopped it (:mod:`snn.guard`)."""
         return (self.results[-1].get(STOPPED) or None) if self.results else None
+
+
+def trial_ended(result: Mapping[str, Any], epochs: int) -> bool:
+    """Whether a trial whose last result is ``result`` ended: Tune's ``done`` flag is on it (the
+    scheduler stopped it, or its function returned), or it trained its ``epochs``, diverged, or
+    was stopped by the firing-rate guard.
+
+    On SIGINT Tune marks the trials still training TERMINATED too: their last result says none of
+    these. Tune sets ``done`` on a trial whose function returned after the trial's saved state was
+    written, so a trial restored from that state can lack the flag; its last result then says
+    how it ended.
+    """
+    return bool(result.get(DONE) or result.get(DIVERGED) or result.get(STOPPED)
+                or int(result.get(EPOCH) or 0) >= epochs)
 
 
 def by_epoch(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 OPTUNA_TRIAL_TAG = "optuna_trial_number"  # tag of a trial's run: its Optuna trial's number
 _NOT_METRICS = (set(AUTO_RESULT_KEYS) - {"time_total_s"}) | {"config", "trial_id", "node_ip", "hostname", "pid",
                                                               NODE_ID, TORCH_THREADS, "error"}
+# tags of a trial's run that the scheduler stopped before its budget: that it did, and its last epoch
+_STOPPED_EARLY, _LAST_EPOCH = "stopped_early", "last_epoch"
 _SIGNATURE = (TEST_ACC, LAMBDA)  # what tells two trainings of one epoch apart (PBT's exploit replaces a trial's epochs)
 
 
@@ -83,6 +85,7 @@ class _Projection:
         self._logged: dict[str, dict[int, tuple]] = {}  # run id -> epoch -> (its _signature, ms) as MLflow has it
         self._status: dict[str, str] = {}  # run id -> its status, as last read or set
         self._where: dict[str, tuple] = {}  # run id -> the Ray node tags it has
+        self._early: dict[str, tuple[str, ...]] = {}  # run id -> which of _STOPPED_EARLY, _LAST_EPOCH it has
 
     def _find(self, trial_id: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], max_results=1,
@@ -91,6 +94,7 @@ class _Projection:
             return None
         run = runs[0]
         self._status[run.info.run_id] = run.info.status
+        self._early[run.info.run_id] = tuple(k for k in (_STOPPED_EARLY, _LAST_EPOCH) if k in run.data.tags)
         return run.info.run_id
 
     def run_of(self, trial_id: str, config: dict[str, Any], stage: str = SEARCH,
@@ -198,7 +202,12 @@ class _Projection:
 
     def end(self, record: TrialRecord, status: str, reason: str | None = None) -> bool:
         """Close the trial's run as ``status`` (FINISHED or FAILED), with its artifacts and the
-        reason of a failure; return whether the run's status changed."""
+        reason of a failure; return whether the run's status changed.
+
+        A run closed FINISHED short of its budget, with neither a divergence nor the firing-rate
+        guard to say why, was stopped by the scheduler: it is tagged ``stopped_early``. A run
+        that tag no longer fits (closed so before, then resumed and trained on) loses it.
+        """
         run_id = self.run_of(record.trial_id, record.config, record.stage, record.results)
         if self._status.get(run_id) == status:
             return False
@@ -216,7 +225,7 @@ class _Projection:
                 log.warning("MLflow: trial %s: the model of %s could not be logged (%s: %s); its run is closed "
                             "without it", record.trial_id, record.checkpoint.name, type(e).__name__,
                             " ".join(str(e).split())[:200])
-        tags = []
+        tags, early = [], False
         if record.diverged:
             last = record.results[-1]
             tags = [RunTag("diverged", "true"), RunTag("error", str(last.get("error", "training diverged")))]
@@ -227,9 +236,13 @@ class _Projection:
             tags = [RunTag("stopped", record.stopped), RunTag("stopped_stage", str(last.get(STOPPED_STAGE))),
                     RunTag("epochs_done", f"{float(last.get('epochs_done', 0)):.3g}")]
         elif status == "FINISHED" and not record.complete and record.results:  # the scheduler stopped it
-            tags = [RunTag("stopped_early", "true"), RunTag("last_epoch", str(int(record.results[-1][EPOCH])))]
+            early = True
+            tags = [RunTag(_STOPPED_EARLY, "true"), RunTag(_LAST_EPOCH, str(int(record.results[-1][EPOCH])))]
         if tags:
             self.client.log_batch(run_id, tags=tags)
+        for key in () if early else self._early.get(run_id, ()):  # from an earlier close, before a resume
+            self.client.delete_tag(run_id, key)
+        self._early[run_id] = (_STOPPED_EARLY, _LAST_EPOCH) if early else ()
         last = record.results[-1].get("timestamp") if record.results else None
         self.client.set_terminated(run_id, status, end_time=int(float(last) * 1000) if is_number(last) else None)
         self._status[run_id] = status

@@ -14,7 +14,7 @@ from ray import tune
 
 from snn.metrics import EPOCH
 from study.folder import SEARCH, StudyFolder
-from study.tracking._folders import TrialRecord, by_epoch, read_trial
+from study.tracking._folders import TrialRecord, by_epoch, read_trial, trial_ended
 from study.tracking._health import reachable
 from study.tracking._projection import _Projection
 from study.tracking._sync import optuna_of, project, sync_study
@@ -22,6 +22,22 @@ from study.tracking._sync import optuna_of, project, sync_study
 __all__ = ["StudyTracker"]
 
 log = logging.getLogger(__name__)
+
+
+def _run_status(trial, epochs: int) -> str:
+    """How Tune's run left a trial, as its MLflow run's status: FAILED if it errored, FINISHED
+    if it ended (:func:`trial_ended`: trained its ``epochs``, stopped by the scheduler, diverged,
+    stopped by the firing-rate guard), else RUNNING: the run stays open.
+
+    On SIGINT Tune marks the trials still training TERMINATED as it cleans up, without ending
+    them; ``snn-study resume`` trains them on, in the same runs, as it does the trials left
+    PENDING or PAUSED.
+    """
+    if trial.status == "ERROR":
+        return "FAILED"
+    if trial.status == "TERMINATED" and trial_ended(trial.last_result or {}, epochs):
+        return "FINISHED"
+    return "RUNNING"
 
 
 class StudyTracker(tune.Callback):
@@ -180,14 +196,15 @@ class StudyTracker(tune.Callback):
         self._end(trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        """Sync every trial from its folder and close the runs as Tune ended them.
+        """Sync every trial from its folder and close the runs of the trials that ended
+        (:func:`_run_status`).
 
-        The trials are done, so nothing waits for this but the study's summary; a store that
-        is down at the very end leaves the sync to ``snn-study sync``.
+        Nothing waits for this but the study's summary; a store that is down at the very end
+        leaves the sync to ``snn-study sync``.
         """
         if self._writer is not None:
             self._writer.join()  # one writer at a time, to the end: the sync then writes nothing twice
-        statuses = {t.trial_id: {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(t.status, "RUNNING") for t in trials}
+        statuses = {t.trial_id: _run_status(t, self.folder.spec.train.epochs) for t in trials}
         try:
             remote = "://" in self.folder.tune_dir
             summary = sync_study(self.folder, statuses, final=True, stage=self.stage,

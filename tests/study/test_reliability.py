@@ -318,12 +318,19 @@ def test_an_interrupted_study_says_so_exits_130_and_resumes_to_the_end(ray_sessi
             at = trained()
             in_mlflow = {t: e for t, e in _mlflow_epochs(f"sqlite:///{tmp_path}/mlflow.db", "ctrlc").items() if e}
             assert {t: sorted(set(e)) for t, e in _epochs_in_folders(study_dir).items()} == in_mlflow
+            # a run closed FINISHED trained its budget: the runs of the trials Ctrl-C caught training stay open
+            assert all(in_mlflow.get(r.data.tags["trial_id"]) == list(range(1, 9)) for r in _runs(tmp_path, "ctrlc")[1]
+                       if r.info.status == "FINISHED"), out[-1500:]
             proc = _snn_study(["resume", str(study_dir)], address, tmp_path)
         out, _ = proc.communicate(timeout=500)
         assert proc.returncode == 0, out[-3000:]
         assert "study ctrlc: 6 trial(s), 0 errored" in out and (study_dir / "report" / "report.md").exists()
         assert all(epochs == list(range(1, 9)) for epochs in
                    _mlflow_epochs(f"sqlite:///{tmp_path}/mlflow.db", "ctrlc").values())
+        # a FIFO study: no trial was stopped early; those Ctrl-C caught training trained on, in their runs
+        runs = _runs(tmp_path, "ctrlc")[1]
+        assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+        assert not [r.data.tags["trial_id"] for r in runs if "stopped_early" in r.data.tags]
         trials = sorted(study_dir.glob("trial_*"))
         assert len(trials) == 6 and all((t / "result.json").stat().st_size for t in trials)
         assert not list(study_dir.glob("trial_*/events.out.tfevents.*"))

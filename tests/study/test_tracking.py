@@ -190,6 +190,62 @@ def test_a_diverged_trial_is_closed_failed_with_the_reason(tmp_path):
     assert [m.step for m in c.get_metric_history(run.info.run_id, "diverged")] == [2]
 
 
+def _trial_runs(folder: StudyFolder) -> dict:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(folder.tracking_uri)
+    return {r.data.tags["trial_id"]: r for r in c.search_runs(
+        [c.get_experiment_by_name(folder.spec.experiment).experiment_id], "tags.kind = 'trial'")}
+
+
+def test_trials_a_sigint_left_unfinished_stay_open_and_resume_in_the_same_run(tmp_path):
+    """On SIGINT Tune marks the trials still training TERMINATED as it cleans up: their runs stay
+    open and untagged, and resumed to their budget they close FINISHED. A trial the scheduler
+    stopped (Tune's done flag on its last result) is closed FINISHED, tagged stopped_early."""
+    import types
+
+    from mlflow import MlflowClient
+
+    from study.tracking import StudyTracker
+
+    folder = _study(tmp_path, epochs=3)
+    config = TrainConfig(epochs=3).to_dict()
+    _checkpoint(folder.path / "trial_aaa", 0, config, [_result(1)])  # training when Ctrl-C came
+    _checkpoint(folder.path / "trial_bbb", 0, config, [_result(1)])  # stopped by ASHA after epoch 1
+
+    def trial(trial_id: str, last: dict):
+        return types.SimpleNamespace(trial_id=trial_id, status="TERMINATED", last_result=last, config=config,
+                                     path=str(folder.path / f"trial_{trial_id}"))
+
+    StudyTracker(folder).on_experiment_end([trial("aaa", _result(1)), trial("bbb", _result(1, done=True))])
+    runs = _trial_runs(folder)
+    assert runs["aaa"].info.status == "RUNNING" and "stopped_early" not in runs["aaa"].data.tags
+    assert runs["bbb"].info.status == "FINISHED" and runs["bbb"].data.tags["stopped_early"] == "true"
+
+    _checkpoint(folder.path / "trial_aaa", 1, config, [_result(1), _result(2), _result(3)])  # resumed, to the end
+    sync_study(folder, {"aaa": "FINISHED", "bbb": "FINISHED"}, final=True)
+    runs = _trial_runs(folder)
+    assert runs["aaa"].info.status == "FINISHED"
+    assert _history(MlflowClient(folder.tracking_uri), runs["aaa"].info.run_id) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert {"stopped_early", "last_epoch"}.isdisjoint(runs["aaa"].data.tags)
+    assert runs["bbb"].info.status == "FINISHED" and runs["bbb"].data.tags["last_epoch"] == "1"
+
+
+def test_a_run_closed_stopped_early_then_resumed_to_its_budget_loses_the_tag(tmp_path):
+    """A trial's run closed FINISHED short of its budget reads as stopped by the scheduler
+    (stopped_early); resumed and trained to its budget, its run is FINISHED without that tag."""
+    folder = _study(tmp_path, epochs=3)
+    config = TrainConfig(epochs=3).to_dict()
+    trial = folder.path / "trial_aaa"
+    _checkpoint(trial, 0, config, [_result(1)])
+    sync_study(folder, {"aaa": "FINISHED"}, final=True)
+    assert _trial_runs(folder)["aaa"].data.tags["stopped_early"] == "true"
+    _checkpoint(trial, 1, config, [_result(1), _result(2), _result(3)])  # resumed, to the end
+    sync_study(folder)
+    (run,) = _trial_runs(folder).values()
+    assert run.info.status == "FINISHED" and {"stopped_early", "last_epoch"}.isdisjoint(run.data.tags)
+
+
 def test_a_half_written_model_leaves_no_run_open_at_the_studys_end(tmp_path, caplog):
     """A worker killed while its last checkpoint was written leaves a model file cut short:
     the trial's run is closed without the model, and the sync goes on to close the others."""

@@ -59,11 +59,12 @@ from study.spec import POPULATION
 from search_spaces import DIMENSIONS
 from study.trial_rows import FAILED, FULL, RUNNING, dim_value, metric_per_epoch
 
-__all__ = ["CURVES_PLOT_FILE", "DIMENSIONS_PLOT_FILE", "DPI", "GRAD_PLOT_FILE", "IMPORTANCE_PLOT_FILE",
+__all__ = ["CURVES_PLOT_FILE", "DIMENSIONS_PLOT_FILE", "DPI", "GRAD_PLOT_DPI", "GRAD_PLOT_FILE", "IMPORTANCE_PLOT_FILE",
            "LAMBDA_PLOT_FILE", "PLOT_FILES", "REPLICATES_PLOT_FILE", "TOP_CURVES", "curves_figure", "dimension_figure",
-           "drawable", "importance_figure", "lambda_plot", "plot_grad_histogram", "replicates_figure", "save"]
+           "drawable", "grad_histogram_figure", "importance_figure", "lambda_plot", "plot_grad_histogram",
+           "replicates_figure", "save"]
 
-GRAD_PLOT_FILE = "first_layer_grad_hist.png"  # a trial's artifact: plot_grad_histogram of its last gradient
+GRAD_PLOT_FILE = "first_layer_grad_hist.png"  # a trial's artifact: grad_histogram_figure of its last gradient
 DIMENSIONS_PLOT_FILE = "acc_by_dimension.png"
 CURVES_PLOT_FILE = "acc_curves.png"
 IMPORTANCE_PLOT_FILE = "importance.png"
@@ -88,7 +89,16 @@ def _figure(figsize: tuple[float, float], **kwargs: Any) -> Figure:
 
 
 def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins: int = 50) -> Path:
-    """Histogram of the first layer's gradient values (the paper's Fig. 2)."""
+    """Histogram of the first layer's gradient values (the paper's Fig. 2), written to ``path``."""
+    grad_histogram_figure(grad, title=title, bins=bins).savefig(path, dpi=GRAD_PLOT_DPI)
+    return Path(path)
+
+
+GRAD_PLOT_DPI = 100
+
+
+def grad_histogram_figure(grad, *, title: str = "", bins: int = 50) -> Figure:
+    """The figure of :func:`plot_grad_histogram` (the paper's Fig. 2), not written anywhere."""
     counts, edges = grad_histogram(grad, bins=bins)
     # One filled step patch and fixed margins: drawn for every trial that ends.
     fig = _figure((5, 3.2))
@@ -101,8 +111,7 @@ def plot_grad_histogram(grad, path: str | os.PathLike, *, title: str = "", bins:
     ax.set_xlabel("gradient of first-layer weights")
     ax.set_ylabel("count")
     ax.set_title(title or "first-layer gradients", fontsize=9)
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return fig
 
 
 # -- the trials a figure draws, and how it names them -------------------------------------------------

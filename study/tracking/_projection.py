@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +27,7 @@ from snn.metrics import EPOCH, LAMBDA, STOPPED_STAGE, TEST_ACC
 from study.folder import SEARCH
 from study.params import params_of
 from study.provenance import provenance
-from study.figures import GRAD_PLOT_FILE, plot_grad_histogram
+from study.figures import GRAD_PLOT_DPI, GRAD_PLOT_FILE, grad_histogram_figure
 from study.tracking._folders import TrialRecord, by_epoch, is_number
 from study.tracking._health import reachable
 from study.tracking._models import log_inference_model
@@ -260,11 +258,8 @@ class _Projection:
             self.client.log_artifact(run_id, str(model))
         grad = record.checkpoint / FIRST_GRAD_FILE
         if grad.exists() and GRAD_PLOT_FILE not in have:
-            # plot_grad_histogram draws into a file (study.figures): uploaded from a temporary folder
-            with tempfile.TemporaryDirectory() as tmp:
-                png = Path(tmp) / GRAD_PLOT_FILE
-                plot_grad_histogram(torch.load(grad, weights_only=True), png, title=f"trial_{record.trial_id}")
-                self.client.log_artifact(run_id, str(png))
+            fig = grad_histogram_figure(torch.load(grad, weights_only=True), title=f"trial_{record.trial_id}")
+            self.client.log_figure(run_id, fig, GRAD_PLOT_FILE, save_kwargs={"dpi": GRAD_PLOT_DPI})
 
     def fail_unknown(self, known: set[str], reason: str, stage: str = SEARCH) -> int:
         """Close RUNNING runs of ``stage``'s trials not in ``known`` as FAILED with ``reason``;

@@ -20,6 +20,7 @@ from typing import Any
 
 from ray.tune.result import DONE
 
+from snn.config import one_line
 from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
@@ -101,7 +102,7 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
         finish_parent_run(folder.tracking_uri, folder.parent_run_id, None, status="KILLED")
     except Exception as e:  # the store is down: resume reopens the run all the same
         log.warning("MLflow: could not close the parent run %s (%s: %s)", folder.parent_run_id, type(e).__name__,
-                    str(e)[:200])
+                    one_line(e))
     where = "" if stage == SEARCH else f" in its {stage} stage"
     raise StudyInterrupted(f"study {folder.spec.name} stopped early{where}: {finished} of {total} trial(s) finished; "
                            f"every finished epoch is kept, in its folder and in MLflow; resume it with "
@@ -133,7 +134,7 @@ def _analysis(folder: StudyFolder) -> Analysis | None:
         return record_analysis(folder)
     except Exception as e:  # the store is down at the very end: 'snn-study report' computes it later
         log.warning("MLflow: the study's comparison could not be recorded (%s: %s); 'snn-study report %s' "
-                    "computes it once the store answers", type(e).__name__, str(e)[:200], folder.path)
+                    "computes it once the store answers", type(e).__name__, one_line(e), folder.path)
         return None
 
 
@@ -163,7 +164,7 @@ def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, An
     try:
         return register_best_model(folder, trial_ids, why)
     except Exception as e:  # the store is down, or has no model registry (a folder store)
-        log.warning("MLflow: the best model could not be registered (%s: %s)", type(e).__name__, str(e)[:200])
+        log.warning("MLflow: the best model could not be registered (%s: %s)", type(e).__name__, one_line(e))
         return None
 
 
@@ -191,7 +192,7 @@ def _report(folder: StudyFolder, analysis: Analysis | None) -> None:
         write_report(folder.path, analysis=analysis)
     except Exception as e:  # a plot or the store failed: the study's results stand without it
         log.warning("report: could not be written (%s: %s); run 'snn-study report %s'", type(e).__name__,
-                    str(e)[:200], folder.path)
+                    one_line(e), folder.path)
 
 
 def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyResult:

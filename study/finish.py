@@ -21,7 +21,7 @@ from typing import Any
 from ray.tune.result import DONE
 
 from snn.config import one_line
-from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC
+from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.folder import SEARCH, StudyError, StudyFolder
@@ -92,7 +92,7 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
 
     def ended(metrics: dict[str, Any]) -> bool:
         return bool(metrics.get(DONE) or metrics.get(DIVERGED) or metrics.get(STOPPED)
-                    or int(metrics.get(EPOCH) or 0) >= epochs)
+                    or ran_full_budget(metrics.get(EPOCH), epochs))
 
     finished = results.num_errors + sum(1 for r in results if r.error is None and ended(r.metrics or {}))
     total = max(total, len(results))
@@ -110,10 +110,11 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
 
 
 def full_budget(r, epochs: int) -> bool:
-    """A trial that trained its whole budget (not stopped early, not failed) with a finite value."""
+    """A trial of Tune's results that ran its full budget (:func:`snn.metrics.ran_full_budget`)
+    without an error, and ended with a finite ``test_acc``."""
     acc = (r.metrics or {}).get(TEST_ACC)
     return (r.error is None and isinstance(acc, (int, float)) and math.isfinite(acc)
-            and int((r.metrics or {}).get(EPOCH, 0)) >= epochs)
+            and ran_full_budget((r.metrics or {}).get(EPOCH), epochs))
 
 
 def _best(results, epochs: int) -> dict[str, Any] | None:
@@ -206,7 +207,7 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
     epochs = folder.spec.train.epochs
     best = _best(results, epochs)
     stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
-                  and int(r.metrics.get(EPOCH, 0)) < epochs)
+                  and not ran_full_budget(r.metrics.get(EPOCH), epochs))
     every = list(results) + list(confirm_results or [])
     errored = sum(1 for r in every if r.error is not None)
     # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds

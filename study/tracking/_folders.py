@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from snn.metrics import DIVERGED, EPOCH, STOPPED
+from snn.metrics import DIVERGED, EPOCH, STOPPED, ran_full_budget
 from study.folder import stage_of
 from trainables.layout import read_record
 
@@ -43,9 +43,9 @@ class TrialRecord:
 
     @property
     def complete(self) -> bool:
-        """Trained all its epochs."""
+        """Ran its full budget of epochs (:func:`snn.metrics.ran_full_budget`)."""
         epochs = self.config.get("epochs")
-        return bool(self.results) and epochs is not None and int(self.results[-1].get(EPOCH, 0)) >= int(epochs)
+        return bool(self.results) and epochs is not None and ran_full_budget(self.results[-1].get(EPOCH), epochs)
 
     @property
     def diverged(self) -> bool:

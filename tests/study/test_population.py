@@ -1,4 +1,4 @@
-"""Learned λ (issue 25, item 4): population-based training, scheduler pbt and pb2.
+"""Learned λ: population-based training, scheduler pbt and pb2.
 
 The spec's refusals, the population Tune starts from, the trainable's choice of checkpoint
 after PBT's exploit, a perturbed learning rate, MLflow's record of a trial whose epochs an
@@ -325,7 +325,7 @@ def _check_learned(spec, result, uri, report, interval: int) -> dict:
 
 @pytest.mark.slow
 def test_a_pbt_study_learns_lambda_and_reports_its_trajectories(ray_session, tmp_path):
-    """The issue's 'done when' with pbt: 4 trials x 4 epochs on digits, perturbed every epoch
+    """A pbt study of 4 trials x 4 epochs on digits, perturbed every epoch
     (asynchronous, as Ray's default): each trial's λ per epoch is in MLflow as it was trained
     (an exploited trial: the donor's epochs, then its own), not the linear decay, and the report
     draws the best beside it."""

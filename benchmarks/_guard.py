@@ -91,7 +91,7 @@ def _guard_study(tmp: str, seed: int, guarded: bool, trials: int, epochs: int, m
     """Run one study of the guard section and read it back (trial folders, Optuna storage)."""
     import optuna
 
-    from snn.metrics import EPOCH, STOPPED, TEST_ACC
+    from snn.metrics import EPOCH, STOPPED, TEST_ACC, ran_full_budget
     from study.spec import quickstart_spec
     from study.tracking import read_trial
     from study.tuner import run_study, study_paths
@@ -122,7 +122,7 @@ def _guard_study(tmp: str, seed: int, guarded: bool, trials: int, epochs: int, m
         ot, last = match[0], rec.results[-1]
         evaluated = [r for r in rec.results if not r.get(STOPPED) and not r.get("diverged")]
         rates = [v for k, v in (evaluated[-1] if evaluated else {}).items() if k.startswith("firing_rate_")]
-        full = not last.get(STOPPED) and not last.get("diverged") and int(last.get(EPOCH, 0)) >= epochs
+        full = not last.get(STOPPED) and not last.get("diverged") and ran_full_budget(last.get(EPOCH), epochs)
         out.append(_GuardTrial(
             ot.number, dict(ot.params), last.get(STOPPED) or None,
             float(last["epochs_done"]) if last.get(STOPPED) else float(len(evaluated)),

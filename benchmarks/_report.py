@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import _sj
+from study import markdown
 
 
 def header(cmd: str, device: str) -> str:
@@ -33,9 +34,7 @@ def table(rows: list[dict]) -> str:
         return "(no rows)\n"
     keys = list(dict.fromkeys(k for r in rows for k in r))  # every column, in order of first appearance
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(markdown.table(keys, [[fmt(r.get(k, "")) for k in keys] for r in rows])) + "\n"
 
 
 def machine(device: str) -> str:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from study.markdown import table
+
 ROOT = Path(__file__).resolve().parents[1]
 POINTS = (100, 500, 1000)  # trial counts at which the growth is read
 WINDOW = 20  # trials averaged around each point
@@ -200,11 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         first, last = r[f"at {points[0]}"], r[f"at {points[-1]}"]
         r[f"{points[-1]} / {points[0]}"] = last / first
+    columns = [k for k in rows[0] if k != "what"]
     lines = ["# Growth with the number of trials", "", __doc__.split("\n\n", 2)[2].strip(), "",
-             "| what | " + " | ".join(k for k in rows[0] if k != "what") + " |",
-             "|---|" + "---|" * (len(rows[0]) - 1)]
-    for r in rows:
-        lines.append(f"| {r['what']} | " + " | ".join(f"{v:.4g}" for k, v in r.items() if k != "what") + " |")
+             *table(["what", *columns], [[r["what"], *(f"{r[k]:.4g}" for k in columns)] for r in rows])]
     lines += ["", f"End of a {args.trials}-trial study: analysis recorded on the parent run "
                   f"{ends.get('analysis_s', float('nan')):.1f} s, report (`write_report`) "
                   f"{ends.get('report_s', float('nan')):.1f} s."]

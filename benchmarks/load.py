@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from study.markdown import table
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "docker")]  # the scenario and its cluster
 
@@ -37,11 +39,13 @@ def _checks(run) -> dict[str, str]:
     import optuna
     from mlflow import MlflowClient
 
+    from study.tracking import trial_runs_filter
+
     c = MlflowClient(run.cluster.uri)
     out = {}
     for study, n in (("load", run.trials), ("load-b", B_TRIALS)):
         exp = c.get_experiment_by_name(study)
-        runs = c.search_runs([exp.experiment_id], "tags.kind = 'trial'", max_results=1000)
+        runs = c.search_runs([exp.experiment_id], trial_runs_filter(study), max_results=1000)
         once = sum(sorted(m.step for m in c.get_metric_history(r.info.run_id, "test_acc")) == list(range(1, EPOCHS + 1))
                    for r in runs)
         trials = optuna.load_study(study_name=study, storage=run.cluster.database_url("optuna")).get_trials()
@@ -75,19 +79,21 @@ def main(argv: list[str] | None = None) -> None:
         f"{'with' if args.faults else 'without'} faults, "
         f"{m['wall s']:.0f} s in all; the studies' drivers exited with {run.rc}.", "",
         f"Sized on the memory free: {run.sizing.text()}.", "",
-        "| what | value |", "|---|---|",
-        f"| most trials of study `load` training at once | {m['most trials at once']} |",
-        f"| metric rows in MLflow's PostgreSQL at the end | {m.get('metric rows', 'n/a')} |",
-        f"| metric rows written per second, mean over the run | {m.get('metric rows/s mean', float('nan')):.1f} |",
-        f"| metric rows written in the busiest second | {m.get('metric rows/s max', float('nan')):.0f} |",
-        f"| one REST write beside the load (`runs/log-metric`): median, s | "
-        f"{m.get('probe write median s', float('nan')):.3f} |",
-        f"| the same, slowest of {m.get('probe writes', 0)}, s | {m.get('probe write max s', float('nan')):.3f} |",
-        f"| memory used on the machine at most (as Ray counts it; it kills workers past {line:.1f}), GiB "
-        f"| {m['most memory used GiB']:.1f} |",
-        f"| one trial process at most (anonymous memory), MiB | {m['most per trial process MiB']:.0f} |",
-        f"| all trial processes together at most (anonymous memory), GiB | {m['most all trial processes GiB']:.1f} |",
-        f"| study `load`'s driver at most (anonymous memory), MiB | {m['most study driver MiB']:.0f} |",
+        *table(("what", "value"), [
+            ("most trials of study `load` training at once", m["most trials at once"]),
+            ("metric rows in MLflow's PostgreSQL at the end", m.get("metric rows", "n/a")),
+            ("metric rows written per second, mean over the run", f"{m.get('metric rows/s mean', float('nan')):.1f}"),
+            ("metric rows written in the busiest second", f"{m.get('metric rows/s max', float('nan')):.0f}"),
+            ("one REST write beside the load (`runs/log-metric`): median, s",
+             f"{m.get('probe write median s', float('nan')):.3f}"),
+            (f"the same, slowest of {m.get('probe writes', 0)}, s", f"{m.get('probe write max s', float('nan')):.3f}"),
+            (f"memory used on the machine at most (as Ray counts it; it kills workers past {line:.1f}), GiB",
+             f"{m['most memory used GiB']:.1f}"),
+            ("one trial process at most (anonymous memory), MiB", f"{m['most per trial process MiB']:.0f}"),
+            ("all trial processes together at most (anonymous memory), GiB",
+             f"{m['most all trial processes GiB']:.1f}"),
+            ("study `load`'s driver at most (anonymous memory), MiB", f"{m['most study driver MiB']:.0f}"),
+        ]),
         "", "Checks:", "", *(f"* `{k}`: {v}" for k, v in checks.items()), "",
         "Events (seconds from the start): " + "; ".join(f"{t:.0f} s {what}" for t, what in run.events) + ".",
     ]

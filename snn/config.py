@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from snn import registry
 
 __all__ = ["FORMATS", "FiringStop", "HEAD_ONLY", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
-           "clip_repr", "dataset_name", "default_lr", "first_error", "meaningful", "method_of"]
+           "clip_repr", "dataset_name", "default_lr", "first_error", "meaningful", "method_of", "one_line"]
 
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -327,9 +327,7 @@ def first_error(err: ValidationError) -> tuple[str, str]:
     if named and e["type"] == "value_error" and named[1] != loc.rsplit(".", 1)[-1]:
         loc, msg = (f"{loc}.{named[1]}" if loc else named[1]), msg[named.end():]
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    msg = " ".join(msg.split())  # one line
-    if len(msg) > _LONGEST:  # a value echoed in full could be megabytes
-        msg = msg[:_LONGEST] + " [...]"
+    msg = one_line(msg, _LONGEST, clipped=" [...]")  # a value echoed in full could be megabytes
     return clip_repr(loc, _LONGEST).strip("'") if len(loc) > _LONGEST else loc, msg + more
 
 
@@ -340,3 +338,12 @@ def clip_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters: an error line stays readable."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def one_line(error: object, limit: int | None = 200, *, clipped: str = "") -> str:
+    """The text of ``error`` (an exception, or any text) as one line: each run of whitespace,
+    newlines included, as one space, cut to ``limit`` characters (None: all of it) with
+    ``clipped`` appended where it was cut. An error quoted in a message or a log record stays
+    one readable line, however long or multi-line the library's text."""
+    text = " ".join(str(error).split())
+    return text if limit is None or len(text) <= limit else text[:limit] + clipped

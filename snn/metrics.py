@@ -1,4 +1,5 @@
-"""Metric names of one epoch of Algorithm 1, defined once (importable without torch).
+"""Metric names of one epoch of Algorithm 1, defined once (importable without torch), and
+whether a trial's last reported epoch completes its budget (:func:`ran_full_budget`).
 
 The training loop (:mod:`snn.training`) reports them, the trainable passes them to Tune,
 and the study records, ranks and plots them under the same names.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["DIVERGED", "EPOCH", "STOPPED", "STOPPED_STAGE", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "SYNOPS",
            "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "branch_acc_metric", "firing_rate_metric",
-           "grad_norm_metric"]
+           "grad_norm_metric", "ran_full_budget"]
 
 EPOCH = "epoch"
 TEST_ACC = "test_acc"  # main branch only: what the stripped inference model sees
@@ -24,6 +25,14 @@ IMAGES_PER_S = "images_per_s"  # training throughput
 DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf
 STOPPED = "stopped"  # "silent" or "saturated" in the last report of a trial the firing-rate guard stopped
 STOPPED_STAGE = "stopped_stage"  # the stage that was silent or saturated
+
+
+def ran_full_budget(last_epoch: float | None, epochs: float) -> bool:
+    """Whether a trial whose last report is of epoch ``last_epoch`` (its :data:`EPOCH`; None:
+    it reported none) ran its full budget of ``epochs``. A trial stopped by the scheduler or by
+    the firing-rate guard, or still training, is short of it: its accuracy is from fewer epochs
+    and not comparable with a full-budget one."""
+    return last_epoch is not None and int(last_epoch) >= int(epochs)
 
 
 def branch_acc_metric(stage: int) -> str:

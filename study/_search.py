@@ -15,7 +15,7 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE
+from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, ran_full_budget
 
 
 class StudyOptunaSearch(OptunaSearch):
@@ -108,7 +108,7 @@ class StudyOptunaSearch(OptunaSearch):
             result = None  # the firing-rate guard stopped it: PRUNED, at its last intermediate value
         elif result and result.get(DIVERGED):
             result, error = None, True
-        elif result and not error and self.epochs and int(result.get(EPOCH, self.epochs)) < self.epochs:
+        elif result and not error and self.epochs and not ran_full_budget(result.get(EPOCH, self.epochs), self.epochs):
             # Stopped early: PRUNED, at its last intermediate value. Tune hands the result that made
             # the scheduler stop it to on_trial_complete only, so it is reported here first.
             step = result.get(TRAINING_ITERATION)

@@ -2,8 +2,8 @@
 
 Read back from MLflow and the study's Optuna storage:
 
-* **Comparisons.** Only trial runs that trained their full budget count (FINISHED, not
-  stopped early by the scheduler, last epoch = the ``epochs`` param). Runs with the same
+* **Comparisons.** Only trial runs that ran their full budget count (FINISHED, not stopped
+  early by the scheduler, last epoch at the ``epochs`` param, a finite final value). Runs with the same
   params but ``seed`` are replicates of one *configuration*; each stage (``search``,
   ``confirm``) is analysed on its own, and the confirm stage is the study's answer when it
   has runs. A configuration with at least 2 seeds gets its mean final ``test_acc``, sd and a
@@ -33,12 +33,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from mlflow import MlflowClient
 
-from snn.metrics import TEST_ACC
+from snn.metrics import TEST_ACC, ran_full_budget
 from study.folder import CONFIRM, SEARCH, StudyFolder
 from study.importance import Importance, importances
 from study.markdown import table
 from study.replicates import CONFIDENCE, Configuration, PairedDifference, configuration, paired_difference
+from study.tracking import newest_per_epoch, trial_runs_filter
 
 __all__ = ["COMPARISON_CSV", "COMPARISON_MD", "PAIRS", "Analysis", "analyse", "record_analysis"]
 
@@ -194,15 +196,18 @@ class _Run:
 
 
 def _full_budget_runs(folder: StudyFolder) -> tuple[list[_Run], dict[str, int]]:
-    """The study's trial runs that trained their full budget, and how many were left out why."""
-    from mlflow import MlflowClient
+    """The study's trial runs that ran their full budget, and how many were left out why.
 
+    A run's final value is the newest ``test_acc`` of its last epoch
+    (:func:`~study.tracking.newest_per_epoch`: after PBT's exploit, the donor's training logged
+    again in place of the trial's own); a run whose final value is NaN has none to compare.
+    """
     client = MlflowClient(tracking_uri=folder.tracking_uri)
     exp = client.get_experiment_by_name(folder.spec.experiment)
     if exp is None:
         return [], {}
     runs = client.search_runs([exp.experiment_id], max_results=10000,
-                              filter_string=f"tags.study = '{folder.spec.name}' and tags.kind = 'trial'")
+                              filter_string=trial_runs_filter(folder.spec.name))
     kept, left_out = [], Counter()
     for r in runs:
         tags, params = r.data.tags, dict(r.data.params)
@@ -217,12 +222,15 @@ def _full_budget_runs(folder: StudyFolder) -> tuple[list[_Run], dict[str, int]]:
         except (KeyError, ValueError):
             left_out["no epochs param"] += 1
             continue
-        history = [m for m in client.get_metric_history(r.info.run_id, TEST_ACC) if math.isfinite(m.value)]
-        last = max((m.step for m in history), default=None)
-        if last != epochs:
+        history = newest_per_epoch(client.get_metric_history(r.info.run_id, TEST_ACC))
+        last = max(history, default=None)
+        if not ran_full_budget(last, epochs):
             left_out["short of its budget"] += 1
             continue
-        final = max((m for m in history if m.step == last), key=lambda m: m.timestamp).value
+        final = history[last].value
+        if not math.isfinite(final):
+            left_out["without a finite final test_acc"] += 1
+            continue
         seed = params.pop("seed", None)
         kept.append(_Run(r.info.run_id, tags.get("trial_id", r.info.run_id[:8]), tags.get("stage", SEARCH),
                          tags.get("method", "searched"), seed if seed is not None else r.info.run_id, params,

@@ -230,13 +230,14 @@ def sync(study: str) -> None:
     """
     folder = _open(study)
     _reap(folder.path)
+    from snn.config import one_line
     from study.tracking import sync_study
 
     try:
         summary = sync_study(folder)
     except Exception as e:  # the store refused or is down: one line, nothing half-claimed
         _fail(f"mlflow.tracking_uri: could not write to {folder.tracking_uri} ({type(e).__name__}: "
-              f"{str(e)[:200]}); nothing is lost, run 'snn-study sync {study}' again once it answers")
+              f"{one_line(e)}); nothing is lost, run 'snn-study sync {study}' again once it answers")
     click.echo(f"synced {summary.trials} trial(s) of {folder.spec.name} to {folder.tracking_uri}: "
                f"{summary.epochs} epoch(s) written, {summary.closed} run(s) closed")
     if summary.failed:  # each was named in a warning above, with why
@@ -488,11 +489,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="snn-study", standalone_mode=False)
     except click.ClickException as e:  # a bad option or argument
-        _fail(" ".join(e.format_message().split()), e.exit_code)
+        from snn.config import one_line
+
+        _fail(one_line(e.format_message(), None), e.exit_code)
     except (click.Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     except Exception as e:  # a bug: one line here, the traceback where it can be read and reported
         import traceback
+
+        from snn.config import one_line
 
         path = _traceback_file()
         try:
@@ -501,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
             where = f"; the traceback is in {path}"
         except OSError:
             where = ""
-        _fail(f"internal error (a bug; please report it) {type(e).__name__}: {' '.join(str(e).split())[:300]}{where}")
+        _fail(f"internal error (a bug; please report it) {type(e).__name__}: {one_line(e, 300)}{where}")
     else:
         sys.exit(code if isinstance(code, int) else 0)
 

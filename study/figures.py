@@ -57,7 +57,8 @@ from study.importance import Importance
 from study.replicates import Configuration
 from study.spec import POPULATION
 from search_spaces import DIMENSIONS
-from study.trial_rows import FAILED, FULL, RUNNING, dim_value, metric_per_epoch
+from study.tracking import metric_per_epoch
+from study.trial_rows import FAILED, FULL, RUNNING, dim_value
 
 __all__ = ["CURVES_PLOT_FILE", "DIMENSIONS_PLOT_FILE", "DPI", "GRAD_PLOT_DPI", "GRAD_PLOT_FILE", "IMPORTANCE_PLOT_FILE",
            "LAMBDA_PLOT_FILE", "PLOT_FILES", "REPLICATES_PLOT_FILE", "TOP_CURVES", "curves_figure", "dimension_figure",

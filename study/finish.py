@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snn.metrics import DIVERGED, EPOCH, TEST_ACC
+from snn.config import one_line
+from snn.metrics import DIVERGED, EPOCH, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.folder import SEARCH, StudyError, StudyFolder
@@ -92,7 +93,7 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
         finish_parent_run(folder.tracking_uri, folder.parent_run_id, None, status="KILLED")
     except Exception as e:  # the store is down: resume reopens the run all the same
         log.warning("MLflow: could not close the parent run %s (%s: %s)", folder.parent_run_id, type(e).__name__,
-                    str(e)[:200])
+                    one_line(e))
     where = "" if stage == SEARCH else f" in its {stage} stage"
     raise StudyInterrupted(f"study {folder.spec.name} stopped early{where}: {finished} of {total} trial(s) finished; "
                            f"every finished epoch is kept, in its folder and in MLflow; resume it with "
@@ -100,10 +101,11 @@ def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH
 
 
 def full_budget(r, epochs: int) -> bool:
-    """A trial that trained its whole budget (not stopped early, not failed) with a finite value."""
+    """A trial of Tune's results that ran its full budget (:func:`snn.metrics.ran_full_budget`)
+    without an error, and ended with a finite ``test_acc``."""
     acc = (r.metrics or {}).get(TEST_ACC)
     return (r.error is None and isinstance(acc, (int, float)) and math.isfinite(acc)
-            and int((r.metrics or {}).get(EPOCH, 0)) >= epochs)
+            and ran_full_budget((r.metrics or {}).get(EPOCH), epochs))
 
 
 def _best(results, epochs: int) -> dict[str, Any] | None:
@@ -124,7 +126,7 @@ def _analysis(folder: StudyFolder) -> Analysis | None:
         return record_analysis(folder)
     except Exception as e:  # the store is down at the very end: 'snn-study report' computes it later
         log.warning("MLflow: the study's comparison could not be recorded (%s: %s); 'snn-study report %s' "
-                    "computes it once the store answers", type(e).__name__, str(e)[:200], folder.path)
+                    "computes it once the store answers", type(e).__name__, one_line(e), folder.path)
         return None
 
 
@@ -154,7 +156,7 @@ def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, An
     try:
         return register_best_model(folder, trial_ids, why)
     except Exception as e:  # the store is down, or has no model registry (a folder store)
-        log.warning("MLflow: the best model could not be registered (%s: %s)", type(e).__name__, str(e)[:200])
+        log.warning("MLflow: the best model could not be registered (%s: %s)", type(e).__name__, one_line(e))
         return None
 
 
@@ -182,7 +184,7 @@ def _report(folder: StudyFolder, analysis: Analysis | None) -> None:
         write_report(folder.path, analysis=analysis)
     except Exception as e:  # a plot or the store failed: the study's results stand without it
         log.warning("report: could not be written (%s: %s); run 'snn-study report %s'", type(e).__name__,
-                    str(e)[:200], folder.path)
+                    one_line(e), folder.path)
 
 
 def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
@@ -196,7 +198,7 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
     epochs = folder.spec.train.epochs
     best = _best(results, epochs)
     stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
-                  and int(r.metrics.get(EPOCH, 0)) < epochs)
+                  and not ran_full_budget(r.metrics.get(EPOCH), epochs))
     every = list(results) + list(confirm_results or [])
     errored = sum(1 for r in every if r.error is not None)
     # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds

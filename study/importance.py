@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from snn.config import HEAD_ONLY
+from snn.config import HEAD_ONLY, one_line
 from study.folder import StudyFolder
 from study.markdown import table
 
@@ -93,7 +93,7 @@ def importances(folder: StudyFolder) -> Importance:
         return Importance(sentence=f"The Optuna storage `{where}` holds no study `{folder.spec.name}`: no importances.")
     except Exception as e:  # a damaged or foreign file, a server that does not answer: the rest of the analysis stands
         return Importance(sentence=f"The Optuna storage `{where}` cannot be read ({type(e).__name__}: "
-                                   f"{' '.join(str(e).split())[:200]}): no importances.")
+                                   f"{one_line(e)}): no importances.")
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])]
@@ -134,12 +134,12 @@ def importances(folder: StudyFolder) -> Importance:
             fanova = _evaluate(study, FanovaImportanceEvaluator(seed=0), params=kept,
                                target=(lambda t: t.values[0]) if multi else None)
         except (ValueError, RuntimeError, ImportError) as e:
-            notes.append(f"fANOVA refused: {' '.join(str(e).split())[:300]}")
+            notes.append(f"fANOVA refused: {one_line(e, 300)}")
     try:
         ped = _evaluate(study, PedAnovaImportanceEvaluator(),
                         target=(lambda t: -t.values[0] if maximize else t.values[0]) if multi else None)
     except (ValueError, RuntimeError, ImportError) as e:
-        notes.append(f"PED-ANOVA refused: {' '.join(str(e).split())[:300]}")
+        notes.append(f"PED-ANOVA refused: {one_line(e, 300)}")
     parts = [f"fANOVA over {len(used)} trials{subset}" if subset else f"fANOVA over all {len(used)}"] if fanova else []
     if ped:
         parts.append(f"PED-ANOVA over all {len(complete)}, conditional dimensions included")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from snn.config import one_line
 from snn.metrics import TEST_ACC
 from study.figures import DPI
 from study.folder import OPTUNA_FILE, StudyFolder
@@ -40,7 +41,7 @@ def _load_optuna(folder: StudyFolder) -> tuple[Any, str | None]:
     except FileNotFoundError:
         return None, f"the study folder has no Optuna storage (`{OPTUNA_FILE}`; a pbt or pb2 study has none)"
     except Exception as e:  # no such study, a damaged or foreign file, a server down: the rest of the report stands
-        return None, f"the Optuna storage cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+        return None, f"the Optuna storage cannot be read ({type(e).__name__}: {one_line(e, 160)})"
 
 
 def _darker_lines(fig: Figure) -> None:
@@ -130,7 +131,7 @@ def optuna_plots(folder: StudyFolder, importance: Importance, out: Path) -> tupl
                 _optuna_figure(draw, out / name, size, touch)
                 files.append(out / name)
             except Exception as e:  # Optuna refuses this study's trials: the rest of the report stands
-                notes.append(f"Optuna's {what} is left out: {type(e).__name__}: {' '.join(str(e).split())[:200]}.")
+                notes.append(f"Optuna's {what} is left out: {type(e).__name__}: {one_line(e)}.")
     left = len(study.trials) - len(complete)
     if files and left:
         notes.append(f"Optuna's plots show its {len(complete)} COMPLETE trials; {left} pruned (stopped early), "

@@ -27,6 +27,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from snn.config import one_line
 from study import baselines as _baselines
 from study import figures, optuna_figures
 from study.analysis import Analysis, analyse, record_analysis
@@ -129,7 +130,7 @@ def _analysis(folder: StudyFolder) -> Analysis:
         return record_analysis(folder)
     except MlflowException as e:
         log.warning("report: the analysis could not be recorded on the parent run %s (%s); it is in the report only",
-                    folder.parent_run_id, " ".join(str(e).split())[:200])
+                    folder.parent_run_id, one_line(e))
         return analyse(folder)
 
 
@@ -170,7 +171,7 @@ def _log_report(folder: StudyFolder, files: Sequence[Path]) -> None:
             client.log_artifact(folder.parent_run_id, str(f), artifact_path="report")
     except Exception as e:  # the store is down or refuses the run: the report on disk stands
         log.warning("report: the report could not be logged on the parent run %s (%s: %s); it is in %s",
-                    folder.parent_run_id, type(e).__name__, " ".join(str(e).split())[:200], files[0].parent)
+                    folder.parent_run_id, type(e).__name__, one_line(e), files[0].parent)
 
 
 def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,

@@ -19,6 +19,7 @@ import optuna
 import ray
 from sqlalchemy.engine import make_url
 
+from snn.config import one_line
 from study.folder import StudyError
 from study.spec import StudySpec, hide_password
 from study.tracking import check_tracking_uri
@@ -116,7 +117,7 @@ def check_optuna(spec: StudySpec, *, new: bool) -> None:
             raise StudyError(f"search.storage: {shown} holds MLflow's tables (it is an MLflow backend store); "
                              f"Optuna needs a database of its own, as both version their tables in "
                              f"alembic_version: create one (e.g. 'createdb optuna') and name it here") from None
-        why = " ".join(str(e).split())[:300]
+        why = one_line(e, 300)
         password = make_url(spec.search.storage).password
         if password:
             why = why.replace(str(password), "***")

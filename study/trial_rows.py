@@ -1,8 +1,8 @@
 """A study's trials as its report shows them: one row per trial run, read back from MLflow.
 
 :func:`read_rows` gives each trial run of a study as a dict (its params, its ``test_acc`` per
-epoch, what it came to: :data:`FULL`, :data:`STOPPED`, :data:`RUNNING` or :data:`FAILED`);
-:func:`metric_per_epoch` reads one metric of a run, an epoch's newest value.
+epoch, each epoch's newest value as :func:`study.tracking.metric_per_epoch` reads it; what it
+came to: :data:`FULL`, :data:`STOPPED`, :data:`RUNNING` or :data:`FAILED`).
 
 The section "the dimensions" reads each searched dimension as the registry
 (:data:`search_spaces.DIMENSIONS`) declares it: the columns of the trial table
@@ -22,9 +22,9 @@ from typing import Any
 from search_spaces import DIMENSIONS, dims_of, searched
 from snn.metrics import TEST_ACC
 from study.params import config_of_params
+from study.tracking import metric_per_epoch, trial_runs_filter
 
-__all__ = ["FAILED", "FULL", "RUNNING", "STOPPED", "columns", "dim_value", "dimensions", "metric_per_epoch",
-           "read_rows", "typed"]
+__all__ = ["FAILED", "FULL", "RUNNING", "STOPPED", "columns", "dim_value", "dimensions", "read_rows", "typed"]
 
 # what a trial came to: trained its budget, stopped early (scheduler or firing-rate guard),
 # still running, or failed / diverged (no accuracy to draw)
@@ -58,8 +58,7 @@ def read_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
     budget (the ``epochs`` param), params (MLflow's strings), stopped, saved, and the
     :func:`columns`.
     """
-    runs = client.search_runs([experiment_id], filter_string=f"tags.study = '{study}' and tags.kind = 'trial'",
-                              max_results=10000)
+    runs = client.search_runs([experiment_id], filter_string=trial_runs_filter(study), max_results=10000)
     rows = []
     for r in runs:
         curve = [(e, v) for e, v in metric_per_epoch(client, r.info.run_id, TEST_ACC) if math.isfinite(v)]
@@ -84,12 +83,6 @@ def read_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
         rows.append(row)
     rows.sort(key=lambda r: (r["final"] is None, -(r["final"] or 0)))
     return rows
-
-
-def metric_per_epoch(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    """A metric's (epoch, value) pairs in order, the newest value of an epoch logged again (PBT's exploit)."""
-    newest = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
-    return sorted(newest.items())
 
 
 # -- the dimensions ----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from search_spaces import DIMENSIONS, build_space, dims_of, first_points, paper_
 from search_spaces import perturbed as perturbed_dims
 from snn import data
 from snn.config import HEAD_ONLY
-from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC
+from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study import local_ray
 from study._search import Points, SeededRepeater, StudyOptunaSearch
@@ -131,7 +131,8 @@ class _UntilTheLastEpoch:
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         acc = result.get(TEST_ACC)
-        if int(result.get(EPOCH, 0)) >= self._epochs or not (isinstance(acc, (int, float)) and math.isfinite(acc)):
+        finite = isinstance(acc, (int, float)) and math.isfinite(acc)
+        if ran_full_budget(result.get(EPOCH), self._epochs) or not finite:
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 

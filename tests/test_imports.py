@@ -1,4 +1,4 @@
-"""The import structure of the project's packages (issue #21).
+"""The import structure of the project's packages.
 
 * No import cycle, between modules or between packages. The packages import one way only:
   ``study`` -> ``trainables``, ``search_spaces``, ``snn``; ``trainables`` -> ``snn``;
@@ -370,7 +370,7 @@ def _loaded_at_import(module: str) -> set[str]:
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_light_modules_import_no_torch_at_module_level(module):
     if module not in MODULES:
-        pytest.skip(f"{module} does not exist yet (issue #21 adds it)")
+        pytest.skip(f"{module} does not exist")
     heavy = _loaded_at_import(module) & {"torch", "torchvision", "numba", *ORCHESTRATION}
     assert not heavy, f"import {module} runs an import of {sorted(heavy)}"
 
@@ -438,7 +438,7 @@ def test_edges_of_a_hand_made_package(tmp_path):
 def test_a_cycle_hidden_in_a_function_is_found(tmp_path):
     files = {
         "low/__init__.py": "",
-        "low/core.py": "def plot():\n    from high.report import draw\n",  # the layering the issue forbids
+        "low/core.py": "def plot():\n    from high.report import draw\n",  # the layering the project forbids
         "high/__init__.py": "",
         "high/report.py": "import low.core\n",
         "high/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import high.report\n",
@@ -520,7 +520,7 @@ def test_all_of_trainables_pulls_in_no_mlflow():
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_light_modules_load_without_torch(module):
     if module not in MODULES:
-        pytest.skip(f"{module} does not exist yet (issue #21 adds it)")
+        pytest.skip(f"{module} does not exist")
     out, loaded = _fresh_import(module)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "torch" not in loaded, f"import {module} loads torch"

@@ -16,7 +16,7 @@ from typing import Any
 
 from ray.tune.result import DONE
 
-from snn.metrics import DIVERGED, EPOCH, STOPPED
+from snn.metrics import DIVERGED, EPOCH, STOPPED, ran_full_budget
 from study.folder import stage_of
 from trainables.layout import read_record
 
@@ -46,9 +46,9 @@ class TrialRecord:
 
     @property
     def complete(self) -> bool:
-        """Trained all its epochs."""
+        """Ran its full budget of epochs (:func:`snn.metrics.ran_full_budget`)."""
         epochs = self.config.get("epochs")
-        return bool(self.results) and epochs is not None and int(self.results[-1].get(EPOCH, 0)) >= int(epochs)
+        return bool(self.results) and epochs is not None and ran_full_budget(self.results[-1].get(EPOCH), epochs)
 
     @property
     def diverged(self) -> bool:
@@ -71,7 +71,7 @@ def trial_ended(result: Mapping[str, Any], epochs: int) -> bool:
     how it ended.
     """
     return bool(result.get(DONE) or result.get(DIVERGED) or result.get(STOPPED)
-                or int(result.get(EPOCH) or 0) >= epochs)
+                or ran_full_budget(result.get(EPOCH), epochs))
 
 
 def by_epoch(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
 from mlflow.models import Model
 
 import snn
@@ -116,6 +116,15 @@ class RegisteredModel:
         return f"models:/{self.name}@{BEST_ALIAS}"
 
 
+def _ready_model(c: MlflowClient, experiment_id: str, run_id: str) -> LoggedModel | None:
+    """The run's newest logged model that is READY: a driver killed while it logged a model
+    leaves it PENDING, or FAILED where the upload failed, and the sync logs it again beside.
+    Filtered here: a SQL store keeps the status as a number, so ``status = 'READY'`` in the
+    filter string matches nothing there."""
+    models = c.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")  # newest first
+    return next((m for m in models if m.status == LoggedModelStatus.READY), None)
+
+
 def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str) -> RegisteredModel | None:
     """Register, under the study's name, the logged model of the trial among ``trial_ids`` with
     the best final ``test_acc`` (the best configuration's replicates, or the best trial), and
@@ -127,7 +136,7 @@ def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str)
         why: The version's description: what made these trials the best.
 
     Returns:
-        The registered version, or None where none of the trials has a logged model.
+        The registered version, or None where none of the trials has a READY logged model.
     """
     c = MlflowClient(folder.tracking_uri)
     exp = c.get_experiment_by_name(folder.spec.experiment)
@@ -141,13 +150,12 @@ def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str)
                    if is_number(r.data.metrics.get(TEST_ACC)) and math.isfinite(r.data.metrics[TEST_ACC])),
                   key=lambda r: -r.data.metrics[TEST_ACC])
     for run in runs:
-        models_of_run = c.search_logged_models([exp.experiment_id], max_results=1,
-                                               filter_string=f"source_run_id = '{run.info.run_id}'")
-        if models_of_run:
+        model = _ready_model(c, exp.experiment_id, run.info.run_id)
+        if model is not None:
             break
     else:
         return None
-    name, model = folder.spec.name, models_of_run[0]
+    name = folder.spec.name
     versions = c.search_model_versions(f"name = '{name}'")
     version = next((v for v in versions if v.source in (model.model_uri, model.artifact_location)), None)
     if version is None:

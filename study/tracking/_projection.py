@@ -22,7 +22,7 @@ from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from snn.config import dataset_name, method_of
+from snn.config import dataset_name, method_of, one_line
 from snn.metrics import EPOCH, LAMBDA, STOPPED_STAGE, TEST_ACC
 from study.folder import SEARCH
 from study.params import params_of
@@ -222,7 +222,7 @@ class _Projection:
                 # its model, and is closed all the same (a run left RUNNING would read as training)
                 log.warning("MLflow: trial %s: the model of %s could not be logged (%s: %s); its run is closed "
                             "without it", record.trial_id, record.checkpoint.name, type(e).__name__,
-                            " ".join(str(e).split())[:200])
+                            one_line(e))
         tags, early = [], False
         if record.diverged:
             last = record.results[-1]

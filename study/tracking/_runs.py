@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from snn.config import TrainConfig
+from snn.config import TrainConfig, one_line
 from study.params import config_of_params
 from study.tracking._health import check_tracking_uri
 from trainables.layout import TORCH_THREADS
@@ -87,7 +87,7 @@ def read_trial_run(tracking_uri: str, run_id: str) -> TrialRun:
         run = c.get_run(run_id)
     except MlflowException as e:
         raise RunNotFound(f"--run-id: no run {run_id} in the MLflow store at {tracking_uri} "
-                          f"({' '.join(str(e.message).split())[:200]})") from None
+                          f"({one_line(e.message)})") from None
     tags, kind = run.data.tags, run.data.tags.get(KIND)
     if kind == "baseline":
         raise ValueError(f"--run-id: run {run_id} is a result published in the paper ({tags.get('baseline')}), "
@@ -112,7 +112,7 @@ def read_trial_run(tracking_uri: str, run_id: str) -> TrialRun:
                 history.setdefault(step, {})[key] = value
     except (MlflowException, OSError, yaml.YAMLError) as e:
         raise RunNotFound(f"--run-id: cannot read run {run_id} from {tracking_uri} ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:200]})") from None
+                          f"{one_line(e)})") from None
     if not config:
         raise ValueError(f"--run-id: run {run_id} records no config (neither {CONFIG_ARTIFACT} nor params)")
     threads = tags.get(TORCH_THREADS)

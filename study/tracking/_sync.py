@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from snn.config import one_line
 from study.folder import SEARCH, StudyFolder, stage_of
 from study.spec import POPULATION
 from study.tracking._folders import TrialRecord, read_trial
@@ -97,7 +98,7 @@ def sync_study(folder: StudyFolder, statuses: dict[str, str] | None = None, *, f
             if not reachable(folder.tracking_uri):
                 raise  # the store is down: the whole sync is for later
             # one trial's record the store refuses: the others are written, and their runs closed
-            summary.failed[record.trial_id] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            summary.failed[record.trial_id] = f"{type(e).__name__}: {one_line(e)}"
             log.warning("MLflow: trial %s could not be written (%s); 'snn-study sync %s' tries it again",
                         record.trial_id, summary.failed[record.trial_id], folder.path)
     if final:

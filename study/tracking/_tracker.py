@@ -13,6 +13,7 @@ from typing import Any
 from ray import tune
 
 from snn.metrics import EPOCH
+from snn.config import one_line
 from study.folder import SEARCH, StudyFolder
 from study.tracking._folders import TrialRecord, by_epoch, read_trial, trial_ended
 from study.tracking._health import reachable
@@ -144,7 +145,7 @@ class StudyTracker(tune.Callback):
             if not self._down:
                 log.warning("MLflow: %s for trial %s failed (%s: %s); training goes on, the trial folders keep "
                             "every result, and they are written to MLflow when it answers again (or by "
-                            "'snn-study sync %s')", what, trial_id, type(e).__name__, str(e)[:200], self.folder.path)
+                            "'snn-study sync %s')", what, trial_id, type(e).__name__, one_line(e), self.folder.path)
             self._down = True
             return
         if self._down:
@@ -212,7 +213,7 @@ class StudyTracker(tune.Callback):
         except Exception as e:  # the store is down at the very end
             log.warning("MLflow: the study's end could not be recorded (%s: %s); every result is in the trial "
                         "folders: run 'snn-study sync %s' once the store answers", type(e).__name__,
-                        str(e)[:200], self.folder.path)
+                        one_line(e), self.folder.path)
             return
         if summary.epochs:
             log.info("MLflow: wrote %d epoch(s) the live record had missed", summary.epochs)

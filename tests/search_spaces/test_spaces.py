@@ -38,7 +38,7 @@ def test_full_space_returns_constants_and_searches_four_dims():
         study.tell(t, 0.5)
     params = [t.params for t in study.trials]
     assert {p["branches"] for p in params} == set(branch_choices(4))
-    for p in params:  # λ₀ and the schedule only where there is a shortcut head (issue 23: conditional dimensions)
+    for p in params:  # λ₀ and the schedule only where there is a shortcut head (conditional dimensions)
         heads = p["branches"] != "none"
         assert set(p) == {"branches", "surrogate", "surrogate_param"} | ({"lambda0", "schedule"} if heads else set())
     params = [p for p in params if p["branches"] != "none"]
@@ -65,7 +65,7 @@ def test_vanilla_is_reachable():
 
 def test_a_vanilla_trial_samples_no_lambda0_schedule_or_loss_mode():
     """No shortcut head: λ₀, the schedule and the loss's reading of the heads mean nothing, so
-    they are neither sampled nor left in the trial's config as a constant (issue 23)."""
+    they are neither sampled nor left in the trial's config as a constant."""
     constants = {"lambda0": 0.25, "schedule": "linear", "loss_mode": "logit_sum", "epochs": 3}
     space = build_space("full", stages=3, extra=["loss_mode"], constants=constants)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
@@ -104,7 +104,7 @@ def test_optional_dims():
 
 
 def test_the_neuron_dimensions_reach_silent_networks():
-    """tau and v_threshold (issue 25): their ranges include thresholds no input reaches."""
+    """tau and v_threshold: their ranges include thresholds no input reaches."""
     space = build_space("quick", stages=3, extra=["tau", "v_threshold"])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
@@ -182,4 +182,4 @@ def test_unknown_preset():
     valid = re.escape(", ".join(PRESETS))
     with pytest.raises(ValueError, match=f"^search.preset: unknown name 'fast'; choose one of {valid}$"):
         build_space("fast", stages=3)
-    assert {"paper", "ablation", "full", "quick"} <= set(PRESETS)  # the presets the issue names
+    assert {"paper", "ablation", "full", "quick"} <= set(PRESETS)  # the presets the README names

@@ -6,7 +6,7 @@ import torch
 
 from snn import surrogates
 
-# The formulas as the issue states them (x = u_pre - V_th, V_th = 1), written independently.
+# The formulas of Eq. 4 (x = u_pre - V_th, V_th = 1), written independently of snn.surrogates.
 EXPECTED = {
     "triangle": lambda x, g: g * torch.clamp(1 - torch.abs((x + 1) / 1 - 1), min=0),
     "rectangle": lambda x, a: (torch.abs(x) < a / 2).double() / a,

@@ -124,6 +124,20 @@ def test_stopped_early_and_short_runs_are_left_out(ablation):
     assert max(c.mean for c in analysis.configurations) < 0.9  # the 0.99 of the stopped trial is nowhere
 
 
+def test_a_final_epoch_logged_again_counts_at_its_newest_value(store):
+    """PBT's exploit logs a trial's epochs again, newer, with the donor's values: the final value
+    is the last epoch's newest logging, and a run whose newest final value is NaN is left out."""
+    folder = store.study("relogged")
+    relogged = store.trial(folder, "vanilla", 0, [0.5, 0.6, 0.7])
+    store.client.log_metric(relogged, "test_acc", 0.9, timestamp=1_700_000_001_000, step=EPOCHS)
+    nan = store.trial(folder, "vanilla", 1, [0.5, 0.6, 0.7])
+    store.client.log_metric(nan, "test_acc", float("nan"), timestamp=1_700_000_001_000, step=EPOCHS)
+    analysis = analyse(folder)
+    assert analysis.run_ids == {relogged}
+    assert analysis.left_out == {"without a finite final test_acc": 1}
+    assert [c.acc for c in analysis.configurations] == [{"0": pytest.approx(0.9)}]
+
+
 def test_paired_differences_equal_scipys_paired_t_test(ablation):
     analysis = analyse(ablation)
     assert [(d.a, d.b) for d in analysis.differences] == [("evolutionary", "vanilla"), ("evolutionary", "shortcut"),

@@ -1,4 +1,4 @@
-"""What a researcher sees in MLflow's UI, in a real browser (issue: views a researcher reads at a glance).
+"""What a researcher sees in MLflow's UI, in a real browser: the views read at a glance.
 
 A finished quick-start study and the paper's baselines in one sqlite store, served by
 ``snn-study ui`` (:mod:`study.views`) and opened in headless Chromium through the DevTools

@@ -1,4 +1,4 @@
-"""End to end on CPU: spec -> Ray Tune + Optuna -> trials -> MLflow -> report (issue: the study service)."""
+"""End to end on CPU: spec -> Ray Tune + Optuna -> trials -> MLflow -> report."""
 
 from __future__ import annotations
 

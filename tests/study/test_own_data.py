@@ -1,4 +1,4 @@
-"""A user's own data in a study (issue: your own data): examples/, 'snn-study check', bad
+"""A user's own data in a study: examples/, 'snn-study check', bad
 input before Ray, and each format end to end."""
 
 from __future__ import annotations

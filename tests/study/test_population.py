@@ -1,4 +1,4 @@
-"""Learned λ (issue 25, item 4): population-based training, scheduler pbt and pb2.
+"""Learned λ: population-based training, scheduler pbt and pb2.
 
 The spec's refusals, the population Tune starts from, the trainable's choice of checkpoint
 after PBT's exploit, a perturbed learning rate, MLflow's record of a trial whose epochs an
@@ -222,7 +222,7 @@ class _Client:
 def test_the_report_draws_learned_trajectories_only_for_a_population(tmp_path):
     from study.figures import LAMBDA_PLOT_FILE
     from study.figures import lambda_plot as _lambda_plot
-    from study.trial_rows import metric_per_epoch
+    from study.tracking import metric_per_epoch
 
     client = _Client({"r1": [_Metric(1, 0.1, 10), _Metric(2, 0.1, 20), _Metric(1, 0.6, 30), _Metric(3, 0.4, 40)]})
     assert metric_per_epoch(client, "r1", LAMBDA) == [(1, 0.6), (2, 0.1), (3, 0.4)]  # the newest value of an epoch
@@ -242,7 +242,7 @@ def test_mlflow_holds_the_lineage_a_trials_checkpoint_holds(tmp_path):
 
     from study.folder import StudyFolder
     from study.tracking import read_trial, start_parent_run, sync_study
-    from study.trial_rows import metric_per_epoch
+    from study.tracking import metric_per_epoch
 
     spec = quickstart_spec({"scheduler": "pbt", "storage": str(tmp_path / "studies"), "train.epochs": 3})
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -285,7 +285,7 @@ def _trajectories(spec, result, uri):
     import yaml
     from mlflow import MlflowClient
 
-    from study.trial_rows import metric_per_epoch
+    from study.tracking import metric_per_epoch
 
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name(spec.experiment).experiment_id], "tags.kind = 'trial'")
@@ -325,7 +325,7 @@ def _check_learned(spec, result, uri, report, interval: int) -> dict:
 
 @pytest.mark.slow
 def test_a_pbt_study_learns_lambda_and_reports_its_trajectories(ray_session, tmp_path):
-    """The issue's 'done when' with pbt: 4 trials x 4 epochs on digits, perturbed every epoch
+    """A pbt study of 4 trials x 4 epochs on digits, perturbed every epoch
     (asynchronous, as Ray's default): each trial's λ per epoch is in MLflow as it was trained
     (an exploited trial: the donor's epochs, then its own), not the linear decay, and the report
     draws the best beside it."""

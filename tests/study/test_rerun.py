@@ -1,4 +1,4 @@
-"""Re-runnable trials (issue 23, item 7): a trial's MLflow run records what re-running it needs,
+"""Re-runnable trials: a trial's MLflow run records what re-running it needs,
 and ``snn-study train --run-id`` re-runs it from the run alone."""
 
 from __future__ import annotations

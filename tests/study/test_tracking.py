@@ -381,3 +381,33 @@ def test_a_model_left_pending_is_logged_again_when_the_run_is_closed(tmp_path):
     c.update_run(run.info.run_id, status="RUNNING")  # closed once more (a resumed trial): nothing logged twice
     sync_study(folder, {"aaa": "FINISHED"}, final=True)
     assert statuses() == [LoggedModelStatus.PENDING, LoggedModelStatus.READY]
+
+
+def test_the_best_model_registered_is_a_ready_one(tmp_path, monkeypatch):
+    """A driver killed while it logged a trial's model leaves a newer logged model that never became
+    READY (PENDING, or FAILED): the study's best model is registered from the READY one."""
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    from study.tracking import register_best_model
+
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
+    folder = _study(tmp_path, epochs=2)
+    config = TrainConfig(epochs=2).to_dict()
+    trial = folder.path / "trial_aaa"
+    _checkpoint(trial, 1, config, [_result(1), _result(2)])
+    _inference_model(trial / "checkpoint_000001")
+    sync_study(folder, {"aaa": "FINISHED"}, final=True)  # the run, closed, with its READY model
+    c = MlflowClient(folder.tracking_uri)
+    exp = c.get_experiment_by_name("s").experiment_id
+    (run,) = c.search_runs([exp], "tags.kind = 'trial'")
+    (ready,) = c.search_logged_models([exp], filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert ready.status == LoggedModelStatus.READY
+    time.sleep(0.01)  # newer by MLflow's millisecond clock
+    c.create_logged_model(exp, name="model", source_run_id=run.info.run_id)  # PENDING
+    time.sleep(0.01)
+    failed = c.create_logged_model(exp, name="model", source_run_id=run.info.run_id)
+    c.finalize_logged_model(failed.model_id, LoggedModelStatus.FAILED)
+    registered = register_best_model(folder, ["aaa"], "the best trial")
+    assert registered is not None and registered.trial_id == "aaa"
+    assert c.get_model_version(registered.name, registered.version).source == ready.artifact_location

@@ -1,4 +1,4 @@
-"""The views' commands, links and errors (issue: views a researcher reads at a glance); no browser.
+"""The views' commands, links and errors; no browser.
 
 What a browser sees is in ``test_browser.py`` (slow); here: one MLflow server with one worker
 and no job runners, bound to 127.0.0.1 unless asked, its link to the classic ML view, the

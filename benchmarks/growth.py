@@ -1,4 +1,4 @@
-"""How the study's own cost grows with its number of trials (issue 26, part 1, without a cluster).
+"""How the study's own cost grows with its number of trials, on one machine, without a cluster.
 
     python -m benchmarks.growth [--trials 1000] [--out benchmarks/RESULTS-growth.md]
 
@@ -10,12 +10,12 @@ the number of trials, not what a trial costs:
   storage, TPE, seeded), one ``suggest`` and one ``on_trial_complete`` per trial, for the
   single objective and for ``test_acc+firing_rate``: the time per suggestion around trial
   100, 500 and 1,000;
-* the MLflow projection (``study.tracking._Projection``) into a SQLite store: making each
+* the MLflow projection (``study.tracking._projection._Projection``) into a SQLite store: making each
   trial's run, logging its epochs and closing it, per trial around the same points;
 * the end of the study: the analysis recorded on the parent run, and ``write_report``.
 
 Not measured here: the driver's CPU time and memory per trial in a real Ray Tune run, and
-everything on a cluster (parts 2-5 of the issue).
+everything on a cluster (``make bench-load`` and tests/docker/test_load.py).
 """
 
 from __future__ import annotations

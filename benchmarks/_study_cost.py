@@ -49,7 +49,7 @@ NOTE = ("The study's two costs, from the real study path: `study.tuner.run_study
         "Check: (b) from the two studies' difference, (2 x span2 - own2 - 2 x span1 + own1) / (N (E2 - E1)); "
         "the spread of the trials' fixed costs makes it much the noisier. Load average: the machine's "
         "1-minute load average sampled every 2 s during the round's three studies (their 2 trials and "
-        "driver make about 3; the rest is other work on the machine). The projection assumes a study of "
+        "driver make up to about 3; the rest is other work on the machine). The projection assumes a study of "
         "32 trials (the spec's default) of 10 epochs of 60 s each, 2 at once: (a + 10 x (b) + the study's "
         "own start and end x 2 / 32 + 600 s) / 600 s, where 600 s, a trial's own work, is what the ideal "
         "(own work only, divided by the concurrency) gives it.")

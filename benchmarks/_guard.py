@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._studies import STUDY_CPUS, LoadSampler, local_ray
+from benchmarks._studies import STUDY_CPUS, LoadSampler, local_ray, snn_study_settings
 from snn.config import FiringStop
 
-NOTE = ("The issue's comparison, from the real study path: `study.tuner.run_study` on the quick-start spec "
-        "(digits, resnet-tiny, T = 2, batch 64, 3 epochs a trial; `search: {preset: quick, dims: [tau, "
+NOTE = ("The issue's comparison, from the real study path: `study.tuner.run_study`, in a process with "
+        "`snn-study`'s settings (`study.cli.process_settings`), on the quick-start spec (digits, resnet-tiny, "
+        "T = 2, batch 64, 3 epochs a trial; `search: {preset: quick, dims: [tau, "
         "v_threshold]}`, so τ uniform in [0.05, 1] and the threshold log-uniform in [0.1, 10] besides the "
         "preset's four dimensions; `scheduler: fifo`, so that nothing but the guard stops a trial; 2 trials "
         "at once on a Ray started once with 2 CPUs; MLflow store and study folders in a new temporary "
@@ -147,6 +148,7 @@ def bench_guard(quick: bool) -> list[dict]:
     # statistics lag its batch statistics) while it fires in training and learns in the next epochs
     seeds, trials, epochs = ((0,), 20, 3) if quick else ((0, 1, 2, 3), 32, 3)
     studies: list[_GuardStudy] = []
+    snn_study_settings()
     with local_ray(), tempfile.TemporaryDirectory() as tmp:
         # untimed: the driver's first imports and Ray's pre-started workers
         _guard_study(tmp, 99, True, STUDY_CPUS, 1, max_batches=1)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._studies import STUDY_CPUS, LoadSampler, local_ray, tensorboard_events
+from benchmarks._studies import STUDY_CPUS, LoadSampler, local_ray, snn_study_settings
 
 # seeds, the population P (and the linear arm's trials), epochs a trial, training batches an epoch
 _PBT_FULL: tuple[tuple[int, ...], int, int, int] = (tuple(range(16)), 4, 6, 10)
@@ -25,7 +25,8 @@ _PBT_QUICK: tuple[tuple[int, ...], int, int, int] = ((0,), 4, 2, 2)
 
 _NOTE = ("The issue's second comparison, from the real study path: `study.tuner.run_study` on the quick-start spec "
          "(digits, resnet-tiny, T = 2, batch 64; 2 trials at once on a Ray started once with 2 CPUs, 1 CPU a trial; "
-         "MLflow store and study folders in a new temporary folder), P = {P} trials of E = {E} epochs of {B} "
+         "MLflow store and study folders in a new temporary folder; the process has `snn-study`'s settings, "
+         "`study.cli.process_settings`), P = {P} trials of E = {E} epochs of {B} "
          "training batches each (`train.max_batches: {B}`; the whole test set every epoch) in both arms, so each arm "
          "buys P x E = {PE} trial-epochs. (a) the paper's linear decay: `search: {{preset: paper}}` (λ₀ = 0.25, "
          "λ(i) = λ₀ (1 - i/I) over the trial's I = E x {B} iterations, a head after every stage, the triangle "
@@ -37,10 +38,11 @@ _NOTE = ("The issue's second comparison, from the real study path: `study.tuner.
          "{seeds}{quick}; the two arms run in turn, the order swapped each seed, after an untimed study that loads the "
          "driver's modules. Per seed: best final test_acc, the best of the arm's P trials at its full budget (the best "
          "model the budget bought; for PBT, along its lineage of copied weights), and the mean over the P; epochs "
-         "trained: every distinct (epoch, epoch_time) in the study's trial folders: the results the driver heard (each "
-         "trial's TensorBoard event files, one a start of the trial, as PBT pauses and resumes trials, and its "
-         "result.json) and each trial's lineage in its newest checkpoint, a result seen twice counted once (a trial that PBT paused "
-         "may train an epoch again); training time: the sum of their epoch_time; λ: what each epoch reports (λ at its last iteration), along the trial's lineage; exploits: lines "
+         "trained: every distinct (epoch, epoch_time) of the study's trials: the results the driver heard (recorded "
+         "by a Tune callback of the benchmark's own, `benchmarks._driver_results`, as PBT pauses and resumes trials), "
+         "each trial's result.json and its lineage in its newest checkpoint, a result seen twice counted once (a "
+         "trial that PBT paused may train an epoch again); training time: the sum of their epoch_time; λ: what each "
+         "epoch reports (λ at its last iteration), along the trial's lineage; exploits: lines "
          "of Tune's `pbt_global.txt`. Over the seeds: b − a paired by seed, its mean, 95 % Student-t interval and "
          "p (`scipy.stats.ttest_rel`), and the sentence of `study.analysis` (its `_difference`, the replicated "
          "comparison of the study's answer; \"seeds needed\" is for a 1-point difference at 80 % power).")
@@ -85,37 +87,26 @@ class _ArmStudy:
 def _trained_epochs(trial_dir: Path) -> dict[tuple[int, float], float]:
     """Every epoch a trial trained, as the driver heard of it: (epoch, epoch_time) -> epoch_time.
 
-    Read from the trial's TensorBoard event files, one a (re)start of the trial, which Tune's
-    TBX logger writes on the driver as each result arrives, and its ``result.json``, which alone
-    does not do (a trial that PBT pauses and resumes starts it again; an event file's last
-    results may not be flushed when the study ends). A result heard twice (replayed after a
-    resume, or in both files) carries the same epoch_time (compared in float32, as the event
-    files hold it) and counts once.
+    Read from what the benchmarks' :class:`~benchmarks._driver_results.DriverResults` heard of
+    the trial on the driver and from its ``result.json``, which alone does not do (a trial that
+    PBT pauses and resumes starts it again from its checkpoint's copy). A result heard twice
+    (replayed after a resume, or in both) carries the same epoch_time and counts once.
     """
-    import numpy as np
+    from benchmarks._driver_results import DriverResults
 
     out: dict[tuple[int, float], float] = {}
-    for line in (trial_dir / "result.json").read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
+    lines = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    heard = [r for _, r in DriverResults.heard.get(lines[0]["trial_id"], [])] if lines else []
+    for r in lines + heard:
         if isinstance(r.get("epoch"), (int, float)) and isinstance(r.get("epoch_time"), (int, float)):
-            out[(int(r["epoch"]), float(np.float32(r["epoch_time"])))] = float(r["epoch_time"])
-    for f in trial_dir.glob("events.out.tfevents.*"):
-        steps: dict[int, dict[str, float]] = {}
-        for event in tensorboard_events(f):
-            for v in event.summary.value if event.HasField("summary") else ():
-                steps.setdefault(event.step, {})[v.tag] = v.simple_value
-        for values in steps.values():
-            if "ray/tune/epoch" in values and "ray/tune/epoch_time" in values:
-                out.setdefault((int(values["ray/tune/epoch"]), values["ray/tune/epoch_time"]),
-                               values["ray/tune/epoch_time"])
+            out[(int(r["epoch"]), float(r["epoch_time"]))] = float(r["epoch_time"])
     return out
 
 
 def _arm_study(tmp: str, seed: int, arm: str, population: int, epochs: int, max_batches: int) -> _ArmStudy:
     """One study of section 7: the paper's setting repeated over ``population`` seeds (fifo), or a
     PBT population of that size, on the quick-start data and network; read back from its folder."""
-    import numpy as np
-
+    from benchmarks._driver_results import DriverResults
     from snn.metrics import EPOCH, LAMBDA, TEST_ACC
     from study.spec import quickstart_spec
     from study.tracking import read_trial
@@ -131,6 +122,7 @@ def _arm_study(tmp: str, seed: int, arm: str, population: int, epochs: int, max_
     else:
         over.update({"scheduler": "fifo", "search.preset": "paper"})
     spec = quickstart_spec(over)
+    DriverResults.clear()
     with LoadSampler() as load:
         t0 = time.perf_counter()
         result = run_study(spec, verbose=0)
@@ -148,7 +140,7 @@ def _arm_study(tmp: str, seed: int, arm: str, population: int, epochs: int, max_
         trained.update(_trained_epochs(f.parent))
         for r in rec.results:  # its lineage: a donor's epochs have the donor's epoch_time, counted once
             if isinstance(r.get(EPOCH), (int, float)) and isinstance(r.get("epoch_time"), (int, float)):
-                trained.setdefault((int(r[EPOCH]), float(np.float32(r["epoch_time"]))), float(r["epoch_time"]))
+                trained.setdefault((int(r[EPOCH]), float(r["epoch_time"])), float(r["epoch_time"]))
         trials.append(_ArmTrial(rec.trial_id, float(last[TEST_ACC]) if full else None,
                                 [float(r[LAMBDA]) for r in rec.results if LAMBDA in r],
                                 float(first_config.get("lambda0", rec.config.get("lambda0", float("nan"))))))
@@ -163,6 +155,7 @@ def bench_pbt(quick: bool) -> list[dict]:
     # P trials of E epochs of B batches in each arm: the same trial-epochs, the same batches
     seeds, population, epochs, max_batches = _PBT_QUICK if quick else _PBT_FULL
     studies: list[_ArmStudy] = []
+    snn_study_settings()
     with local_ray(), tempfile.TemporaryDirectory() as tmp:
         # untimed: the driver's first imports, Ray's pre-started workers, the data downloaded once
         _arm_study(tmp, 99, "linear", STUDY_CPUS, 1, 1)

@@ -1,17 +1,30 @@
 """What the sections that run real studies share (the study's own cost, a user's data, the
-firing-rate guard, PBT): the local Ray they run on, the machine's load sampled beside them, and
-the trials' TensorBoard event files they read back."""
+firing-rate guard, PBT): the process settings their studies run under, the local Ray they run
+on, and the machine's load sampled beside them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 STUDY_CPUS = 2  # the targets' machine: 2 cores, one trial on each
+
+
+def snn_study_settings() -> None:
+    """Run this process's studies as ``snn-study`` runs them, and hear their results on the driver.
+
+    The CLI's process settings (:func:`study.cli.process_settings`: Tune's JSON and CSV loggers,
+    not its TensorBoard one; MLflow's retries), and the benchmarks' own
+    :class:`benchmarks._driver_results.DriverResults` named in ``RAY_TUNE_CALLBACKS``, which
+    Tune reads at every run. Idempotent.
+    """
+    from benchmarks._driver_results import PATH
+    from study.cli import process_settings
+
+    process_settings()
+    named = [c.strip() for c in os.environ.get("RAY_TUNE_CALLBACKS", "").split(",") if c.strip()]
+    os.environ["RAY_TUNE_CALLBACKS"] = ",".join(named + [PATH] * (PATH not in named))
 
 
 @contextlib.contextmanager
@@ -52,15 +65,3 @@ class LoadSampler:
         self._stop.set()
         self._thread.join()
         self.samples.append(os.getloadavg()[0])
-
-
-def tensorboard_events(path: Path) -> Iterator[Any]:
-    """The events of one of the TensorBoard event files that Tune's TBX logger writes on the
-    driver as each result arrives (``tensorboardX``'s ``Event`` messages, in order)."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    data, i = path.read_bytes(), 0
-    while i + 12 <= len(data):  # TFRecord: uint64 length, uint32 CRC, payload, uint32 CRC
-        (n,) = struct.unpack_from("<Q", data, i)
-        yield Event.FromString(data[i + 12:i + 12 + n])
-        i += 16 + n

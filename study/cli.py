@@ -16,16 +16,17 @@ import click
 
 from study import console
 
-__all__ = ["main"]
+__all__ = ["main", "process_settings"]
 
 
 # Tune's JSON and CSV loggers: each trial's result.json and progress.csv, which the study reads
 _TUNE_LOGGERS = ("ray.tune.logger.JsonLoggerCallback", "ray.tune.logger.CSVLoggerCallback")
 
 
-def _process_settings() -> None:
+def process_settings() -> None:
     """Settings of the ``snn-study`` process for the libraries it drives, made through the
-    environment variables they read (none has another switch); a value the user set is kept."""
+    environment variables they read (none has another switch); a value the user set is kept.
+    Every command makes them first; a program that runs studies as ``snn-study`` does calls it."""
     # MLflow prints two "View run/experiment" links each time a run on a server ends, which the
     # driver does for every trial (and again as it logs the trial's model): a thousand-trial
     # study would bury its console under them. The study prints its own link; a user who wants
@@ -105,7 +106,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """Hyperparameter studies of shortcut back-propagation for spiking neural networks
     (Guo et al., NeurIPS 2024) on Ray Tune, Optuna and MLflow."""
     ctx.obj = {"verbose": verbose}
-    _process_settings()
+    process_settings()
     console.setup(verbose)
 
 

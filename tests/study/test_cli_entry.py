@@ -23,10 +23,10 @@ def test_tune_runs_with_its_json_and_csv_loggers_and_without_tensorboards(clean_
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
     from ray.tune.utils.callback import _create_default_callbacks
 
-    from study.cli import _process_settings
+    from study.cli import process_settings
 
-    _process_settings()
-    _process_settings()  # twice, as two commands in one process: nothing named twice
+    process_settings()
+    process_settings()  # twice, as two commands in one process: nothing named twice
     kinds = [type(c) for c in _create_default_callbacks([], metric="test_acc", mode="max")]
     assert kinds.count(JsonLoggerCallback) == 1 and kinds.count(CSVLoggerCallback) == 1
     assert TBXLoggerCallback not in kinds
@@ -38,10 +38,10 @@ def test_a_users_tune_settings_are_kept(clean_env):
     from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
     from ray.tune.utils.callback import _create_default_callbacks
 
-    from study.cli import _process_settings
+    from study.cli import process_settings
 
     clean_env.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # the user wants TensorBoard's files
-    _process_settings()
+    process_settings()
     kinds = [type(c) for c in _create_default_callbacks([], metric="test_acc", mode="max")]
     assert TBXLoggerCallback in kinds and kinds.count(JsonLoggerCallback) == 1
     assert "RAY_TUNE_CALLBACKS" not in os.environ

@@ -48,11 +48,6 @@ def process_settings() -> None:
         os.environ.setdefault(key, value)
 
 
-def _show(value: Any) -> str:
-    """A value for a console line: numbers to 4 significant digits (0.1234, 2.5e-05)."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _fail(message: str, code: int = 1) -> None:
     # one line, whatever the message echoes (a path or value may hold a newline or a control character)
     line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
@@ -130,7 +125,7 @@ def run(ctx: click.Context, spec: str | None, sets: tuple[str, ...], address: st
         result = run_study(s, address=address, tracking_uri=tracking_uri, verbose=1 + ctx.obj["verbose"])
     except StudyError as e:
         _fail(str(e), e.exit_code)
-    _summary(result, s.search.dims)
+    console.summary(result, s.search.dims)
 
 
 @cli.command()
@@ -164,45 +159,6 @@ def check(spec: str | None, sets: tuple[str, ...]) -> None:
         _fail(missing)
 
 
-def _summary(result, extra: list[str]) -> None:
-    recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
-    stopped = f", {result.stopped} stopped early by ASHA" if result.stopped else ""
-    confirmed = f", then {result.confirmed} in the confirm stage" if result.confirmed else ""
-    click.echo(f"\nstudy {result.name}: {result.trials} trial(s){confirmed}, {result.errored} errored{recovered}"
-               f"{stopped}; folder {result.path}")
-    for line in result.answer:
-        click.echo(line)
-    if result.best:
-        acc = result.best["metrics"].get("test_acc")
-        from search_spaces import DIMENSIONS, searched
-
-        config = result.best["config"]  # a full search's dimensions and the spec's extra ones
-        shown = [k for k in DIMENSIONS if (k in searched() or k in extra) and k in config]
-        cfg = ", ".join(f"{k}={_show(DIMENSIONS[k].value(config))}" for k in shown)
-        click.echo(f"best trial {result.best['trial_id']}: test_acc={acc:.4f} ({cfg})")
-    if result.model is not None:
-        click.echo(f"best model: {result.model.uri} (trial {result.model.trial_id}); load it with "
-                   f"mlflow.pytorch.load_model('{result.model.uri}')")
-    from study.spec import is_tracking_server
-
-    uri, shown = result.tracking_uri, _shown(result.tracking_uri)
-    if not is_tracking_server(uri):  # a file store: the ui command serves it
-        where = f"{uri} (snn-study ui {result.path})"
-    else:  # the address a person opens; the one the driver writes to where it differs (docker compose)
-        where = shown if shown == uri else f"{shown} (the driver writes to {uri})"
-    click.echo(f"MLflow: experiment '{result.experiment}' at {where}; report: snn-study report {result.path}")
-
-
-UI_URL_ENV = "MLFLOW_UI_URL"
-
-
-def _shown(tracking_uri: str) -> str:
-    """The address a person opens a tracking server at: ``$MLFLOW_UI_URL`` where it differs from
-    the one the driver writes to (in docker compose the driver writes to http://mlflow:5000,
-    which only resolves inside the stack; the host's browser opens http://127.0.0.1:5000)."""
-    return os.environ.get(UI_URL_ENV) or tracking_uri
-
-
 @cli.command()
 @click.argument("study")
 @_ADDRESS
@@ -218,7 +174,7 @@ def resume(ctx: click.Context, study: str, address: str | None) -> None:
         result = resume_study(study, address=address, verbose=1 + ctx.obj["verbose"])
     except StudyError as e:
         _fail(str(e), e.exit_code)
-    _summary(result, folder.spec.search.dims)
+    console.summary(result, folder.spec.search.dims)
 
 
 @cli.command()
@@ -403,7 +359,7 @@ def ui(study: str | None, tracking_uri: str | None, host: str, port: int) -> Non
         _reap(folder.path)
     tracking_uri = tracking_uri or (folder.tracking_uri if folder else "sqlite:///mlflow.db")
     if is_tracking_server(tracking_uri):
-        click.echo(f"the store is a server already: open {_shown(tracking_uri)}")
+        click.echo(f"the store is a server already: open {console.shown_uri(tracking_uri)}")
         return
     try:
         views.check_port(host, port)

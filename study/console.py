@@ -4,17 +4,22 @@
 (a traceback as one line naming the file that holds it in full), Ray's and Tune's INFO
 lines only with ``-v``, and Tune's advice that does not apply to a study left out unless
 ``-vv``. :func:`log_to` adds the study folder's log (:data:`LOG_FILE`), which keeps every
-record, tracebacks in full, once the command knows its study. Only the command line calls
+record, tracebacks in full, once the command knows its study. :func:`summary` prints a
+study's closing lines. Only the command line calls
 these: library code logs through ``logging.getLogger(__name__)`` and configures nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOG_FILE", "log_to", "setup"]
+import click
+
+__all__ = ["LOG_FILE", "UI_URL_ENV", "log_to", "setup", "shown_uri", "summary"]
 
 LOG_FILE = "driver.log"  # in the study folder
 
@@ -115,3 +120,50 @@ def setup(verbose: int) -> None:
     if verbose < 2:
         for name, words in _TUNE_ADVICE.items():
             logging.getLogger(name).addFilter(_Drop(words))
+
+
+def _show(value: Any) -> str:
+    """A value for a console line: numbers to 4 significant digits (0.1234, 2.5e-05)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary(result, extra: list[str]) -> None:
+    """The closing lines of ``snn-study run`` and ``resume``: the trials, the study's answer, the
+    best trial's value of each dimension searched (a full search's and ``extra``), the best
+    model and where to look."""
+    recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
+    stopped = f", {result.stopped} stopped early by ASHA" if result.stopped else ""
+    confirmed = f", then {result.confirmed} in the confirm stage" if result.confirmed else ""
+    click.echo(f"\nstudy {result.name}: {result.trials} trial(s){confirmed}, {result.errored} errored{recovered}"
+               f"{stopped}; folder {result.path}")
+    for line in result.answer:
+        click.echo(line)
+    if result.best:
+        acc = result.best["metrics"].get("test_acc")
+        from search_spaces import DIMENSIONS, searched
+
+        config = result.best["config"]  # a full search's dimensions and the spec's extra ones
+        shown = [k for k in DIMENSIONS if (k in searched() or k in extra) and k in config]
+        cfg = ", ".join(f"{k}={_show(DIMENSIONS[k].value(config))}" for k in shown)
+        click.echo(f"best trial {result.best['trial_id']}: test_acc={acc:.4f} ({cfg})")
+    if result.model is not None:
+        click.echo(f"best model: {result.model.uri} (trial {result.model.trial_id}); load it with "
+                   f"mlflow.pytorch.load_model('{result.model.uri}')")
+    from study.spec import is_tracking_server
+
+    uri, shown = result.tracking_uri, shown_uri(result.tracking_uri)
+    if not is_tracking_server(uri):  # a file store: the ui command serves it
+        where = f"{uri} (snn-study ui {result.path})"
+    else:  # the address a person opens; the one the driver writes to where it differs (docker compose)
+        where = shown if shown == uri else f"{shown} (the driver writes to {uri})"
+    click.echo(f"MLflow: experiment '{result.experiment}' at {where}; report: snn-study report {result.path}")
+
+
+UI_URL_ENV = "MLFLOW_UI_URL"
+
+
+def shown_uri(tracking_uri: str) -> str:
+    """The address a person opens a tracking server at: ``$MLFLOW_UI_URL`` where it differs from
+    the one the driver writes to (in docker compose the driver writes to http://mlflow:5000,
+    which only resolves inside the stack; the host's browser opens http://127.0.0.1:5000)."""
+    return os.environ.get(UI_URL_ENV) or tracking_uri

@@ -55,9 +55,9 @@ bench-quick: $(STAMP)
 bench-growth: $(STAMP)
 	$(PY) -m benchmarks.growth
 
-# 32 trials at once on a three-node Ray cluster, one MLflow server and one PostgreSQL (as the
+# Up to 32 trials at once (as many as free memory holds, about 0.5 GiB each) on a three-node Ray cluster, one MLflow server and one PostgreSQL (as the
 # load tests, without faults): the server's write rate and slowest write. Writes
-# benchmarks/RESULTS-load.md. Needs PostgreSQL (`make test-tools`) and about 20 GB of memory.
+# benchmarks/RESULTS-load.md. Needs PostgreSQL (`make test-tools`) and about 28 GB of memory for all 32.
 bench-load: $(STAMP) test-tools
 	$(PY) -m benchmarks.load
 

@@ -481,22 +481,20 @@ def test_ray_train_storage_private_delete_fs_path(tmp_path):
                     f"(_keep_prunable) is no longer needed (see {DOC})")
 
 
-def test_ray_tune_execution_experiment_state_logger_message():
-    symbol = "logger 'ray.tune.execution.experiment_state'"
-    module = _module("ray.tune.execution.experiment_state", symbol)
+@pytest.mark.parametrize("name, words, why", [
+    ("ray.tune.execution.experiment_state", "may become a bottleneck",
+     "the warning that snapshots 'may become a bottleneck'"),
+    ("ray.tune.logger.logger", "Remote file not found", "the warning when PBT or a retry restarts a trial"),
+    ("ray.tune.tune", "Resume experiment with", "the advice to resume with Tuner.restore"),
+])
+def test_ray_tune_logger_messages_the_console_drops(name, words, why):
+    """study/console.py's _TUNE_ADVICE drops these records by logger and words: each logger
+    must still be its module's and still log those words."""
+    symbol = f"logger {name!r}"
+    module = _module(name, symbol)
     logger = _attr(module, "logger", symbol)
-    _check(logger.name == "ray.tune.execution.experiment_state", symbol, f"the module's logger (now {logger.name})")
-    _check("may become a bottleneck" in inspect.getsource(module), symbol,
-           "warning that snapshots 'may become a bottleneck' (the CLI's filter drops that line)")
-
-
-def test_ray_tune_logger_logger_remote_file_warning():
-    symbol = "logger 'ray.tune.logger.logger'"
-    module = _module("ray.tune.logger.logger", symbol)
-    logger = _attr(module, "logger", symbol)
-    _check(logger.name == "ray.tune.logger.logger", symbol, f"the module's logger (now {logger.name})")
-    _check("Remote file not found" in inspect.getsource(module), symbol,
-           "where Tune warns 'Remote file not found' when PBT restarts a trial (silenced below ERROR)")
+    _check(logger.name == name, symbol, f"the module's logger (now {logger.name})")
+    _check(words in inspect.getsource(module), symbol, f"{why} ({words!r}, which the console's filter matches)")
 
 
 def test_mlflow_pytorch_logger_pickle_advice():

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna

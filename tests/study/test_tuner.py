@@ -233,3 +233,18 @@ def test_a_study_tune_ended_before_its_trials_says_how_far_it_got_and_how_to_res
     assert MlflowClient(uri).get_run(folder.parent_run_id).info.status == "KILLED"
     with pytest.raises(StudyInterrupted, match="stopped early in its confirm stage: 1 of 2 trial"):
         check_finished(folder, _Results([_result({"epoch": 8}), _result({"epoch": 7})]), 2, CONFIRM)
+
+
+def test_a_recovered_trial_gets_one_console_line_with_its_error_and_where_it_restarts(tmp_path, caplog):
+    """Tune retries a trial whose worker died: the console says which trial, the error's first
+    sentence (from the trial folder's error.txt) and the checkpoint it restarts from."""
+    from types import SimpleNamespace
+
+    from study.tuner import _FaultLines
+
+    (tmp_path / "error.txt").write_text("Traceback ...\n\nActorDiedError: The actor died. It was on node 2.\n")
+    trial = SimpleNamespace(trial_id="abc123", local_path=str(tmp_path), path=None, last_result={"epoch": 4})
+    with caplog.at_level("WARNING", logger="study.tuner"):
+        _FaultLines().on_trial_recover(iteration=1, trials=[trial], trial=trial)
+    assert caplog.messages == ["trial abc123 failed (ActorDiedError: The actor died); Tune retries it from its "
+                               "last checkpoint (epoch 4)"]

@@ -213,7 +213,7 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
                           note=_note(folder, every, answer, best, registered))
     except Exception as e:  # the store is down at the very end: the trials' results are in their folders
         log.warning("MLflow: could not record the best trial on the parent run %s (%s: %s); run 'snn-study sync "
-                    "%s' once the store answers", folder.parent_run_id, type(e).__name__, e, folder.path)
+                    "%s' once the store answers", folder.parent_run_id, type(e).__name__, one_line(e), folder.path)
     _report(folder, analysis)
     spec = folder.spec
     return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,

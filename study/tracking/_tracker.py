@@ -66,6 +66,8 @@ class StudyTracker(tune.Callback):
     __module__ = "study.tracking"
 
     SLOW_WRITE_S = 5.0  # a write under way this long, to a store whose health check fails, is an outage
+    END_WAIT_S = 300.0  # how long the study's end waits for a store that does not answer (a restart)
+    END_POLL_S = 5.0
 
     def __init__(self, folder: StudyFolder, stage: str = SEARCH) -> None:
         self.folder, self.stage = folder, stage
@@ -200,11 +202,13 @@ class StudyTracker(tune.Callback):
         """Sync every trial from its folder and close the runs of the trials that ended
         (:func:`_run_status`).
 
-        Nothing waits for this but the study's summary; a store that is down at the very end
-        leaves the sync to ``snn-study sync``.
+        A store that does not answer at the very end (a server restarting) is waited for, up to
+        ``END_WAIT_S``, and the wait said on the console; one that stays down leaves the sync
+        to ``snn-study sync``.
         """
         if self._writer is not None:
             self._writer.join()  # one writer at a time, to the end: the sync then writes nothing twice
+        self._wait_for_store()
         statuses = {t.trial_id: _run_status(t, self.folder.spec.train.epochs) for t in trials}
         try:
             remote = "://" in self.folder.tune_dir
@@ -217,3 +221,21 @@ class StudyTracker(tune.Callback):
             return
         if summary.epochs:
             log.info("MLflow: wrote %d epoch(s) the live record had missed", summary.epochs)
+
+    def _wait_for_store(self) -> None:
+        """Wait up to ``END_WAIT_S`` for a tracking server that does not answer (Ctrl-C ends the
+        wait; the sync is then ``snn-study sync``'s)."""
+        uri = self.folder.tracking_uri
+        if reachable(uri):
+            return
+        log.warning("MLflow: %s does not answer at the study's end; waiting up to %.0f s for it to record the "
+                    "trials' last results (every result is in the trial folders)", uri, self.END_WAIT_S)
+        deadline = time.monotonic() + self.END_WAIT_S
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(min(self.END_POLL_S, max(0.0, deadline - time.monotonic())))
+                if reachable(uri):
+                    log.warning("MLflow: the store answers again; the results it missed are written")
+                    return
+        except KeyboardInterrupt:
+            log.warning("MLflow: wait for %s ended by the user", uri)

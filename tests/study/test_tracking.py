@@ -321,6 +321,60 @@ def test_a_long_write_is_an_outage_only_when_the_store_does_not_answer(tmp_path,
         assert len(warnings) == 1 and warnings[0].startswith(f"MLflow: {uri} does not answer"), warnings
 
 
+@pytest.mark.parametrize("returns", [True, False])
+def test_the_studys_end_waits_a_while_for_a_server_that_does_not_answer(tmp_path, caplog, monkeypatch, returns):
+    """A server restarting as the last trials end (MLflow's short retries fail at once) is waited
+    for, and the study's end then written; one that stays down past the wait leaves the sync to
+    `snn-study sync`, said once."""
+    import http.server
+    import threading
+
+    from study.tracking import StudyTracker
+
+    port = free_port()
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def come_back():  # the server answers again after a second
+        time.sleep(1.0)
+        servers.append(http.server.HTTPServer(("127.0.0.1", port), Health))
+        servers[-1].serve_forever()
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the sync's writes to this stand-in fail at once
+    monkeypatch.setattr(StudyTracker, "END_POLL_S", 0.2)
+    monkeypatch.setattr(StudyTracker, "END_WAIT_S", 30.0 if returns else 0.6)
+    spec = parse_spec({"name": "s", "storage": str(tmp_path / "studies")})
+    uri = f"http://127.0.0.1:{port}"
+    tracker = StudyTracker(StudyFolder(spec.study_dir(), spec, "parent", uri))
+    if returns:
+        threading.Thread(target=come_back, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with caplog.at_level("WARNING"):
+            tracker.on_experiment_end([])
+    finally:
+        for server in servers:
+            server.shutdown()
+    waited = time.monotonic() - t0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings[0].startswith(f"MLflow: {uri} does not answer at the study's end; waiting up to"), warnings
+    if returns:
+        assert 1.0 <= waited < 30.0, waited
+        assert warnings[1] == "MLflow: the store answers again; the results it missed are written", warnings
+    else:
+        assert waited >= 0.6
+        assert "the study's end could not be recorded" in warnings[-1], warnings
+        assert not any("answers again" in w for w in warnings)
+
+
 def test_the_cli_shortens_mlflows_retries_once_and_the_tracker_leaves_the_environment_alone(tmp_path):
     """A failed write loses nothing (the folders keep it): MLflow's minutes of back-off would only
     delay the writes after a server's return. MLflow reads its retries from the environment only,

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from snn import registry
+from snn.energy import Energy
 
 __all__ = ["FORMATS", "FiringStop", "HEAD_ONLY", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
            "clip_repr", "dataset_name", "default_lr", "first_error", "meaningful", "method_of", "one_line"]
@@ -210,6 +211,8 @@ class TrainConfig(BaseModel):
     loss_mode: LossMode = Field("logit_sum", description="Eq. 10 as printed, or deep_supervision")
     stop: FiringStop = Field(default_factory=FiringStop, description="stop a trial whose network is silent or "
                                                                      "saturated (Firmin et al., 2024)")
+    energy: Energy = Field(default_factory=Energy, description="energies per operation of the estimate of one "
+                                                               "inference (snn.energy): a preset or your own")
     # -- recipe (section 5.2) ----------------------------------------------------------------
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(128, ge=1)

@@ -7,7 +7,7 @@ and the study records, ranks and plots them under the same names.
 
 from __future__ import annotations
 
-__all__ = ["DIVERGED", "EPOCH", "STOPPED", "STOPPED_STAGE", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "SYNOPS",
+__all__ = ["ANN_MACS", "DIVERGED", "ENERGY", "ENERGY_RATIO", "EPOCH", "STOPPED", "STOPPED_STAGE", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "MACS", "SYNOPS",
            "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "branch_acc_metric", "firing_rate_metric",
            "grad_norm_metric", "ran_full_budget"]
 
@@ -19,7 +19,11 @@ TRAIN_ACC = "train_acc"  # main branch accuracy on the training batches
 LAMBDA = "lambda"  # λ(i) at the last iteration of the epoch
 GRAD_NORM_FIRST = "grad_norm_first"  # mean over the epoch's iterations of ||dL/dW1||
 FIRING_RATE = "firing_rate"  # mean spikes per neuron per time step, test set
-SYNOPS = "synops"  # synaptic operations per test image
+SYNOPS = "synops"  # synaptic operations (accumulates) per test image
+MACS = "macs"  # multiply-accumulates per test image of the layers that read non-spike input
+ANN_MACS = "ann_macs"  # multiply-accumulates per image of the same network run as a non-spiking one
+ENERGY = "energy_uj"  # µJ per inference of the stripped network (snn.energy: arithmetic only)
+ENERGY_RATIO = "energy_ratio"  # ENERGY over the non-spiking network's (E_MAC × ANN_MACS)
 EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
 IMAGES_PER_S = "images_per_s"  # training throughput
 DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf

@@ -38,8 +38,8 @@ from snn._devices import MAX_AUTO_WORKERS, adamw, amp_dtype, data_workers, devic
 from snn._rng import rng_state, seed_everything, set_rng_state
 from snn.config import TrainConfig, UserData
 from snn.guard import FiringGuard, Verdict
-from snn.metrics import (DIVERGED, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST, IMAGES_PER_S, LAMBDA, SYNOPS,
-                         TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, branch_acc_metric, firing_rate_metric,
+from snn.metrics import (ANN_MACS, DIVERGED, ENERGY, ENERGY_RATIO, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST,
+                         IMAGES_PER_S, LAMBDA, MACS, SYNOPS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, branch_acc_metric, firing_rate_metric,
                          grad_norm_metric)
 
 __all__ = [
@@ -282,7 +282,12 @@ class Trainer:
                     progress("test", b + 1, total)
         hits = correct.tolist()
         metrics = {TEST_ACC: hits[0] / max(seen, 1), TEST_LOSS: float(loss_sum) / max(seen, 1),
-                   FIRING_RATE: mon.mean_firing_rate(), SYNOPS: mon.synops_per_image()}
+                   FIRING_RATE: mon.mean_firing_rate(), SYNOPS: mon.synops_per_image(), MACS: mon.macs_per_image(),
+                   ANN_MACS: mon.dense_macs_per_image()}
+        # the energy of one inference of the stripped network (snn.energy), and the non-spiking one's
+        costs = self.cfg.energy.costs()
+        metrics[ENERGY] = mon.energy_uj(costs)
+        metrics[ENERGY_RATIO] = metrics[ENERGY] / mon.dense_energy_uj(costs) if mon.dense_macs_per_image() else math.nan
         metrics.update({firing_rate_metric(k): v for k, v in mon.firing_rates().items()})
         for stage, c in zip(self.model.branch_stages, hits[1:]):
             metrics[branch_acc_metric(stage)] = c / max(seen, 1)

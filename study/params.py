@@ -18,6 +18,7 @@ import yaml
 
 from search_spaces import DIMENSIONS
 from snn.config import TrainConfig, UserData, dataset_name, meaningful
+from snn.energy import Energy
 
 __all__ = ["MACHINE_PARAMS", "config_of_params", "params_of"]
 
@@ -51,6 +52,13 @@ def params_of(config: dict[str, Any]) -> dict[str, str]:
             out[k] = dataset_name(v)
             out.update({f"{k}.{key}": _relative(value, root) if key in ("train", "test") else str(value)
                         for key, value in v.items() if value is not None})
+        elif k == "energy" and isinstance(v, dict):  # the energies the estimate used, a preset's resolved
+            energy = Energy.model_validate(v)
+            costs = energy.costs()
+            out.update({"energy.preset": energy.name, "energy.mac_pj": f"{costs.mac_pj:g}",
+                        "energy.ac_pj": f"{costs.ac_pj:g}"})
+            if energy.max_uj is not None:
+                out["energy.max_uj"] = f"{energy.max_uj:g}"
         elif v is None and k in DIMENSIONS:  # e.g. the surrogate's own parameter, as the trial trained with it
             out[k] = str(DIMENSIONS[k].value(config))
         else:
@@ -100,6 +108,7 @@ def config_of_params(params: dict[str, str], data_root: str | None = None) -> di
     """
     config: dict[str, Any] = {} if data_root is None else {"data_root": data_root}
     data: dict[str, Any] = {}
+    energy: dict[str, Any] = {}
     for k, raw in params.items():
         if k.startswith("dataset."):
             key = k.removeprefix("dataset.")
@@ -108,8 +117,14 @@ def config_of_params(params: dict[str, str], data_root: str | None = None) -> di
                 data[key] = str(Path(data_root) / raw)
         elif k == "dataset":
             config[k] = raw
+        elif k.startswith("energy."):  # a preset by its name, else the user's own energies
+            key = k.removeprefix("energy.")
+            if key in ("preset", "max_uj") or params.get("energy.preset") == "custom":
+                energy[key] = _param_value(raw, Energy.model_fields[key])
         else:
             config[k] = _param_value(raw, TrainConfig.model_fields.get(k))
     if data:
         config["dataset"] = data
+    if energy:
+        config["energy"] = {k: v for k, v in energy.items() if not (k == "preset" and v == "custom")}
     return config

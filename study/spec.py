@@ -30,6 +30,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
 from search_spaces import DIMENSIONS, PRESETS, dimension, fixable, optional, perturbed, searched
 from snn import registry
 from snn.config import TrainConfig, UserData, dataset_name, first_error
+from snn.metrics import ENERGY, FIRING_RATE, TEST_ACC
 from study.storage_url import RDB_BACKENDS, hide_password, rdb_url, redacted
 
 __all__ = ["MAX_SPEC_BYTES", "POPULATION", "QUICKSTART", "RDB_BACKENDS", "SpecError", "StudySpec",
@@ -68,7 +69,7 @@ class _Strict(BaseModel):
 # The top level: the data, the network, the seed; `train:` every other parameter but those a
 # full search draws (set in search.fixed) and where the trial runs (the device: a study's
 # resources decide it).
-_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed", "stop")
+_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed", "stop", "energy")
 _RECIPE = tuple(f for f in TrainConfig.model_fields
                 if f not in _TOP and f not in searched() and f not in ("device", "channels_last"))
 
@@ -197,7 +198,9 @@ class _Study(_Strict):
     pbt: PopulationSpec | None = Field(None, description="scheduler pbt or pb2: the perturbation interval, "
                                                          "quantile and synch (default: every epoch, 0.25, "
                                                          "asynchronous)")
-    objective: Literal["test_acc", "test_acc+firing_rate"] = "test_acc"
+    objective: Literal["test_acc", "test_acc+firing_rate", "test_acc+energy"] = Field(
+        "test_acc", description="test_acc; or two objectives, accuracy up and firing rate or energy_uj (µJ per "
+                                "inference, energy:) down: the answer is their Pareto front")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment of the trial processes "
                                                                        "(Ray's runtime_env)")
@@ -232,10 +235,25 @@ class _Study(_Strict):
                                      f"remove it, or set the scheduler")
         if self.seeds > 1 or self.confirm:
             self._replicates()
+        if len(self.objectives()) > 1 and self.scheduler == "asha":
+            # ASHA ranks a rung by one metric: it would stop the cheap, slower-learning trials the
+            # front is made of. Every trial of a multi-objective study runs its budget.
+            if "scheduler" in self.model_fields_set:
+                raise _FieldError("scheduler", f"asha stops trials by one metric, and would cut the {self.objective} "
+                                               f"front's low-cost trials short; use fifo with two objectives")
+            self.scheduler = "fifo"
+        if self.energy.max_uj is not None and self.scheduler in POPULATION:
+            raise _FieldError("energy.max_uj", f"scheduler {self.scheduler} has no search to constrain; remove it")
         if self.train.cuda_graphs and not self.resources.gpu:
             # checked here, not in each trial: a CPU trial's Trainer would refuse the setting
             raise _FieldError("train.cuda_graphs", "true needs GPU trials; set resources.gpu > 0 or cuda_graphs: false")
         return self
+
+    def objectives(self) -> list[tuple[str, str]]:
+        """The study's objectives as (metric, mode): test_acc, maximised, then the cost minimised
+        where ``objective`` names one (a multi-objective search, answered by its Pareto front)."""
+        cost = {"test_acc+firing_rate": FIRING_RATE, "test_acc+energy": ENERGY}.get(self.objective)
+        return [(TEST_ACC, "max")] + ([(cost, "min")] if cost else [])
 
     def _replicates(self) -> None:
         """Replicated configurations compare full runs of a single objective."""

@@ -59,9 +59,11 @@ log = logging.getLogger(__name__)
 
 
 def _objective(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
-    if spec.objective == "test_acc":
-        return TEST_ACC, "max"
-    return [TEST_ACC, FIRING_RATE], ["max", "min"]
+    """Tune's metric and mode: one name, or a list for a multi-objective search."""
+    objectives = spec.objectives()
+    if len(objectives) == 1:
+        return objectives[0]
+    return [m for m, _ in objectives], [mode for _, mode in objectives]
 
 
 def _searcher(spec: StudySpec) -> StudyOptunaSearch | SeededRepeater:
@@ -195,9 +197,9 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepare
     metric, mode = _objective(spec)
     single = isinstance(metric, str)
     if spec.scheduler == "asha":
-        # Early stopping on test_acc; with two objectives ASHA still ranks by test_acc alone.
+        # early stopping on test_acc (a multi-objective study runs fifo: StudySpec)
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs, grace_period=1,
-                                  reduction_factor=2, **({} if single else {"metric": metric[0], "mode": mode[0]}))
+                                  reduction_factor=2)
     else:
         scheduler = FIFOScheduler()
     tune_config = tune.TuneConfig(

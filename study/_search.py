@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import warnings
 from typing import Any
 
 import optuna
@@ -15,7 +16,7 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from snn.metrics import DIVERGED, EPOCH, STOPPED, STOPPED_STAGE, ran_full_budget
+from snn.metrics import DIVERGED, ENERGY, EPOCH, STOPPED, STOPPED_STAGE, ran_full_budget
 
 
 class StudyOptunaSearch(OptunaSearch):
@@ -31,14 +32,34 @@ class StudyOptunaSearch(OptunaSearch):
     samplers and importance evaluators treat it as the partial run it is, not as a final
     value to rank against full runs.
 
+    Every trial also carries Optuna's constraints (:data:`CONSTRAINT`: its network stopped
+    silent or saturated; :data:`ENERGY_CONSTRAINT`: its energy over the study's budget), which
+    Optuna's samplers read to steer later suggestions into the feasible region, and the study
+    names its objectives (``set_metric_names``), so Optuna's dashboard and plots label their
+    axes test_acc or energy_uj, not "Objective 0".
+
     Args:
         epochs: The full budget of a trial, in epochs.
+        max_energy_uj: The study's energy budget per inference (``energy.max_uj``): a trial
+            whose final ``energy_uj`` is over it is infeasible. None: no budget.
         **kwargs: OptunaSearch's.
     """
 
-    def __init__(self, *args: Any, epochs: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, epochs: int | None = None, max_energy_uj: float | None = None,
+                 **kwargs: Any) -> None:
+        self.max_energy_uj = max_energy_uj
         super().__init__(*args, **kwargs)
         self.epochs = epochs
+
+    def _setup_study(self, mode: str | list) -> None:
+        super()._setup_study(mode)
+        names = list(self.metric) if isinstance(self.metric, list) else [self.metric]
+        # Private (no public accessor): OptunaSearch's Optuna study. set_metric_names is marked
+        # experimental since Optuna 3.2; its warning says nothing a study's user can act on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if self._ot_study.metric_names != names:
+                self._ot_study.set_metric_names(names)
         self._reported: dict[str, set] = {}  # trial id -> the steps told to Optuna as intermediate values
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -102,6 +123,9 @@ class StudyOptunaSearch(OptunaSearch):
             # Optuna's constraint (> 0: infeasible), which its samplers (TPE, NSGA-II) read to steer
             # later suggestions away from silent and saturated regions
             ot_trial.set_constraint(CONSTRAINT, 1.0 if stopped else 0.0)
+            energy = (result or {}).get(ENERGY)
+            if self.max_energy_uj is not None and energy is not None and not _nan(energy):
+                ot_trial.set_constraint(ENERGY_CONSTRAINT, float(energy) - self.max_energy_uj)  # > 0: over budget
             if stopped:
                 ot_trial.set_user_attr(STOPPED, f"{stopped} ({result.get(STOPPED_STAGE)})")
         if stopped:
@@ -132,6 +156,7 @@ class StudyOptunaSearch(OptunaSearch):
 TUNE_TRIAL_IDS = "tune_trial_ids"  # an Optuna trial's user attribute: the Tune trials that ran its configuration
 MLFLOW_RUN_IDS = "mlflow_run_ids"  # an Optuna trial's user attribute: their MLflow runs (set by study.tracking)
 CONSTRAINT = "firing"  # an Optuna constraint of every trial: 1 for a silent or saturated network, else 0
+ENERGY_CONSTRAINT = "energy"  # with an energy budget: the trial's energy_uj minus energy.max_uj (> 0: over it)
 
 
 def _nan(value: Any) -> bool:

@@ -75,7 +75,8 @@ def _searcher(spec: StudySpec) -> StudyOptunaSearch | SeededRepeater:
     points = first_points(spec.search.preset, stages=spec.stages, extra=spec.search.dims, fixed=fixed)
     search = StudyOptunaSearch(space=space, metric=metric, mode=mode, points_to_evaluate=points or None,
                                sampler=optuna.samplers.TPESampler(seed=spec.seed), study_name=spec.name,
-                               storage=storage, seed=spec.seed, epochs=spec.train.epochs)
+                               storage=storage, seed=spec.seed, epochs=spec.train.epochs,
+                               max_energy_uj=spec.energy.max_uj)
     return SeededRepeater(search, repeat=spec.seeds, seed=spec.seed) if spec.seeds > 1 else search
 
 

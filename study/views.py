@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from search_spaces import searched
-from snn.metrics import TEST_ACC
+from snn.metrics import ENERGY, TEST_ACC
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -92,10 +92,12 @@ def _column(kind: str, name: str) -> str:
 
 def study_columns(extra: Sequence[str] = ()) -> tuple[str, ...]:
     """What a study's runs table shows, in this order after the run's name: the test accuracy the
-    search ranks by, the dimensions a full search draws (:func:`search_spaces.searched`), the
-    spec's ``extra`` dimensions, and the method they amount to."""
+    search ranks by, the energy of one inference (µJ, :mod:`snn.energy`), the dimensions a full
+    search draws (:func:`search_spaces.searched`), the spec's ``extra`` dimensions, and the
+    method they amount to."""
     dims = dict.fromkeys((*searched(), *extra))
-    return (_column("metrics", TEST_ACC), *(_column("params", p) for p in dims), _column("tags", "method"))
+    return (_column("metrics", TEST_ACC), _column("metrics", ENERGY), *(_column("params", p) for p in dims),
+            _column("tags", "method"))
 
 
 STUDY_COLUMNS: tuple[str, ...] = study_columns()

@@ -41,8 +41,8 @@ ERRORS = ("Something went wrong", "An error occurred while rendering", "Failed t
           "Experiment load error", "An unknown error occurred", "Error loading shared view state")
 WIDTH, HEIGHT = 1600, 1000
 # The runs table's columns the link opens it with (study.views.STUDY_VIEW): the trials' four
-# dimensions, test accuracy and method.
-COLUMNS = ["test_acc", "lambda0", "schedule", "branches", "surrogate", "surrogate_param", "method"]
+# dimensions, test accuracy, energy and method.
+COLUMNS = ["test_acc", "energy_uj", "lambda0", "schedule", "branches", "surrogate", "surrogate_param", "method"]
 
 
 @pytest.fixture(scope="module")

@@ -273,6 +273,33 @@ def test_a_silent_trial_is_pruned_with_its_reason_and_infeasible_for_the_sampler
         assert [t.number for t in below] == [fine.number] and [t.number for t in above] == [silent.number]
 
 
+def test_an_energy_budget_makes_the_trials_over_it_infeasible_and_the_study_names_its_objectives():
+    """energy.max_uj reaches Optuna as a constraint of every trial (energy_uj - budget, > 0 over
+    it), which TPE reads; the Optuna study names its objectives, so its dashboard and plots label
+    their axes test_acc and energy_uj."""
+    import warnings
+
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    from snn.metrics import ENERGY
+
+    for metric, mode in ((TEST_ACC, "max"), ([TEST_ACC, ENERGY], ["max", "min"])):
+        space = build_space("quick", stages=3, constants={"epochs": 3})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing on the console (set_metric_names is experimental)
+            s = StudyOptunaSearch(space=space, metric=metric, mode=mode, epochs=3, max_energy_uj=0.05,
+                                  sampler=optuna.samplers.TPESampler(seed=0))
+        for t in ("costly", "cheap"):
+            s.suggest(t)
+        s.on_trial_complete("costly", {**_result(3, 0.95), ENERGY: 0.08})  # the better accuracy, over the budget
+        s.on_trial_complete("cheap", {**_result(3, 0.6), ENERGY: 0.02})
+        costly, cheap = s._ot_study.trials
+        assert costly.constraints["energy"] == pytest.approx(0.03) and cheap.constraints["energy"] == pytest.approx(-0.03)
+        assert s._ot_study.metric_names == ([TEST_ACC] if metric == TEST_ACC else [TEST_ACC, ENERGY])
+        below, above = _split_trials(s._ot_study, s._ot_study.trials, 1)
+        assert [t.number for t in below] == [cheap.number] and [t.number for t in above] == [costly.number]
+
+
 @pytest.mark.slow
 def test_a_search_over_the_neuron_stops_silent_trials_and_records_them(ray_session, tmp_path):
     """search.dims [tau, v_threshold] reaches silent networks: the guard stops them in

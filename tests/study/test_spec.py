@@ -46,6 +46,11 @@ def spec(**kw):
     (spec(search={"storage": 5432}), "search.storage: Input should be a valid string, got 5432"),
     (spec(scheduler="pbt", trials=4, search={"storage": "sqlite:////tmp/optuna.db"}), "search.storage: scheduler pbt draws and perturbs its population without Optuna, so there is no Optuna storage; remove it"),
     (spec(scheduler="pb2", trials=4, search={"storage": "postgresql+psycopg://db/optuna"}), "search.storage: scheduler pb2 draws"),
+    (spec(energy={"preset": "7nm"}), "energy.preset: unknown preset '7nm'; allowed: 45nm-fp32, 45nm-fp16, 45nm-int32, 45nm-int8"),
+    (spec(energy={"mac_pj": -4.6, "ac_pj": 0.9}), "energy.mac_pj: Input should be greater than 0, got -4.6"),
+    (spec(energy={"max_uj": 0}), "energy.max_uj: Input should be greater than 0, got 0"),
+    (spec(objective="test_acc+energy", scheduler="asha"), "scheduler: asha stops trials by one metric, and would cut the test_acc+energy front's low-cost trials short; use fifo"),
+    (spec(scheduler="pbt", trials=4, energy={"max_uj": 1.0}), "energy.max_uj: scheduler pbt has no search to constrain"),
 ])
 def test_bad_specs_name_the_field(data, expected):
     with pytest.raises(SpecError) as e:
@@ -53,6 +58,12 @@ def test_bad_specs_name_the_field(data, expected):
     msg = str(e.value)
     assert msg.startswith("spec.yaml: ") and expected in msg, msg
     assert "\n" not in msg
+
+
+def test_a_multi_objective_study_runs_every_trial_its_budget_unless_told_otherwise():
+    assert parse_spec(spec(objective="test_acc+energy")).scheduler == "fifo"
+    assert parse_spec(spec(objective="test_acc+energy")).objectives() == [("test_acc", "max"), ("energy_uj", "min")]
+    assert parse_spec(spec()).scheduler == "asha" and parse_spec(spec()).objectives() == [("test_acc", "max")]
 
 
 def test_a_storage_url_error_never_shows_its_password():

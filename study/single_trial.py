@@ -143,7 +143,7 @@ def train_trial(cfg: TrainConfig, out: Path, *, echo: Say, say: Say, trial=None,
         echo(f"epoch {int(metrics['epoch'])}/{cfg.epochs}  train_loss={metrics['train_loss']:.4f}  "
              f"train_acc={metrics['train_acc']:.4f}  test_acc={metrics['test_acc']:.4f}  "
              f"lambda={metrics['lambda']:.4f}  firing_rate={metrics['firing_rate']:.4f}  "
-             f"{metrics['images_per_s']:.0f} img/s")
+             f"energy={metrics['energy_uj']:.3g} µJ  {metrics['images_per_s']:.0f} img/s")
         results.epoch(metrics, trainer)
 
     prepared = _prepare(cfg, say)

@@ -81,12 +81,12 @@ def test_the_study_link_opens_the_classic_runs_table_in_the_study_view():
     assert views.base_url("::1", 5000) == "http://[::1]:5000"
 
 
-def test_the_study_view_shows_the_dimensions_and_accuracy_ranked_under_a_stable_key():
+def test_the_study_view_shows_the_dimensions_accuracy_and_energy_ranked_under_a_stable_key():
     view = views.STUDY_VIEW
     envelope = json.loads(view.tag_value(now_ms=5))
     assert envelope == {"name": "snn-study: trials", "createdAt": 5, "updatedAt": 5, "state": envelope["state"]}
     state = json.loads(envelope["state"])  # a JSON string in the envelope, as the UI's "Save view" writes it
-    columns = ["metrics.`test_acc`", *(f"params.`{p}`" for p in ("lambda0", "schedule", "branches", "surrogate",
+    columns = ["metrics.`test_acc`", "metrics.`energy_uj`", *(f"params.`{p}`" for p in ("lambda0", "schedule", "branches", "surrogate",
                                                                   "surrogate_param")), "tags.`method`"]
     assert state["selectedColumns"] == columns and state["columnOrder"] == ["attributes.`Run Name`", *columns]
     assert set(state["columnWidths"]) == set(state["columnOrder"])

@@ -39,7 +39,7 @@ from search_spaces import DIMENSIONS, build_space, dims_of, first_points, paper_
 from search_spaces import perturbed as perturbed_dims
 from snn import data
 from snn.config import HEAD_ONLY
-from snn.metrics import EPOCH, FIRING_RATE, TEST_ACC, ran_full_budget
+from snn.metrics import EPOCH, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study import local_ray
 from study._search import Points, SeededRepeater, StudyOptunaSearch

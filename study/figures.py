@@ -413,7 +413,7 @@ def pareto_figure(front: Front) -> Figure | None:
     values = [p.cost for p in front.points]
     if min(values) > 0 and max(values) > 10 * min(values):
         _log_axis(ax, powers_of_two=False)
-    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     energy = front.cost == ENERGY
     ax.set_xlabel(f"{ENERGY}: µJ per inference ({ARITHMETIC_ONLY})" if energy else front.cost)
     ax.set_ylabel(f"final {TEST_ACC}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +145,152 @@ def test_front_points_come_out_of_every_permutation_alike():
         shuffled = [values[j] for j in order]
         fronts.add(tuple(sorted(shuffled[i] for i in non_dominated(shuffled))))
     assert fronts == {((0.8, 0.5), (0.9, 1.0), (0.9, 1.0), (0.95, 2.0))}
+
+
+# -- in MLflow: hand-made trial runs (slow: an MLflow SQLite store) ---------------------------------
+def _hand_made_study(tmp_path, runs: dict[str, tuple[list[float], list[float], dict]]):
+    """A two-objective study whose trial runs hold ``runs``: trial id -> (test_acc per epoch,
+    energy_uj per epoch, tags)."""
+    import yaml
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from study.folder import StudyFolder, study_paths, write_state
+    from study.spec import parse_spec
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = parse_spec({"name": "front", "objective": "test_acc+energy", "storage": str(tmp_path / "studies"),
+                       "train": {"epochs": 3}, "search": {"preset": "quick"}, "mlflow": {"tracking_uri": uri}})
+    c = MlflowClient(uri)
+    exp = c.create_experiment("front", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = c.create_run(exp, run_name="front", tags={"kind": "study", "study": "front"}).info.run_id
+    c.set_terminated(parent, "FINISHED")
+    paths = study_paths(spec)
+    paths["dir"].mkdir(parents=True)
+    paths["spec"].write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    write_state(paths["state"], {"parent_run_id": parent, "tracking_uri": uri})
+    ids = {}
+    for trial_id, (acc, energy, tags) in runs.items():
+        run = c.create_run(exp, tags={"kind": "trial", "study": "front", "trial_id": trial_id,
+                                      "mlflow.parentRunId": parent, **tags}).info.run_id
+        metrics = [Metric(k, v, 1_700_000_000_000 + e, e) for k, curve in ((TEST_ACC, acc), (ENERGY, energy))
+                   for e, v in enumerate(curve, 1)]
+        c.log_batch(run, metrics=metrics, params=[Param(k, v) for k, v in {
+            "epochs": "3", "lambda0": "0.25", "schedule": "linear", "branches": "1,2", "surrogate": "atan",
+            "surrogate_param": "None"}.items()])
+        c.set_terminated(run, "FINISHED")
+        ids[trial_id] = run
+    return StudyFolder(paths["dir"].resolve(), spec, parent, uri), c, ids
+
+
+def _tagged(c, folder) -> set[str]:
+    exp = c.get_experiment_by_name(folder.spec.experiment).experiment_id
+    return {r.data.tags["trial_id"] for r in c.search_runs([exp], filter_string="tags.pareto = 'true'")}
+
+
+@pytest.mark.slow
+def test_front_of_runs_is_recorded_once_and_again_without_duplicates(tmp_path):
+    from study.pareto import front_of_rows, record_front
+    from study.report import write_report
+    from study.tracking import PARETO_ARTIFACT, PARETO_SIZE_TAG
+    from study.trial_rows import read_rows
+
+    folder, c, ids = _hand_made_study(tmp_path, {
+        "cheap": ([0.5, 0.6, 0.80], [0.3, 0.2, 0.010], {}),  # the final epoch counts, not the best
+        "mid": ([0.5, 0.6, 0.90], [0.3, 0.2, 0.050], {}),
+        "worse": ([0.5, 0.6, 0.85], [0.3, 0.2, 0.060], {}),  # dominated by mid
+        "rich": ([0.5, 0.6, 0.95], [0.3, 0.2, 0.900], {}),
+        "short": ([0.99], [0.001], {}),  # one epoch of three: not a full budget
+        "early": ([0.98, 0.99], [0.001, 0.001], {"stopped_early": "true", "last_epoch": "2"})})
+    rows = read_rows(c, c.get_experiment_by_name("front").experiment_id, "front")
+    front = front_of_rows(c, rows, folder.spec)
+    assert [p.trial_id for p in front.front] == ["cheap", "mid", "rich"] and len(front.points) == 4
+    assert front.front[0].run_id == ids["cheap"] and front.front[0].cost == 0.01
+
+    c.set_tag(ids["worse"], "pareto", "true")  # an earlier recording's front: no longer on it
+    for _ in range(2):
+        record_front(folder, front)
+        assert _tagged(c, folder) == {"cheap", "mid", "rich"}
+        parent = c.get_run(folder.parent_run_id)
+        assert parent.data.tags[PARETO_SIZE_TAG] == "3"
+        assert [a.path for a in c.list_artifacts(folder.parent_run_id) if "pareto" in a.path] == [PARETO_ARTIFACT]
+        logged = json.loads(Path(c.download_artifacts(parent.info.run_id, PARETO_ARTIFACT, str(tmp_path))).read_text())
+        assert [r["trial_id"] for r in logged["front"]] == ["cheap", "mid", "rich"]
+
+    # the report of the study computes and records the same front from its runs
+    c.delete_tag(ids["mid"], "pareto")
+    rep = write_report(folder.path)
+    assert _tagged(c, folder) == {"cheap", "mid", "rich"} and rep.front.front == front.front
+    text = (rep.path / "report.md").read_text()
+    assert "## Pareto front" in text and "| cheap | 80.0 | 0.01 |" in text
+    assert "![pareto_front](pareto_front.png)" in text
+    assert (rep.path / figures.PARETO_PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the done-when test: a test_acc+energy study on digits runs to its Pareto front ------------------
+@pytest.fixture(scope="module")
+def energy_study(ray_session, tmp_path_factory):
+    from study.tuner import run_study
+
+    tmp = tmp_path_factory.mktemp("energy")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    spec = quickstart_spec({"name": "energy", "objective": "test_acc+energy", "trials": 5, "train.epochs": 2,
+                            "train.max_batches": 12, "storage": str(tmp / "studies"), "mlflow.tracking_uri": uri,
+                            "data_root": str(tmp / "data")})
+    assert spec.scheduler == "fifo"  # every trial its full budget
+    return spec, run_study(spec, verbose=0), uri
+
+
+def _final(run, key: str) -> float:
+    return run.data.metrics[key]  # MLflow's latest value: that of the last epoch (step)
+
+
+@pytest.mark.slow
+def test_energy_study_runs_to_a_pareto_front(energy_study, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from study.console import summary
+    from study.report import write_report
+    from study.tracking import PARETO_ARTIFACT, PARETO_SIZE_TAG
+
+    spec, result, uri = energy_study
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(spec.experiment).experiment_id
+    runs = c.search_runs([exp], filter_string="tags.kind = 'trial'")
+    assert len(runs) == 5 and result.errored == 0
+    for r in runs:  # the energy of every epoch of every trial
+        assert [m.step for m in c.get_metric_history(r.info.run_id, ENERGY)] == [1, 2]
+        assert _final(r, ENERGY) > 0 and 0 < _final(r, ENERGY_RATIO)
+    # the front, recomputed from the runs' final metrics by brute force
+    values = [(_final(r, TEST_ACC), _final(r, ENERGY)) for r in runs]
+    expected = {runs[i].data.tags["trial_id"] for i in _brute_force(values)}
+    tagged = {r.data.tags["trial_id"] for r in runs if r.data.tags.get("pareto") == "true"}
+    assert tagged == expected == {p.trial_id for p in result.front.front}
+    assert all(r.data.tags.get("pareto") in (None, "true") for r in runs)
+    # the set on the parent run
+    parent = c.get_run(result.parent_run_id)
+    assert parent.data.tags[PARETO_SIZE_TAG] == str(len(expected))
+    logged = json.loads(Path(c.download_artifacts(parent.info.run_id, PARETO_ARTIFACT, str(tmp_path))).read_text())
+    assert {r["trial_id"] for r in logged["front"]} == expected
+    by_trial = {r.data.tags["trial_id"]: r for r in runs}
+    for record in logged["front"]:
+        assert record[ENERGY] == pytest.approx(_final(by_trial[record["trial_id"]], ENERGY))
+    assert "Pareto front" in parent.data.tags["mlflow.note.content"]
+    # the report: the plot and the table, one row per trial of the front
+    text = (result.path / "report" / "report.md").read_text()
+    assert "## Pareto front" in text and "![pareto_front](pareto_front.png)" in text and ARITHMETIC_ONLY in text
+    section = text.split("## Pareto front")[1].split("\n## ")[0]
+    assert {line.split(" | ")[0].lstrip("| ") for line in section.splitlines()
+            if line.startswith("| ") and "trial" not in line} == expected
+    assert (result.path / "report" / figures.PARETO_PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
+    assert "report/pareto_front.png" in {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
+    # the console names the front, not one best trial
+    summary(result, [])
+    out = capsys.readouterr().out
+    assert f"Pareto front (test_acc up, energy_uj down): {len(expected)} of 5 full-budget trial(s)" in out
+    assert "best trial" not in out and all(f"trial {t}: test_acc " in out for t in expected)
+    # 'snn-study report' again: the same front, nothing twice
+    write_report(result.path)
+    again = c.search_runs([exp], filter_string="tags.pareto = 'true'")
+    assert {r.data.tags["trial_id"] for r in again} == expected
+    assert [a.path for a in c.list_artifacts(parent.info.run_id) if "pareto" in a.path] == [PARETO_ARTIFACT]

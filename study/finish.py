@@ -160,7 +160,7 @@ def _front(folder: StudyFolder, results) -> Front | None:
         return None
     front = front_of_results([r for r in results if full_budget(r, spec.train.epochs)], spec)
     try:
-        record_front(folder, front)
+        return record_front(folder, front)
     except Exception as e:  # the store is down at the very end: the report records it later
         log.warning("MLflow: the Pareto front could not be recorded (%s: %s); 'snn-study report %s' records it "
                     "once the store answers", type(e).__name__, one_line(e), folder.path)

@@ -29,13 +29,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from search_spaces import DIMENSIONS
 from snn.metrics import ENERGY, ENERGY_RATIO, FIRING_RATE, TEST_ACC, ran_full_budget
 from study.markdown import table
-from study.tracking import metric_per_epoch, tag_pareto_front
+from study.tracking import log_pareto_set, metric_per_epoch, tag_pareto_front
 from study.trial_rows import FULL, columns, typed
 
 __all__ = ["ARITHMETIC_ONLY", "Front", "Point", "front_of_results", "front_of_rows", "markdown_lines",
@@ -240,15 +240,19 @@ def front_of_rows(client, rows: Sequence[dict[str, Any]], spec) -> Front:
 
 
 # -- where the front goes --------------------------------------------------------------------------
-def record_front(folder, front: Front) -> None:
-    """Tag the front's trial runs ``pareto=true`` and log it on the study's parent run
-    (:func:`study.tracking.tag_pareto_front`); again, it changes nothing that is already so.
+def record_front(folder, front: Front) -> Front:
+    """Tag the front's trial runs ``pareto=true`` (:func:`study.tracking.tag_pareto_front`) and
+    log the set on the study's parent run (:func:`study.tracking.log_pareto_set`); recorded
+    again, it changes nothing that is already so. Returns the front with its MLflow run ids.
 
     Raises:
         Exception: Whatever the tracking store raised (it is down).
     """
-    tag_pareto_front(folder.tracking_uri, folder.parent_run_id, folder.spec.name, [p.trial_id for p in front.front],
-                     front.json())
+    runs = tag_pareto_front(folder.tracking_uri, folder.parent_run_id, folder.spec.name,
+                            [p.trial_id for p in front.front])
+    front = replace(front, front=tuple(replace(p, run_id=runs.get(p.trial_id, p.run_id)) for p in front.front))
+    log_pareto_set(folder.tracking_uri, folder.parent_run_id, front.json(), len(front.front))
+    return front
 
 
 def markdown_lines(front: Front, spec) -> list[str]:

@@ -170,7 +170,7 @@ def _front(client, folder: StudyFolder, rows: list[dict[str, Any]]) -> Front | N
         return None
     front = front_of_rows(client, rows, folder.spec)
     try:
-        record_front(folder, front)
+        return record_front(folder, front)
     except MlflowException as e:
         log.warning("report: the Pareto front could not be recorded in MLflow (%s); it is in the report only",
                     one_line(e))

@@ -32,7 +32,7 @@ _HOMES = {  # private module -> the public names it holds
     "_health": ("check_tracking_uri", "reachable"),
     "_models": ("MODEL_NAME", "RegisteredModel", "inference_model", "log_inference_model", "register_best_model"),
     "_parent": ("BEST_CONFIG_ARTIFACT", "finish_parent_run", "start_parent_run"),
-    "_pareto": ("PARETO_ARTIFACT", "PARETO_SIZE_TAG", "PARETO_TAG", "tag_pareto_front"),
+    "_pareto": ("PARETO_ARTIFACT", "PARETO_SIZE_TAG", "PARETO_TAG", "log_pareto_set", "tag_pareto_front"),
     "_projection": ("OPTUNA_TRIAL_TAG",),
     "_runs": ("KIND", "RunNotFound", "TrialRun", "metric_per_epoch", "newest_per_epoch", "read_trial_run",
               "trial_runs_filter"),
@@ -65,7 +65,8 @@ if TYPE_CHECKING:
     from study.tracking._models import (MODEL_NAME, RegisteredModel, inference_model, log_inference_model,
                                         register_best_model)
     from study.tracking._parent import BEST_CONFIG_ARTIFACT, finish_parent_run, start_parent_run
-    from study.tracking._pareto import PARETO_ARTIFACT, PARETO_SIZE_TAG, PARETO_TAG, tag_pareto_front
+    from study.tracking._pareto import (PARETO_ARTIFACT, PARETO_SIZE_TAG, PARETO_TAG, log_pareto_set,
+                                        tag_pareto_front)
     from study.tracking._projection import OPTUNA_TRIAL_TAG
     from study.tracking._runs import (KIND, RunNotFound, TrialRun, metric_per_epoch, newest_per_epoch, read_trial_run,
                                       trial_runs_filter)

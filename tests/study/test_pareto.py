@@ -215,7 +215,8 @@ def test_front_of_runs_is_recorded_once_and_again_without_duplicates(tmp_path):
         assert parent.data.tags[PARETO_SIZE_TAG] == "3"
         assert [a.path for a in c.list_artifacts(folder.parent_run_id) if "pareto" in a.path] == [PARETO_ARTIFACT]
         logged = json.loads(Path(c.download_artifacts(parent.info.run_id, PARETO_ARTIFACT, str(tmp_path))).read_text())
-        assert [r["trial_id"] for r in logged["front"]] == ["cheap", "mid", "rich"]
+        on = ("cheap", "mid", "rich")
+        assert [(r["trial_id"], r["run_id"]) for r in logged["front"]] == [(t, ids[t]) for t in on]
 
     # the report of the study computes and records the same front from its runs
     c.delete_tag(ids["mid"], "pareto")
@@ -274,7 +275,8 @@ def test_energy_study_runs_to_a_pareto_front(energy_study, tmp_path, capsys):
     assert {r["trial_id"] for r in logged["front"]} == expected
     by_trial = {r.data.tags["trial_id"]: r for r in runs}
     for record in logged["front"]:
-        assert record[ENERGY] == pytest.approx(_final(by_trial[record["trial_id"]], ENERGY))
+        run = by_trial[record["trial_id"]]
+        assert record[ENERGY] == pytest.approx(_final(run, ENERGY)) and record["run_id"] == run.info.run_id
     assert "Pareto front" in parent.data.tags["mlflow.note.content"]
     # the report: the plot and the table, one row per trial of the front
     text = (result.path / "report" / "report.md").read_text()

@@ -129,16 +129,16 @@ def _show(value: Any) -> str:
 
 def summary(result, extra: list[str]) -> None:
     """The closing lines of ``snn-study run`` and ``resume``: the trials, the study's answer, the
-    best trial's value of each dimension searched (a full search's and ``extra``), the best
-    model and where to look."""
+    best trial's value of each dimension searched (a full search's and ``extra``) or, with two
+    objectives, the Pareto front's trials, the best model and where to look."""
     recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
     stopped = f", {result.stopped} stopped early by ASHA" if result.stopped else ""
     confirmed = f", then {result.confirmed} in the confirm stage" if result.confirmed else ""
     click.echo(f"\nstudy {result.name}: {result.trials} trial(s){confirmed}, {result.errored} errored{recovered}"
                f"{stopped}; folder {result.path}")
-    for line in result.answer:
+    for line in result.answer:  # with two objectives, the Pareto front (study.pareto) in place of a best trial
         click.echo(line)
-    if result.best:
+    if result.best and result.front is None:
         acc = result.best["metrics"].get("test_acc")
         from search_spaces import DIMENSIONS, searched
 

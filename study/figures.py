@@ -18,7 +18,10 @@ nothing to draw) that :func:`save` writes into the report's folder as:
   seeds, a forest plot of their mean final test accuracy and 95 % confidence interval, each
   seed a dot, the paper's methods named as the paper names them;
 * ``lambda_trajectories.png`` (:func:`lambda_plot`, ``scheduler: pbt`` or ``pb2``): the learned
-  λ per epoch of the best trials beside the paper's linear decay from λ₀ = 0.25.
+  λ per epoch of the best trials beside the paper's linear decay from λ₀ = 0.25;
+* ``pareto_front.png`` (:func:`pareto_figure`, a study with two objectives): test accuracy
+  against the cost (energy per inference, or firing rate), every full-budget trial a point,
+  the Pareto front (:mod:`study.pareto`) highlighted and joined as a step line.
 
 Optuna's own views are :mod:`study.optuna_figures`. :func:`plot_grad_histogram` draws a
 trial's first-layer gradients (the paper's Fig. 2), which the tracker logs with each trial as
@@ -47,13 +50,14 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
 from snn.config import METHODS, PAPER_METHOD, PAPER_NAMES
 from snn.diagnostics import grad_histogram
-from snn.metrics import LAMBDA, TEST_ACC
+from snn.metrics import ENERGY, LAMBDA, TEST_ACC
 from study.analysis import Analysis
 from study.importance import Importance
+from study.pareto import ARITHMETIC_ONLY, Front
 from study.replicates import Configuration
 from study.spec import POPULATION
 from search_spaces import DIMENSIONS
@@ -61,9 +65,9 @@ from study.tracking import metric_per_epoch
 from study.trial_rows import FAILED, FULL, RUNNING, dim_value
 
 __all__ = ["CURVES_PLOT_FILE", "DIMENSIONS_PLOT_FILE", "DPI", "GRAD_PLOT_DPI", "GRAD_PLOT_FILE", "IMPORTANCE_PLOT_FILE",
-           "LAMBDA_PLOT_FILE", "PLOT_FILES", "REPLICATES_PLOT_FILE", "TOP_CURVES", "curves_figure", "dimension_figure",
-           "drawable", "grad_histogram_figure", "importance_figure", "lambda_plot", "plot_grad_histogram",
-           "replicates_figure", "save"]
+           "LAMBDA_PLOT_FILE", "PARETO_PLOT_FILE", "PLOT_FILES", "REPLICATES_PLOT_FILE", "TOP_CURVES", "curves_figure",
+           "dimension_figure", "drawable", "grad_histogram_figure", "importance_figure", "lambda_plot", "pareto_figure",
+           "plot_grad_histogram", "replicates_figure", "save"]
 
 GRAD_PLOT_FILE = "first_layer_grad_hist.png"  # a trial's artifact: grad_histogram_figure of its last gradient
 DIMENSIONS_PLOT_FILE = "acc_by_dimension.png"
@@ -71,8 +75,9 @@ CURVES_PLOT_FILE = "acc_curves.png"
 IMPORTANCE_PLOT_FILE = "importance.png"
 REPLICATES_PLOT_FILE = "replicates.png"
 LAMBDA_PLOT_FILE = "lambda_trajectories.png"
+PARETO_PLOT_FILE = "pareto_front.png"
 PLOT_FILES: tuple[str, ...] = (DIMENSIONS_PLOT_FILE, CURVES_PLOT_FILE, IMPORTANCE_PLOT_FILE, REPLICATES_PLOT_FILE,
-                               LAMBDA_PLOT_FILE)
+                               LAMBDA_PLOT_FILE, PARETO_PLOT_FILE)
 """Every file of this module's figures in a report's folder."""
 TOP_CURVES = 10
 """Learning curves drawn in colour and named in the legend (the best by final test_acc)."""
@@ -372,3 +377,48 @@ def lambda_plot(client, rows: list[dict[str, Any]], spec, out: Path) -> Path | N
     path = out / LAMBDA_PLOT_FILE
     fig.savefig(path, dpi=DPI)
     return path
+
+
+# -- the Pareto front (two objectives) ----------------------------------------------------------------
+_FRONT_COLOR = _PAPER_COLOR
+
+
+def pareto_figure(front: Front) -> Figure | None:
+    """test_acc against the cost: every full-budget trial a point, the Pareto front highlighted,
+    named and joined as a step line (the best accuracy reached at each cost), trials above the
+    energy budget hollow beside its line; a log cost axis where the costs span over a decade.
+    An energy axis says that the estimate counts arithmetic only. Nothing without points."""
+    if not front.points:
+        return None
+    fig = _figure((8.0, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    over = {p.trial_id for p in front.over_budget}
+    on = {p.trial_id for p in front.front}
+    rest = [p for p in front.points if p.trial_id not in over | on]
+    if rest:
+        ax.scatter([p.cost for p in rest], [p.test_acc for p in rest], s=30, color=_FULL_COLOR, alpha=0.7, zorder=2,
+                   label=f"full-budget trial ({len(rest)})")
+    if over:
+        ax.scatter([p.cost for p in front.over_budget], [p.test_acc for p in front.over_budget], s=30,
+                   facecolors="none", edgecolors=_PARTIAL_COLOR, zorder=2,
+                   label=f"above the energy budget ({len(over)})")
+        ax.axvline(front.max_cost, color=_PARTIAL_COLOR, ls="--", lw=1, zorder=1, label="energy budget (max_uj)")
+    if front.front:
+        costs, accs = [p.cost for p in front.front], [p.test_acc for p in front.front]
+        ax.step(costs, accs, where="post", color=_FRONT_COLOR, lw=1.6, zorder=3)
+        ax.scatter(costs, accs, s=56, color=_FRONT_COLOR, edgecolors="black", linewidths=0.6, zorder=4,
+                   label=f"Pareto front ({len(front.front)})")
+        for p in front.front:
+            ax.annotate(p.trial_id, (p.cost, p.test_acc), xytext=(4, -10), textcoords="offset points", fontsize=7)
+    values = [p.cost for p in front.points]
+    if min(values) > 0 and max(values) > 10 * min(values):
+        _log_axis(ax, powers_of_two=False)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    energy = front.cost == ENERGY
+    ax.set_xlabel(f"{ENERGY}: µJ per inference ({ARITHMETIC_ONLY})" if energy else front.cost)
+    ax.set_ylabel(f"final {TEST_ACC}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8.5, loc="lower right")
+    ax.set_title(f"{TEST_ACC} against {front.cost}: {len(front.points)} full-budget trial(s), "
+                 f"{len(front.front)} on the Pareto front", fontsize=10)
+    return fig

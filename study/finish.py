@@ -5,7 +5,9 @@ record the finished study's answer.
 ``snn-study stop``) leaves trials that had not ended, or fewer trials than the study asked
 for; it raises :class:`StudyInterrupted`, which says how far the study got and
 how to resume it. :func:`finish_study` then records a finished study's answer: its best
-trial (among those that trained their full budget), the comparison of its configurations
+trial (among those that trained their full budget), or for a study with two objectives its
+Pareto front (:mod:`study.pareto`: the front's runs tagged in MLflow, the set on the parent
+run) and the front's most accurate trial as its best, the comparison of its configurations
 (:mod:`study.analysis`), its best model registered in MLflow, the parent run's note and the
 report (:mod:`study.report`), and returns a :class:`StudyResult`.
 """
@@ -23,6 +25,7 @@ from snn.metrics import DIVERGED, EPOCH, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.folder import SEARCH, StudyError, StudyFolder
+from study.pareto import Front, front_of_results, record_front
 from study.report import write_report
 from study.tracking import RegisteredModel, finish_parent_run, register_best_model, trial_ended
 
@@ -50,7 +53,8 @@ class StudyInterrupted(StudyError):
 
 @dataclass
 class StudyResult:
-    """What a finished study returns: where it lives and its best trial."""
+    """What a finished study returns: where it lives and its best trial (the most accurate of its
+    Pareto front, for a study with two objectives)."""
 
     name: str
     path: Path
@@ -65,6 +69,7 @@ class StudyResult:
     confirmed: int = 0  # trials of the confirm stage
     answer: list[str] = field(default_factory=list)  # the best replicated configuration, the paired differences
     model: RegisteredModel | None = None  # the best model, registered under the study's name
+    front: Front | None = None  # the Pareto front of a study with two objectives
 
 
 def check_finished(folder: StudyFolder, results, total: int, stage: str = SEARCH) -> None:
@@ -108,10 +113,13 @@ def full_budget(r, epochs: int) -> bool:
             and ran_full_budget((r.metrics or {}).get(EPOCH), epochs))
 
 
-def _best(results, epochs: int) -> dict[str, Any] | None:
-    """The best trial among those that trained their whole budget: an early-stopped trial's
-    accuracy is from fewer epochs, not comparable."""
+def _best(results, epochs: int, front: Front | None = None) -> dict[str, Any] | None:
+    """The best trial among those that trained their whole budget (an early-stopped trial's
+    accuracy is from fewer epochs, not comparable); with a Pareto front, its most accurate trial."""
     full = [r for r in results if full_budget(r, epochs)]
+    if front is not None:
+        top = front.most_accurate
+        full = [r for r in full if top is not None and r.metrics.get("trial_id") == top.trial_id]
     if not full:
         return None
     r = max(full, key=lambda r: r.metrics[TEST_ACC])
@@ -144,13 +152,31 @@ def _answer(analysis: Analysis | None) -> list[str]:
     return lines
 
 
-def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, Any] | None) -> RegisteredModel | None:
-    """Register the model of the best configuration's best replicate, else of the best trial."""
+def _front(folder: StudyFolder, results) -> Front | None:
+    """A study with two objectives: its Pareto front, recorded in MLflow (a warning where the
+    store does not answer: 'snn-study report' records it later); None for one objective."""
+    spec = folder.spec
+    if len(spec.objectives()) < 2:
+        return None
+    front = front_of_results([r for r in results if full_budget(r, spec.train.epochs)], spec)
+    try:
+        return record_front(folder, front)
+    except Exception as e:  # the store is down at the very end: the report records it later
+        log.warning("MLflow: the Pareto front could not be recorded (%s: %s); 'snn-study report %s' records it "
+                    "once the store answers", type(e).__name__, one_line(e), folder.path)
+    return front
+
+
+def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, Any] | None,
+              front: Front | None = None) -> RegisteredModel | None:
+    """Register the model of the best configuration's best replicate, else of the best trial
+    (the most accurate of the Pareto front)."""
     if analysis is not None and analysis.best is not None:
         trial_ids, why = analysis.best.trial_ids, (f"the best of the {analysis.best.n} replicates of the best "
                                                    f"configuration ({analysis.stage} stage): {analysis.best.label}")
     elif best is not None:
-        trial_ids, why = [best["trial_id"]], "the best trial that trained its full budget"
+        trial_ids, why = [best["trial_id"]], ("the most accurate trial of the Pareto front" if front is not None
+                                              else "the best trial that trained its full budget")
     else:
         return None
     try:
@@ -161,13 +187,14 @@ def _register(folder: StudyFolder, analysis: Analysis | None, best: dict[str, An
 
 
 def _note(folder: StudyFolder, results, answer: list[str], best: dict[str, Any] | None,
-          registered: RegisteredModel | None) -> str:
-    """The parent run's description: the study's answer in a few lines (markdown)."""
+          registered: RegisteredModel | None, front: Front | None = None) -> str:
+    """The parent run's description: the study's answer in a few lines (markdown): the best
+    trial, or the Pareto front (its lines are in ``answer``)."""
     spec = folder.spec
     lines = [f"**{spec.name}**: {len(results)} trial(s) on `{spec.dataset_name}`, {spec.arch}, T={spec.timesteps}, "
              f"search `{spec.search.preset}`."]
     lines += [f"- {line}" for line in answer]
-    if best:
+    if best and front is None:
         lines.append(f"- best trial `{best['trial_id']}` (full budget): test_acc "
                      f"{best['metrics'].get(TEST_ACC, float('nan')):.4f}")
     if registered is not None:
@@ -178,17 +205,17 @@ def _note(folder: StudyFolder, results, answer: list[str], best: dict[str, Any] 
     return "\n".join(lines)
 
 
-def _report(folder: StudyFolder, analysis: Analysis | None) -> None:
+def _report(folder: StudyFolder, analysis: Analysis | None, front: Front | None) -> None:
     """Write the study's report, which also puts its plots on the parent run."""
     try:
-        write_report(folder.path, analysis=analysis)
+        write_report(folder.path, analysis=analysis, front=front)
     except Exception as e:  # a plot or the store failed: the study's results stand without it
         log.warning("report: could not be written (%s: %s); run 'snn-study report %s'", type(e).__name__,
                     one_line(e), folder.path)
 
 
 def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyResult:
-    """Record a finished study's answer (best trial, analysis, best model, note, report).
+    """Record a finished study's answer (best trial or Pareto front, analysis, best model, note, report).
 
     Args:
         folder: The study.
@@ -196,7 +223,8 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
         confirm_results: Tune's results of the confirm stage; None without one.
     """
     epochs = folder.spec.train.epochs
-    best = _best(results, epochs)
+    front = _front(folder, results)
+    best = _best(results, epochs, front)
     stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
                   and not ran_full_budget(r.metrics.get(EPOCH), epochs))
     every = list(results) + list(confirm_results or [])
@@ -206,16 +234,16 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
                     and (Path(r.path) / "error.txt").exists())
     log.info("recording the study's answer: the comparison of its configurations, the best model, the report ...")
     analysis = _analysis(folder)
-    answer = _answer(analysis)
-    registered = _register(folder, analysis, best)
+    answer = _answer(analysis) + (front.lines() if front is not None else [])
+    registered = _register(folder, analysis, best, front)
     try:
         finish_parent_run(folder.tracking_uri, folder.parent_run_id, best,
-                          note=_note(folder, every, answer, best, registered))
+                          note=_note(folder, every, answer, best, registered, front))
     except Exception as e:  # the store is down at the very end: the trials' results are in their folders
         log.warning("MLflow: could not record the best trial on the parent run %s (%s: %s); run 'snn-study sync "
                     "%s' once the store answers", folder.parent_run_id, type(e).__name__, one_line(e), folder.path)
-    _report(folder, analysis)
+    _report(folder, analysis, front)
     spec = folder.spec
     return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,
                        len(results), errored, best, recovered, stopped,
-                       len(confirm_results) if confirm_results is not None else 0, answer, registered)
+                       len(confirm_results) if confirm_results is not None else 0, answer, registered, front)

@@ -9,6 +9,10 @@ trial (each as typed YAML), the comparison of the configurations and of the pape
 which dimension matters (:mod:`study.analysis`, which the report also records on the study's
 parent MLflow run), and the plots, with a line for each plot left out and why. The plots are
 :mod:`study.figures`' and :mod:`study.optuna_figures`'; the trials are :mod:`study.trial_rows`'.
+A study with two objectives also gets its Pareto front (:mod:`study.pareto`): a section with
+the Pareto set as a table and the plot of accuracy against the cost; where the caller has not
+just recorded the front, the report records it in MLflow (the front's runs tagged, the set on
+the parent run).
 
 Then the written files go to the study's parent MLflow run as artifacts under ``report/``
 (a warning, not a failure, where the tracking store refuses them).
@@ -33,6 +37,7 @@ from study import figures, optuna_figures
 from study.analysis import Analysis, analyse, record_analysis
 from study.folder import StudyFolder, open_study
 from study.markdown import table
+from study.pareto import Front, front_of_rows, markdown_lines, record_front
 from study.trial_rows import columns, dimensions, read_rows, typed
 
 __all__ = ["REPORT_FILE", "Report", "write_report"]
@@ -58,6 +63,7 @@ class Report:
     analysis: Analysis | None = None
     plots: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    front: Front | None = None  # the Pareto front of a study with two objectives
 
 
 # -- the tables --------------------------------------------------------------------------------------
@@ -157,6 +163,28 @@ def _plots(client, folder: StudyFolder, rows: list[dict[str, Any]], analysis: An
     return files, notes + optuna_notes
 
 
+def _front(client, folder: StudyFolder, rows: list[dict[str, Any]]) -> Front | None:
+    """A study with two objectives: its Pareto front from its trial runs, recorded on them and on
+    the parent run (a warning where the store refuses: the report shows it all the same)."""
+    if len(folder.spec.objectives()) < 2:
+        return None
+    front = front_of_rows(client, rows, folder.spec)
+    try:
+        return record_front(folder, front)
+    except MlflowException as e:
+        log.warning("report: the Pareto front could not be recorded in MLflow (%s); it is in the report only",
+                    one_line(e))
+    return front
+
+
+def _front_lines(front: Front | None, spec, plot: Path | None) -> list[str]:
+    """The report's section on the Pareto front, with its plot; nothing for one objective."""
+    if front is None:
+        return []
+    return (["", "## Pareto front", ""] + markdown_lines(front, spec)
+            + ([f"\n![{plot.stem}]({plot.name})"] if plot is not None else []))
+
+
 def _clear(out: Path) -> None:
     """Remove the files an earlier report wrote here (a plot it no longer draws must not stay)."""
     for name in (REPORT_FILE, *figures.PLOT_FILES, *optuna_figures.PLOT_FILES):
@@ -175,12 +203,13 @@ def _log_report(folder: StudyFolder, files: Sequence[Path]) -> None:
 
 
 def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 analysis: Analysis | None = None) -> Report:
+                 analysis: Analysis | None = None, front: Front | None = None) -> Report:
     """Write the report of the study in ``study_dir`` (see the module docstring) and log it on
     the study's parent MLflow run.
 
     ``analysis``: the study's :func:`study.analysis.record_analysis`, where the caller has just
-    made it (the end of a study); else it is made here.
+    made it (the end of a study); else it is made here. ``front``: likewise, the Pareto front
+    of a study with two objectives, where the caller has just recorded it.
 
     Raises:
         StudyError: ``study_dir`` holds no study.
@@ -195,6 +224,9 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     _clear(out)
     analysis = analysis if analysis is not None else _analysis(folder)
     pngs, notes = _plots(client, folder, rows, analysis, out)
+    front = front if front is not None else _front(client, folder, rows)
+    front_png = (figures.save(figures.pareto_figure(front), out, figures.PARETO_PLOT_FILE)
+                 if front is not None else None)
     paper = list(_baselines.rows(spec.dataset_name))
     full = [r for r in rows if r["run_id"] in analysis.run_ids and r["final"] is not None]
     best = full[0] if full else None  # rows are sorted by final test_acc
@@ -205,11 +237,13 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
              f"search preset `{spec.search.preset}`, {len(rows)} trial(s). MLflow experiment "
              f"`{spec.experiment}` at `{folder.tracking_uri}`.", "", "## Trials", ""]
     lines += _trial_lines(rows, shown) + _guard_lines(rows, spec.train.epochs)
+    lines += _front_lines(front, spec, front_png)
     lines += ["", "## The paper's results on this dataset", ""] + _paper_lines(spec.dataset_name, paper)
     lines += ["", "## Best trial", ""] + _best_lines(analysis, best, rows)
     lines += [""] + analysis.markdown(level=2).rstrip("\n").split("\n")
     lines += ["", "## Plots"] + [f"\n![{p.stem}]({p.name})" for p in pngs]
     lines += ([""] + [f"* {n}" for n in notes]) if notes else []
     (out / REPORT_FILE).write_text("\n".join(lines) + "\n")
+    pngs += [front_png] if front_png is not None else []
     _log_report(folder, [out / REPORT_FILE, *pngs])
-    return Report(out, rows, paper, best, analysis, pngs, notes)
+    return Report(out, rows, paper, best, analysis, pngs, notes, front)

@@ -204,6 +204,32 @@ def test_optuna_plots_needing_two_trials_are_skipped_with_their_reason(tmp_path)
                      for what in ("parallel coordinates", "contour plot")]
 
 
+def test_the_contour_plot_leaves_out_a_dimension_of_one_value_without_optunas_warnings(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    folder = _folder(tmp_path)
+    study = optuna.create_study(study_name=folder.spec.name, storage=f"sqlite:///{folder.path / OPTUNA_FILE}",
+                                direction="maximize")
+    dists = {"lambda0": FloatDistribution(0, 1), "schedule": CategoricalDistribution(("linear", "cosine")),
+             "tau": FloatDistribution(0.05, 1.0)}
+    for i in range(6):  # every trial drew schedule=linear
+        study.add_trial(create_trial(params={"lambda0": i / 10, "schedule": "linear", "tau": 0.1 + i / 8},
+                                     distributions=dists, value=0.9 + i / 100))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # Optuna logs through its own logger, which does not propagate
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        files, notes = optuna_figures.optuna_plots(folder, Importance(), tmp_path)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert optuna_figures.CONTOUR_PLOT_FILE in [f.name for f in files]
+    assert notes == ["Optuna's contour plot leaves out `schedule` (a single value in the complete trials)."]
+
+
 def test_a_store_refusing_the_report_is_a_warning(tmp_path, caplog):
     (tmp_path / report.REPORT_FILE).write_text("# report\n")
     with caplog.at_level(logging.WARNING, logger="study.report"):

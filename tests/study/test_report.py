@@ -85,8 +85,8 @@ def test_learning_curves_have_integer_epochs_dashed_stopped_trials_and_a_legend_
     fig = _draw(figures.curves_figure(rows))
     ax = fig.axes[0]
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
-    assert styles["early  0.600, stopped early (2 of 3 epochs)"] == "--"
-    assert styles["t0  0.900"] == "-"
+    assert styles["early  0.6000, stopped early (2 of 3 epochs)"] == "--"  # accuracies to 4 decimals, as the tables
+    assert styles["t0  0.9000"] == "-"
     assert all(float(t).is_integer() for t in ax.get_xticks())
     legend = ax.get_legend()
     renderer = fig.canvas.get_renderer()
@@ -121,6 +121,12 @@ def test_best_configuration_yaml_has_types_not_strings():
     assert yaml.safe_load(report._yaml({"branches": "1,3"}))["branches"] == [1, 3]
     assert yaml.safe_load(report._yaml({"branches": "all"}))["branches"] == "all"
     assert yaml.safe_load(report._yaml({"branches": "none"}))["branches"] == "none"
+
+
+def test_the_trial_table_rounds_each_value_to_what_it_means():
+    row = _row("t1", 0.975, lambda0="0.9883738380592262", surrogate_param="0.9846632831701378")
+    lines = report._trial_lines([row], ["lambda0", "schedule", "branches", "surrogate_param"])
+    assert lines[2] == "| t1 | searched | 0.988 | linear | 1,2 | 0.985 | 3 | 0.9750 | 0.9750 | FINISHED |"
 
 
 def _config(method: str, label: str, acc: dict[str, float]) -> Configuration:

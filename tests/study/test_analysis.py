@@ -225,7 +225,8 @@ def test_the_confirm_stage_is_the_answer(store):
 
 def test_configuration_labels_round_to_the_digits_that_tell_them_apart(store):
     folder = store.study("labels", preset="quick")
-    for lam, surrogate_param in (("0.9883738380592262", "0.9846632831701378"), ("0.359507900573786", "1.4296928040878032"),
+    for lam, surrogate_param in (("0.9883738380592262", "0.9846632831701378"),
+                                 ("0.359507900573786", "1.4296928040878032"),
                                  ("0.9884123456789012", "0.9846632831701378")):
         store.trial(folder, "searched", 0, [0.5, 0.6, 0.7], extra={"lambda0": lam, "surrogate_param": surrogate_param})
     labels = sorted(c.label for c in analyse(folder).configurations)

@@ -92,7 +92,8 @@ def test_run_shows_progress_without_a_line_per_checkpoint(ray_session, tmp_path,
     assert r.returncode == 0, out[-3000:]
     assert "Trial status:" in out and "study quickstart: 2 trial(s), 0 errored" in out
     # the table's header once trials have results: Trial name, status, iter, total time (s), then metrics
-    headers = [line.strip("│ ").split() for line in out.splitlines() if line.startswith("│ Trial name") and "iter" in line]
+    headers = [line.strip("│ ").split() for line in out.splitlines()
+               if line.startswith("│ Trial name") and "iter" in line]
     assert headers and all(h[h.index("(s)") + 1:][:len(columns)] == columns for h in headers), headers
     assert "Checkpoint successfully created" not in out
     assert "Experiment state snapshotting" not in out

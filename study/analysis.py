@@ -36,6 +36,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from snn.metrics import TEST_ACC, ran_full_budget
+from study import rounding
 from study.folder import CONFIRM, SEARCH, StudyFolder
 from study.importance import Importance, importances
 from study.markdown import table
@@ -164,8 +165,8 @@ class Analysis:
             header = f"{100 * CONFIDENCE:.0f} % CI"
             lines += [""] + table(
                 ["configuration", "method", "n", f"mean {TEST_ACC}", "sd", header, "seeds", "trials"],
-                [[c.label, c.method, c.n, f"{c.mean:.4f}", "" if c.sd is None else f"{c.sd:.4f}",
-                  "" if c.ci is None else f"[{c.ci[0]:.4f}, {c.ci[1]:.4f}]", ", ".join(c.seeds),
+                [[c.label, c.method, c.n, _acc(c.mean), _acc(c.sd),
+                  "" if c.ci is None else f"[{_acc(c.ci[0])}, {_acc(c.ci[1])}]", ", ".join(c.seeds),
                   ", ".join(c.trial_ids)] for c in configs])
             single = sum(c.n < 2 for c in configs)
             if single:
@@ -240,19 +241,18 @@ def _full_budget_runs(folder: StudyFolder) -> tuple[list[_Run], dict[str, int]]:
 
 def _labels(keys: list[tuple[tuple[str, str], ...]], methods: list[str]) -> list[str]:
     """Short names of a stage's configurations: a paper method's name where it is the only one of its
-    method, else the params that tell the configurations apart."""
+    method, else the params that tell the configurations apart, their numbers rounded
+    (:func:`study.rounding.label`) to as few significant digits as still tell them apart."""
     varying = sorted({k for key in keys for k, _ in key
                       if len({dict(other).get(k) for other in keys}) > 1})
     counts = Counter(methods)
-    out = []
-    for key, method in zip(keys, methods):
-        if method != "searched" and counts[method] == 1:
-            out.append(method)
-            continue
-        params = dict(key)
-        shown = " ".join(f"{k}={params[k]}" for k in varying if k in params)
-        out.append(shown or method)
-    return out
+    named = [method != "searched" and counts[method] == 1 for method in methods]
+    for digits in range(rounding.SIGNIFICANT, 18):  # 17 significant digits tell any two floats apart
+        shown = [rounding.label(dict(key), varying, digits=digits) for key in keys]
+        texts = [s for s, n in zip(shown, named) if not n and s]
+        if len(set(texts)) == len(texts):
+            break
+    return [method if n else (s or method) for s, method, n in zip(shown, methods, named)]
 
 
 def _compare(runs: list[_Run]) -> tuple[str | None, list[Configuration], list[PairedDifference]]:
@@ -289,6 +289,11 @@ def _compare(runs: list[_Run]) -> tuple[str | None, list[Configuration], list[Pa
                 continue
             diffs.append(paired_difference(stage, of_method[a][0], of_method[b][0]))
     return (stages[0] if stages else None), configs, diffs
+
+
+def _acc(v: float | None) -> str:
+    """An accuracy (or its sd) in the comparison's tables."""
+    return rounding.metric(v, TEST_ACC)
 
 
 def _counts_sentence(kept: int, left_out: Mapping[str, int]) -> str:

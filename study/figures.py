@@ -55,6 +55,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullForm
 from snn.config import METHODS, PAPER_METHOD, PAPER_NAMES
 from snn.diagnostics import grad_histogram
 from snn.metrics import ENERGY, LAMBDA, TEST_ACC
+from study import rounding
 from study.analysis import Analysis
 from study.importance import Importance
 from study.pareto import ARITHMETIC_ONLY, Front
@@ -252,7 +253,7 @@ def dimension_figure(rows: Sequence[dict[str, Any]], dims: Sequence[str]) -> Fig
 
 # -- learning curves ----------------------------------------------------------------------------------
 def _curve_label(row: dict[str, Any]) -> str:
-    label = f"{row['trial_id']}  {row['final']:.3f}"
+    label = f"{row['trial_id']}  {rounding.metric(row['final'], TEST_ACC)}"
     return label if row["outcome"] == FULL else f"{label}, {_partial_label(row)}"
 
 
@@ -316,6 +317,12 @@ def _config_label(c: Configuration, stages: int) -> str:
     return (f"[{c.stage}] " if stages > 1 else "") + f"{name} (n={c.n})"
 
 
+def _mean_ci(c: Configuration) -> str:
+    """A configuration's mean and interval, as the comparison's table writes them: 0.9312 [0.9207, 0.9418]."""
+    mean, lo, hi = (rounding.metric(v, TEST_ACC) for v in (c.mean, *c.ci))
+    return f"{mean} [{lo}, {hi}]"
+
+
 def replicates_figure(analysis: Analysis) -> Figure | None:
     """Forest plot: mean final test_acc and 95 % CI of every configuration with at least 2 seeds."""
     configs = [c for c in analysis.configurations if c.n >= 2 and c.ci is not None]
@@ -332,8 +339,7 @@ def replicates_figure(analysis: Analysis) -> Figure | None:
     ax.set_yticks(range(len(configs)), [_config_label(c, stages) for c in reversed(configs)], fontsize=9)
     ax.set_ylim(-0.7, len(configs) - 0.3)
     right = ax.secondary_yaxis("right")  # the numbers, as the table has them
-    right.set_yticks(range(len(configs)), [f"{c.mean:.4f} [{c.ci[0]:.4f}, {c.ci[1]:.4f}]" for c in reversed(configs)],
-                     fontsize=8.5)
+    right.set_yticks(range(len(configs)), [_mean_ci(c) for c in reversed(configs)], fontsize=8.5)
     lo, hi = ax.get_xlim()
     ax.set_xlim(max(lo, 0.0), min(hi, 1.0))  # an interval past an accuracy of 1 (few seeds) is cut at 1
     ax.set_xlabel(f"final {TEST_ACC}: mean and 95 % confidence interval (dots: seeds)")
@@ -366,7 +372,7 @@ def lambda_plot(client, rows: list[dict[str, Any]], spec, out: Path) -> Path | N
             steps, values = zip(*points)
             # the λ of epoch e held from e - 1 to e (constant between perturbations)
             ax.step([0, *steps], [values[0], *values], where="pre", lw=1.4,
-                    label=f"{r['trial_id']} (test_acc {r['final']:.3f})")
+                    label=f"{r['trial_id']} (test_acc {rounding.metric(r['final'], TEST_ACC)})")
     ax.set_xlim(0, epochs)
     ax.set_ylim(bottom=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -20,7 +20,7 @@ def table(headers: Sequence[object], rows: Iterable[Sequence[object]]) -> list[s
     Args:
         headers: The column names.
         rows: One sequence of cells per row, as many as ``headers``; each cell is written with
-            ``str`` (format numbers before).
+            ``str`` (format numbers before: :mod:`study.rounding`).
 
     Raises:
         ValueError: A row has a different number of cells than ``headers``.

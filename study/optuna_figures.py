@@ -1,6 +1,8 @@
 """Optuna's views of a study in its report: parallel coordinates, slice and contour plots of
 the COMPLETE trials of its Optuna storage (:mod:`optuna.visualization.matplotlib`), each left
-out with its reason where the study has no storage or too few trials or dimensions.
+out with its reason where the study has no storage or too few trials or dimensions. The
+contour grid takes the dimensions that took 2 or more values in those trials (over one value
+Optuna draws nothing and logs a warning for every pair of the grid), and names those it left out.
 
 Optuna draws through pyplot and applies the ggplot style sheet globally, so each figure is
 made inside :func:`matplotlib.rc_context` and :func:`warnings.catch_warnings`, and every
@@ -9,6 +11,7 @@ pyplot figure it opened is closed once saved: no pyplot state or style is left b
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -85,15 +88,29 @@ def _relative() -> list[str]:
     return [n for n, d in DIMENSIONS.items() if d.relative]
 
 
-def _contour_params(study, importance: Importance) -> list[str]:
-    """Up to :data:`_CONTOUR_PARAMS` dimensions for the contour grid, the most important first;
-    a ``relative`` dimension left out (its range differs per choice of the one it depends on:
+def _varied(trials: list, name: str) -> bool:
+    """Whether ``name`` took at least 2 values among ``trials`` (Optuna draws no contour over one value:
+    it logs a warning for every pair of the grid that holds it)."""
+    return len({repr(t.params[name]) for t in trials if name in t.params}) >= 2
+
+
+def _contour_params(complete: list, importance: Importance) -> tuple[list[str], list[str]]:
+    """Up to :data:`_CONTOUR_PARAMS` dimensions for the contour grid, the most important first, and
+    the dimensions left out because the plotted trials gave them a single value. A ``relative``
+    dimension is left out too (its range differs per choice of the one it depends on:
     acc_by_dimension shows it relative)."""
-    names = sorted({p for t in study.trials for p in t.params} - set(_relative()))
+    names = sorted({p for t in complete for p in t.params} - set(_relative()))
+    single = [d for d in names if not _varied(complete, d)]
     rank = {**{d: v for d, v in importance.ped_anova.items()}, **importance.fanova}
     shown = columns()
-    order = sorted(names, key=lambda d: (-rank.get(d, -1.0), shown.index(d) if d in shown else 99, d))
-    return order[:_CONTOUR_PARAMS]
+    order = sorted((d for d in names if d not in single),
+                   key=lambda d: (-rank.get(d, -1.0), shown.index(d) if d in shown else 99, d))
+    return order[:_CONTOUR_PARAMS], single
+
+
+def _one_value(single: list[str]) -> str:
+    """The dimensions the plotted trials gave one value each, in words."""
+    return ", ".join(f"`{d}`" for d in single) + " (a single value in the complete trials)"
 
 
 def optuna_plots(folder: StudyFolder, importance: Importance, out: Path) -> tuple[list[Path], list[str]]:
@@ -106,13 +123,15 @@ def optuna_plots(folder: StudyFolder, importance: Importance, out: Path) -> tupl
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ov
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    # the trials Optuna's plots draw: COMPLETE, with a finite objective (the first of several)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values and math.isfinite(t.values[0])]
     params = sorted({p for t in complete for p in t.params})
     multi = len(study.directions) > 1
     kw: dict[str, Any] = {"target_name": TEST_ACC, **({"target": lambda t: t.values[0]} if multi else {})}
     if not params:
         return [], [f"Optuna's {names} are left out: the study searches no dimension."]
-    contour = _contour_params(study, importance)
+    contour, single = _contour_params(complete, importance)
     plans = [(PARALLEL_PLOT_FILE, "parallel coordinates", 2, lambda: ov.plot_parallel_coordinate(study, **kw),
               (2.1 * len(params) + 3, 4.8), _darker_lines),
              (SLICE_PLOT_FILE, "slice plot", 1, lambda: ov.plot_slice(study, **kw), (3.4 * len(params), 3.6), None),
@@ -124,14 +143,17 @@ def optuna_plots(folder: StudyFolder, importance: Importance, out: Path) -> tupl
             notes.append(f"Optuna's {what} is left out: it needs at least {least} complete trial(s), the study has "
                          f"{len(complete)}.")
         elif name == CONTOUR_PLOT_FILE and len(contour) < 2:
-            notes.append(f"Optuna's {what} is left out: it needs at least 2 dimensions "
-                         f"(besides {', '.join(_relative())}), the study searches {len(contour)}.")
+            notes.append(f"Optuna's {what} is left out: it needs at least 2 dimensions that took 2 or more values "
+                         f"(besides {', '.join(_relative())}), the study has {len(contour)}"
+                         + (f"; left out: {_one_value(single)}." if single else "."))
         else:
             try:
                 _optuna_figure(draw, out / name, size, touch)
                 files.append(out / name)
             except Exception as e:  # Optuna refuses this study's trials: the rest of the report stands
                 notes.append(f"Optuna's {what} is left out: {type(e).__name__}: {one_line(e)}.")
+    if CONTOUR_PLOT_FILE in {f.name for f in files} and single:
+        notes.append(f"Optuna's contour plot leaves out {_one_value(single)}.")
     left = len(study.trials) - len(complete)
     if files and left:
         notes.append(f"Optuna's plots show its {len(complete)} COMPLETE trials; {left} pruned (stopped early), "

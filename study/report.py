@@ -32,8 +32,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from snn.config import one_line
+from snn.metrics import TEST_ACC
 from study import baselines as _baselines
-from study import figures, optuna_figures
+from study import figures, optuna_figures, rounding
 from study.analysis import Analysis, analyse, record_analysis
 from study.folder import StudyFolder, open_study
 from study.markdown import table
@@ -81,25 +82,18 @@ def _guard_lines(rows: list[dict[str, Any]], epochs: int) -> list[str]:
 
 
 def _yaml(params: dict[str, str]) -> str:
-    """MLflow's string params as typed YAML (:func:`typed`)."""
+    """MLflow's string params as typed YAML (:func:`typed`), every digit kept: the configuration to rerun."""
     return yaml.safe_dump(typed(params), sort_keys=True, default_flow_style=None).rstrip()
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, str):
-        try:
-            v = float(v) if "." in v else v
-        except ValueError:
-            pass
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e3 else f"{v:.4f}".rstrip("0").rstrip(".")
-    return "" if v is None else str(v)
 
 
 def _trial_lines(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:
     return table(["trial", "method", *columns, "epochs", "final test_acc", "best test_acc", "status"],
-                 [[r["trial_id"], r["method"], *(_fmt(r["params"].get(c, "")) for c in columns), r["epochs"],
-                   _fmt(r["final"]), _fmt(r["best"]), r["status"]] for r in rows])
+                 [[r["trial_id"], r["method"], *(rounding.value(r["params"].get(c, ""), c) for c in columns),
+                   r["epochs"], _acc(r["final"]), _acc(r["best"]), r["status"]] for r in rows])
+
+
+def _acc(v: float | None) -> str:
+    return rounding.metric(v, TEST_ACC)
 
 
 def _paper_lines(dataset: str, paper: list[_baselines.Baseline]) -> list[str]:
@@ -107,20 +101,20 @@ def _paper_lines(dataset: str, paper: list[_baselines.Baseline]) -> list[str]:
         return [f"The paper reports no results on `{dataset}`, so there are no baselines to compare with (it has "
                 f"rows for {', '.join(_baselines.DATASETS)})."]
     return table(["table", "method", "architecture", "T", "test_acc", "±"],
-                 [[b.table, b.method, b.architecture, b.timesteps, f"{b.accuracy:.4f}",
-                   "" if b.std is None else f"{b.std:.4f}"] for b in paper])
+                 [[b.table, b.method, b.architecture, b.timesteps, _acc(b.accuracy), _acc(b.std)]
+                  for b in paper])
 
 
 def _best_lines(analysis: Analysis, best: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     if (config := analysis.best) is not None:
-        lines += [f"Best configuration ({config.stage} stage, {config.label}): mean test_acc {config.mean:.4f}, "
-                  f"95 % CI [{config.ci[0]:.4f}, {config.ci[1]:.4f}] over {config.n} seeds "
+        lines += [f"Best configuration ({config.stage} stage, {config.label}): mean test_acc {_acc(config.mean)}, "
+                  f"95 % CI [{_acc(config.ci[0])}, {_acc(config.ci[1])}] over {config.n} seeds "
                   f"({', '.join(config.seeds)}; trials {', '.join(config.trial_ids)}).", "",
                   "```yaml", _yaml(config.params), "```", ""]
     if best:
         lines += [f"Best single trial among those that trained their full budget: `{best['trial_id']}` reached "
-                  f"test_acc {best['final']:.4f} (main branch, as at inference).",
+                  f"test_acc {_acc(best['final'])} (main branch, as at inference).",
                   "", "```yaml", _yaml(best["params"]), "```"]
     elif rows:
         lines.append("No trial has trained its full budget yet (stopped early, failed or still running).")

@@ -87,9 +87,10 @@ def _trainable(spec: StudySpec, prepared: data.Prepared | None = None, stage: st
     if prepared is not None:  # a user's data: through the object store if small, else from data_root
         small = prepared.nbytes <= spec.dataset.object_store_limit_mb * 2**20
         shipped = {"data": prepared.in_memory() if small else None, "data_path": prepared.path}
-    # the sampler of each trial's system metrics (MLflow's monitors): the trainable imports no MLflow
+    # the sampler of each trial's system metrics (MLflow's monitors): the trainable imports no MLflow;
+    # the objectives lead each result, so that Tune's progress table shows them
     return tune.with_resources(tune.with_parameters(train_snn, study_dir=study_dir, system_metrics=SystemSampler,
-                                                    **shipped),
+                                                    objectives=[m for m, _ in spec.objectives()], **shipped),
                                {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 

@@ -497,6 +497,24 @@ def test_ray_tune_logger_messages_the_console_drops(name, words, why):
     _check(words in inspect.getsource(module), symbol, f"{why} ({words!r}, which the console's filter matches)")
 
 
+def test_ray_tune_experimental_output_private_infer_user_metrics():
+    """The progress table of a Tuner shows the first four metrics a trial reports, in its order:
+    the trainable reports the study's objectives first so that the table shows them."""
+    from ray.air._internal.usage import AirEntrypoint
+    from ray.tune.experiment import Trial
+
+    symbol = "ray.tune.experimental.output._infer_user_metrics"
+    output = _module("ray.tune.experimental.output", symbol)
+    _attr(output, "_infer_user_metrics", symbol)
+    reporter = output._detect_reporter(output.AirVerbosity.DEFAULT, num_samples=1, entrypoint=AirEntrypoint.TUNER)
+    trial = Trial("__fake", config={}, stub=True)
+    trial.update_last_result({"test_acc": 0.9, "energy_uj": 0.2, "train_loss": 1.0, "train_acc": 0.5, "lambda": 0.1,
+                              "node_id": "abc", "training_iteration": 2, "time_total_s": 3.0})
+    _, table = reporter._get_heartbeat([trial])
+    _check(table.header[-4:] == ["test_acc", "energy_uj", "train_loss", "train_acc"], symbol,
+           f"showing the first four metrics of a trial's result, in its order (header {table.header})")
+
+
 def test_mlflow_pytorch_logger_pickle_advice():
     symbol = "logger 'mlflow.pytorch'"
     module = _module("mlflow.pytorch", symbol)

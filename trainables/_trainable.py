@@ -19,7 +19,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,15 +90,17 @@ def stripped_spec(cfg: TrainConfig, prepared: Prepared | None) -> dict[str, Any]
 
 class _Reporter:
     """Reports each epoch to Tune with a checkpoint that carries the state and the trial record,
-    and the epoch's system metrics (:class:`SystemMetrics`)."""
+    and the epoch's system metrics (:class:`SystemMetrics`); the metrics named in ``first`` lead
+    the result (Tune's progress table shows the first four metrics a trial reports)."""
 
     def __init__(self, cfg: TrainConfig, history: list[dict[str, Any]], prepared: Prepared | None = None,
-                 system: SystemMetrics | None = None) -> None:
-        self.cfg, self.history, self.prepared, self.system = cfg, history, prepared, system
+                 system: SystemMetrics | None = None, first: Sequence[str] = ()) -> None:
+        self.cfg, self.history, self.prepared, self.system, self.first = cfg, history, prepared, system, first
 
     def __call__(self, metrics: dict[str, float], trainer: Trainer) -> None:
         system = self.system.epoch() if self.system is not None else {}
-        result = {**metrics, **system, NODE_ID: _node_id(), TORCH_THREADS: torch.get_num_threads()}
+        result = {**{k: metrics[k] for k in self.first if k in metrics}, **metrics, **system, NODE_ID: _node_id(),
+                  TORCH_THREADS: torch.get_num_threads()}
         self.history.append({**result, "hostname": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
                              "timestamp": time.time()})
         with tempfile.TemporaryDirectory() as tmp:
@@ -219,7 +221,8 @@ def _user_data(data: Prepared | None, data_path: str | None) -> Prepared | None:
 
 
 def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepared | None = None,
-              data_path: str | None = None, system_metrics: Callable[[], SystemMetrics] | None = None) -> None:
+              data_path: str | None = None, system_metrics: Callable[[], SystemMetrics] | None = None,
+              objectives: Sequence[str] = ()) -> None:
     """Train one trial for ``config["epochs"]`` epochs, reporting and checkpointing every epoch.
 
     Args:
@@ -233,6 +236,10 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         system_metrics: Makes the sampler of the node's system metrics, started with the
             training and stopped after it; each epoch's result carries its averages. None:
             no system metrics.
+        objectives: The study's objectives (metric names), reported first in each epoch's
+            result: Tune's progress table shows the first four metrics a trial reports
+            (docs/decisions.md), so its columns are the objectives, then the training's loss and
+            accuracy.
     """
     _threads()
     prepared = _user_data(data, data_path)  # first: a node without the data fails at once
@@ -262,7 +269,7 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
         state = _with_lr(state, cfg.lr)
     system = system_metrics() if system_metrics is not None else None
     try:
-        fit(cfg, _Reporter(cfg, history, prepared, system), state=state, data=prepared)
+        fit(cfg, _Reporter(cfg, history, prepared, system, objectives), state=state, data=prepared)
     except TrainingDiverged as e:
         # Retrying would diverge again from the same checkpoint: end the trial now, marked as
         # diverged; the study records it as FAILED in MLflow and Optuna.

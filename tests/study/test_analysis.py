@@ -223,6 +223,22 @@ def test_the_confirm_stage_is_the_answer(store):
     assert "3 of 3 configuration(s) ran with a single seed" in text
 
 
+def test_configuration_labels_round_to_the_digits_that_tell_them_apart(store):
+    folder = store.study("labels", preset="quick")
+    for lam, surrogate_param in (("0.9883738380592262", "0.9846632831701378"),
+                                 ("0.359507900573786", "1.4296928040878032"),
+                                 ("0.9884123456789012", "0.9846632831701378")):
+        store.trial(folder, "searched", 0, [0.5, 0.6, 0.7], extra={"lambda0": lam, "surrogate_param": surrogate_param})
+    labels = sorted(c.label for c in analyse(folder).configurations)
+    # 0.98837... and 0.98841... agree to 4 digits: their labels take 5; surrogate_param 3
+    assert labels == ["lambda0=0.35951 surrogate_param=1.4297", "lambda0=0.98837 surrogate_param=0.98466",
+                      "lambda0=0.98841 surrogate_param=0.98466"]
+    folder = store.study("labels3", preset="quick")
+    for lam in ("0.9883738380592262", "0.359507900573786"):
+        store.trial(folder, "searched", 0, [0.5, 0.6, 0.7], extra={"lambda0": lam})
+    assert sorted(c.label for c in analyse(folder).configurations) == ["lambda0=0.36", "lambda0=0.988"]
+
+
 # -- which dimension matters -----------------------------------------------------------------------
 def _optuna_study(folder: StudyFolder, shortcut: int, vanilla: int = 0, pruned: int = 0, failed: int = 0):
     """A quick-preset search in the study's Optuna storage: accuracy driven by λ₀, vanilla

@@ -77,17 +77,24 @@ def test_commands_on_a_missing_study_fail_in_one_line(tmp_path, args, expected):
     assert r.returncode == 1 and expected in error_line(r)
 
 
-def test_run_shows_progress_without_a_line_per_checkpoint(ray_session, tmp_path):
-    # Tune's status and the summary, but not Ray's "Checkpoint successfully created" for every
-    # trial and epoch, nor Tune's warning that forced experiment-state saves (num_to_keep) "may
-    # become a bottleneck", which epochs this short trigger
+@pytest.mark.parametrize("objective, columns", [("test_acc", ["test_acc"]),
+                                               ("test_acc+energy", ["test_acc", "energy_uj"])])
+def test_run_shows_progress_without_a_line_per_checkpoint(ray_session, tmp_path, objective, columns):
+    # Tune's status, its table with the study's objectives, and the summary, but not Ray's
+    # "Checkpoint successfully created" for every trial and epoch, nor Tune's warning that forced
+    # experiment-state saves (num_to_keep) "may become a bottleneck", which epochs this short trigger
     address = ray_session.get_runtime_context().gcs_address
     r = snn_study("run", "--set", "trials=2", "--set", "train.epochs=4", "--set", "scheduler=fifo",
+                  "--set", f"objective={objective}",
                   "--set", f"storage={tmp_path / 'st'}", "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db",
                   "--address", address, cwd=tmp_path, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "Trial status:" in out and "study quickstart: 2 trial(s), 0 errored" in out
+    # the table's header once trials have results: Trial name, status, iter, total time (s), then metrics
+    headers = [line.strip("│ ").split() for line in out.splitlines()
+               if line.startswith("│ Trial name") and "iter" in line]
+    assert headers and all(h[h.index("(s)") + 1:][:len(columns)] == columns for h in headers), headers
     assert "Checkpoint successfully created" not in out
     assert "Experiment state snapshotting" not in out
 

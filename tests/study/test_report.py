@@ -85,8 +85,8 @@ def test_learning_curves_have_integer_epochs_dashed_stopped_trials_and_a_legend_
     fig = _draw(figures.curves_figure(rows))
     ax = fig.axes[0]
     styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
-    assert styles["early  0.600, stopped early (2 of 3 epochs)"] == "--"
-    assert styles["t0  0.900"] == "-"
+    assert styles["early  0.6000, stopped early (2 of 3 epochs)"] == "--"  # accuracies to 4 decimals, as the tables
+    assert styles["t0  0.9000"] == "-"
     assert all(float(t).is_integer() for t in ax.get_xticks())
     legend = ax.get_legend()
     renderer = fig.canvas.get_renderer()
@@ -121,6 +121,12 @@ def test_best_configuration_yaml_has_types_not_strings():
     assert yaml.safe_load(report._yaml({"branches": "1,3"}))["branches"] == [1, 3]
     assert yaml.safe_load(report._yaml({"branches": "all"}))["branches"] == "all"
     assert yaml.safe_load(report._yaml({"branches": "none"}))["branches"] == "none"
+
+
+def test_the_trial_table_rounds_each_value_to_what_it_means():
+    row = _row("t1", 0.975, lambda0="0.9883738380592262", surrogate_param="0.9846632831701378")
+    lines = report._trial_lines([row], ["lambda0", "schedule", "branches", "surrogate_param"])
+    assert lines[2] == "| t1 | searched | 0.988 | linear | 1,2 | 0.985 | 3 | 0.9750 | 0.9750 | FINISHED |"
 
 
 def _config(method: str, label: str, acc: dict[str, float]) -> Configuration:
@@ -202,6 +208,32 @@ def test_optuna_plots_needing_two_trials_are_skipped_with_their_reason(tmp_path)
     assert [f.name for f in files] == [optuna_figures.SLICE_PLOT_FILE]
     assert notes == [f"Optuna's {what} is left out: it needs at least 2 complete trial(s), the study has 1."
                      for what in ("parallel coordinates", "contour plot")]
+
+
+def test_the_contour_plot_leaves_out_a_dimension_of_one_value_without_optunas_warnings(tmp_path):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.trial import create_trial
+
+    folder = _folder(tmp_path)
+    study = optuna.create_study(study_name=folder.spec.name, storage=f"sqlite:///{folder.path / OPTUNA_FILE}",
+                                direction="maximize")
+    dists = {"lambda0": FloatDistribution(0, 1), "schedule": CategoricalDistribution(("linear", "cosine")),
+             "tau": FloatDistribution(0.05, 1.0)}
+    for i in range(6):  # every trial drew schedule=linear
+        study.add_trial(create_trial(params={"lambda0": i / 10, "schedule": "linear", "tau": 0.1 + i / 8},
+                                     distributions=dists, value=0.9 + i / 100))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # Optuna logs through its own logger, which does not propagate
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        files, notes = optuna_figures.optuna_plots(folder, Importance(), tmp_path)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    assert optuna_figures.CONTOUR_PLOT_FILE in [f.name for f in files]
+    assert notes == ["Optuna's contour plot leaves out `schedule` (a single value in the complete trials)."]
 
 
 def test_a_store_refusing_the_report_is_a_warning(tmp_path, caplog):

@@ -34,12 +34,13 @@ from typing import Any
 
 from search_spaces import DIMENSIONS
 from snn.metrics import ENERGY, ENERGY_RATIO, FIRING_RATE, TEST_ACC, ran_full_budget
+from study import rounding
 from study.markdown import table
 from study.tracking import log_pareto_set, metric_per_epoch, tag_pareto_front
 from study.trial_rows import FULL, columns, typed
 
 __all__ = ["ARITHMETIC_ONLY", "Front", "Point", "front_of_results", "front_of_rows", "markdown_lines",
-           "non_dominated", "record_front", "show_value"]
+           "non_dominated", "record_front"]
 
 _UNITS = {ENERGY: "µJ", FIRING_RATE: ""}
 ARITHMETIC_ONLY = "arithmetic only, no memory traffic"
@@ -135,39 +136,30 @@ class Front:
         head = (f"Pareto front ({TEST_ACC} up, {self.cost} down): {len(self.front)} of {len(self.points)} "
                 f"full-budget trial(s)")
         if not self.front:
-            why = f" within the energy budget of {show_value(self.max_cost)} µJ" if self.over_budget else ""
+            why = f" within the energy budget of {rounding.metric(self.max_cost, ENERGY)} µJ" if self.over_budget else ""
             return [head + f"; none{why}"]
         out = [head + ", cheapest first:"]
         for p in self.front:
-            config = ", ".join(f"{k}={_config_value(v)}" for k, v in p.config.items())
+            config = ", ".join(f"{k}={_config_value(v, k)}" for k, v in p.config.items())
             out.append(f"  trial {p.trial_id}: {TEST_ACC} {_percent(p.test_acc)}, {self._cost_text(p)} ({config})")
         return out
 
     def _cost_text(self, p: Point) -> str:
-        text = f"{self.cost} {show_value(p.cost)}" + (f" {_UNITS[self.cost]}" if _UNITS.get(self.cost) else "")
+        text = f"{self.cost} {rounding.metric(p.cost, self.cost)}" + (f" {_UNITS[self.cost]}" if _UNITS.get(self.cost) else "")
         if self.cost == ENERGY and p.energy_ratio is not None and math.isfinite(p.energy_ratio):
-            text += f" ({show_value(p.energy_ratio)}× the non-spiking network's)"
+            text += f" ({rounding.metric(p.energy_ratio, ENERGY_RATIO)}× the non-spiking network's)"
         return text
 
 
 # -- numbers as they mean --------------------------------------------------------------------------
-def show_value(v: float | None) -> str:
-    """A measured value to 3 significant digits, without an exponent where it fits (0.0123, 1230)."""
-    if v is None or not math.isfinite(v):
-        return ""
-    return f"{float(f'{v:.3g}'):g}"
-
-
 def _percent(acc: float) -> str:
     return f"{100 * acc:.1f} %"
 
 
-def _config_value(v: Any) -> str:
-    if isinstance(v, float):
-        return show_value(v)
+def _config_value(v: Any, dim: str) -> str:
     if isinstance(v, (list, tuple)):
         return ",".join(map(str, v))
-    return str(v)
+    return rounding.value(v, dim)
 
 
 # -- the front, from Tune's results or MLflow's runs -----------------------------------------------
@@ -268,7 +260,7 @@ def markdown_lines(front: Front, spec) -> list[str]:
                       f"per multiply-accumulate, {costs.ac_pj:g} pJ per accumulate): it counts {ARITHMETIC_ONLY}; "
                       f"the ratio compares it with the same network run as a non-spiking one.")
     if front.over_budget:
-        lines[-1] += (f" {len(front.over_budget)} trial(s) above the energy budget of {show_value(front.max_cost)} µJ "
+        lines[-1] += (f" {len(front.over_budget)} trial(s) above the energy budget of {rounding.metric(front.max_cost, ENERGY)} µJ "
                       f"are not on it.")
     if front.no_cost:
         lines[-1] += f" {front.no_cost} full-budget trial(s) reported no {front.cost} and are not ranked."
@@ -277,7 +269,7 @@ def markdown_lines(front: Front, spec) -> list[str]:
     dims = list(dict.fromkeys(k for p in front.front for k in p.config))
     unit = f" ({_UNITS[front.cost]})" if _UNITS.get(front.cost) else ""
     headers = ["trial", f"{TEST_ACC} (%)", f"{front.cost}{unit}", *(["× non-spiking"] if energy else []), *dims]
-    rows = [[p.trial_id, f"{100 * p.test_acc:.1f}", show_value(p.cost),
-             *([show_value(p.energy_ratio)] if energy else []),
-             *(_config_value(p.config[k]) if k in p.config else "" for k in dims)] for p in front.front]
+    rows = [[p.trial_id, f"{100 * p.test_acc:.1f}", rounding.metric(p.cost, front.cost),
+             *([rounding.metric(p.energy_ratio, ENERGY_RATIO)] if energy else []),
+             *(_config_value(p.config[k], k) if k in p.config else "" for k in dims)] for p in front.front]
     return lines + [""] + table(headers, rows)

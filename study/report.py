@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from snn.config import one_line
-from snn.metrics import TEST_ACC
+from snn.metrics import ENERGY, TEST_ACC
 from study import baselines as _baselines
 from study import figures, optuna_figures, rounding
 from study.analysis import Analysis, analyse, record_analysis
@@ -87,9 +87,10 @@ def _yaml(params: dict[str, str]) -> str:
 
 
 def _trial_lines(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[str]:
-    return table(["trial", "method", *columns, "epochs", "final test_acc", "best test_acc", "status"],
+    return table(["trial", "method", *columns, "epochs", "final test_acc", "best test_acc", "energy_uj (µJ)", "status"],
                  [[r["trial_id"], r["method"], *(rounding.value(r["params"].get(c, ""), c) for c in columns),
-                   r["epochs"], _acc(r["final"]), _acc(r["best"]), r["status"]] for r in rows])
+                   r["epochs"], _acc(r["final"]), _acc(r["best"]), rounding.metric(r.get("energy"), ENERGY),
+                   r["status"]] for r in rows])
 
 
 def _acc(v: float | None) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from search_spaces import DIMENSIONS, dims_of, searched
-from snn.metrics import TEST_ACC
+from snn.metrics import ENERGY, TEST_ACC
 from study.params import config_of_params
 from study.tracking import metric_per_epoch, trial_runs_filter
 
@@ -54,7 +54,8 @@ def read_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
     """One dict per trial run, best final test_acc first.
 
     Keys: trial_id, method, status (a sentence), outcome (:data:`FULL`, ...), run_id, curve
-    ((epoch, test_acc), finite values only), final, best, epochs (epochs with a value),
+    ((epoch, test_acc), finite values only), final, best, energy (the last energy_uj; None
+    for a run that logged none), epochs (epochs with a value),
     budget (the ``epochs`` param), params (MLflow's strings), stopped, saved, and the
     :func:`columns`.
     """
@@ -77,7 +78,7 @@ def read_rows(client, experiment_id: str, study: str) -> list[dict[str, Any]]:
                "status": status, "outcome": _outcome(r.info.status, tags, final), "run_id": r.info.run_id,
                "curve": curve, "final": final, "best": max(v for _, v in curve) if curve else None,
                "epochs": len(curve), "budget": _int(r.data.params.get("epochs")), "params": dict(r.data.params),
-               "stopped": tags.get("stopped"), "saved": saved}
+               "stopped": tags.get("stopped"), "saved": saved, "energy": r.data.metrics.get(ENERGY)}
         for c in columns():
             row[c] = r.data.params.get(c, "")
         rows.append(row)

@@ -125,8 +125,12 @@ def test_best_configuration_yaml_has_types_not_strings():
 
 def test_the_trial_table_rounds_each_value_to_what_it_means():
     row = _row("t1", 0.975, lambda0="0.9883738380592262", surrogate_param="0.9846632831701378")
+    row["energy"] = 0.21360318204
     lines = report._trial_lines([row], ["lambda0", "schedule", "branches", "surrogate_param"])
-    assert lines[2] == "| t1 | searched | 0.988 | linear | 1,2 | 0.985 | 3 | 0.9750 | 0.9750 | FINISHED |"
+    assert lines[0].endswith("| best test_acc | energy_uj (µJ) | status |")
+    assert lines[2] == "| t1 | searched | 0.988 | linear | 1,2 | 0.985 | 3 | 0.9750 | 0.9750 | 0.214 | FINISHED |"
+    del row["energy"]  # a run from before the energy estimate
+    assert report._trial_lines([row], [])[2] == "| t1 | searched | 3 | 0.9750 | 0.9750 |  | FINISHED |"
 
 
 def _config(method: str, label: str, acc: dict[str, float]) -> Configuration:

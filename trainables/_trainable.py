@@ -268,20 +268,23 @@ def train_snn(config: dict[str, Any], study_dir: str | None = None, data: Prepar
     if state is not None:
         state = _with_lr(state, cfg.lr)
     system = system_metrics() if system_metrics is not None else None
+    # a trial's last report when it ends without a value: NaN for every objective, which Tune
+    # requires of each result and the searcher records as FAIL or PRUNED
+    no_value = {m: float("nan") for m in dict.fromkeys((TEST_ACC, *objectives))}
     try:
         fit(cfg, _Reporter(cfg, history, prepared, system, objectives), state=state, data=prepared)
     except TrainingDiverged as e:
         # Retrying would diverge again from the same checkpoint: end the trial now, marked as
         # diverged; the study records it as FAILED in MLflow and Optuna.
         log.warning("trial diverged: %s", e)
-        tune.report({DIVERGED: 1.0, TEST_ACC: float("nan"), EPOCH: e.epoch, "error": str(e), NODE_ID: _node_id(),
+        tune.report({DIVERGED: 1.0, **no_value, EPOCH: e.epoch, "error": str(e), NODE_ID: _node_id(),
                      TORCH_THREADS: torch.get_num_threads()})
     except TrainingStopped as e:
         # A silent (or saturated) network cannot learn: the trial ends here, its compute saved;
         # the study records it as stopped (MLflow) and PRUNED (Optuna), and steers the search away.
         log.info("trial stopped: %s", e)
         tune.report({STOPPED: e.verdict.kind, STOPPED_STAGE: e.verdict.stage, "stopped_rate": e.verdict.rate,
-                     "epochs_done": e.epochs_done, TEST_ACC: float("nan"), EPOCH: e.epoch, NODE_ID: _node_id(),
+                     "epochs_done": e.epochs_done, **no_value, EPOCH: e.epoch, NODE_ID: _node_id(),
                      TORCH_THREADS: torch.get_num_threads()})
     finally:
         if system is not None:

@@ -182,11 +182,14 @@ def test_cifar10_study_logs_the_papers_rows(ray_session, tmp_path, monkeypatch):
         (rep.path / "report.md").read_text()
 
 
-def test_diverged_trials_fail_at_once_and_the_study_goes_on(ray_session, tmp_path):
+@pytest.mark.parametrize("objective", ["test_acc", "test_acc+energy"])
+def test_diverged_trials_fail_at_once_and_the_study_goes_on(ray_session, tmp_path, objective):
+    """Also with two objectives: the trial's last report holds every objective (NaN), which
+    Tune requires of each result."""
     import optuna
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = quickstart_spec({"name": "nan", "trials": 2, "train.epochs": 2, "scheduler": "fifo",
+    spec = quickstart_spec({"name": "nan", "trials": 2, "train.epochs": 2, "scheduler": "fifo", "objective": objective,
                             "search.fixed": {"lr": 1.0e12}, "storage": str(tmp_path / "studies"),
                             "mlflow.tracking_uri": uri})
     result = run_study(spec, verbose=0)  # returns: the study is not stopped by a diverged trial

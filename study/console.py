@@ -133,6 +133,8 @@ def summary(result, extra: list[str]) -> None:
     objectives, the Pareto front's trials, the best model and where to look."""
     recovered = f" ({result.recovered} recovered from a failure by a retry)" if result.recovered else ""
     stopped = f", {result.stopped} stopped early by ASHA" if result.stopped else ""
+    if result.guarded:
+        stopped += f", {result.guarded} stopped by the firing-rate guard (silent or saturated)"
     confirmed = f", then {result.confirmed} in the confirm stage" if result.confirmed else ""
     click.echo(f"\nstudy {result.name}: {result.trials} trial(s){confirmed}, {result.errored} errored{recovered}"
                f"{stopped}; folder {result.path}")

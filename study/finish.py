@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from snn.config import one_line
-from snn.metrics import DIVERGED, EPOCH, TEST_ACC, ran_full_budget
+from snn.metrics import DIVERGED, EPOCH, STOPPED, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study.analysis import Analysis, record_analysis
 from study.folder import SEARCH, StudyError, StudyFolder
@@ -66,6 +66,7 @@ class StudyResult:
     best: dict[str, Any] | None
     recovered: int = 0  # trials that failed, were retried and ended well
     stopped: int = 0  # trials the scheduler stopped before their full budget (PRUNED in Optuna)
+    guarded: int = 0  # trials the firing-rate guard stopped: silent or saturated networks (PRUNED too)
     confirmed: int = 0  # trials of the confirm stage
     answer: list[str] = field(default_factory=list)  # the best replicated configuration, the paired differences
     model: RegisteredModel | None = None  # the best model, registered under the study's name
@@ -225,8 +226,9 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
     epochs = folder.spec.train.epochs
     front = _front(folder, results)
     best = _best(results, epochs, front)
-    stopped = sum(1 for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
-                  and not ran_full_budget(r.metrics.get(EPOCH), epochs))
+    short = [r for r in results if r.error is None and r.metrics and not r.metrics.get(DIVERGED)
+             and not ran_full_budget(r.metrics.get(EPOCH), epochs)]
+    guarded = sum(1 for r in short if r.metrics.get(STOPPED))
     every = list(results) + list(confirm_results or [])
     errored = sum(1 for r in every if r.error is not None)
     # Tune leaves error.txt in a trial folder at each failure, also when a retry then succeeds
@@ -245,5 +247,5 @@ def finish_study(folder: StudyFolder, results, confirm_results=None) -> StudyRes
     _report(folder, analysis, front)
     spec = folder.spec
     return StudyResult(spec.name, folder.path, spec.experiment, folder.tracking_uri, folder.parent_run_id,
-                       len(results), errored, best, recovered, stopped,
+                       len(results), errored, best, recovered, len(short) - guarded, guarded,
                        len(confirm_results) if confirm_results is not None else 0, answer, registered, front)

@@ -294,3 +294,16 @@ def test_energy_study_runs_to_a_pareto_front(energy_study, tmp_path, capsys):
     again = c.search_runs([exp], filter_string="tags.pareto = 'true'")
     assert {r.data.tags["trial_id"] for r in again} == expected
     assert [a.path for a in c.list_artifacts(parent.info.run_id) if "pareto" in a.path] == [PARETO_ARTIFACT]
+
+
+def test_the_closing_line_tells_the_guards_stops_from_the_schedulers(tmp_path, capsys):
+    from study.console import summary
+    from study.finish import StudyResult
+
+    for stopped, guarded, expected in ((0, 1, ", 1 stopped by the firing-rate guard (silent or saturated);"),
+                                       (2, 0, ", 2 stopped early by ASHA;"),
+                                       (0, 0, "0 errored; folder")):
+        summary(StudyResult("s", tmp_path, "s", "sqlite:///m.db", "r", 4, 0, None, stopped=stopped,
+                            guarded=guarded), [])
+        first = capsys.readouterr().out.strip().splitlines()[0]
+        assert expected in first and (guarded or "guard" not in first) and (stopped or "ASHA" not in first), first

@@ -1,8 +1,8 @@
 """What ``snn-study`` shows on the console, and the study folder's log that keeps the rest.
 
 :func:`setup` configures Python's logging for a command: records on stderr, one line each
-(a traceback as one line naming the file that holds it in full), Ray's and Tune's INFO
-lines only with ``-v``, and Tune's advice that does not apply to a study left out unless
+(a traceback as one line naming the file that holds it in full), Ray's, Tune's and Optuna's
+INFO lines only with ``-v``, and Tune's advice that does not apply to a study left out unless
 ``-vv``. :func:`log_to` adds the study folder's log (:data:`LOG_FILE`), which keeps every
 record, tracebacks in full, once the command knows its study. :func:`summary` prints a
 study's closing lines. Only the command line calls
@@ -117,6 +117,13 @@ def setup(verbose: int) -> None:
             handler.addFilter(_QuietRay())
     for noisy in ("alembic", "mlflow", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Optuna logs through a handler of its own, at INFO ("A new study created in RDB ..."): its
+    # records go where every other record goes instead, its INFO lines only with -v
+    import optuna.logging
+
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     if verbose < 2:
         for name, words in _TUNE_ADVICE.items():
             logging.getLogger(name).addFilter(_Drop(words))

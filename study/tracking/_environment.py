@@ -18,4 +18,7 @@ MLFLOW_ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     # MLflow draws a progress bar for every download, one small file or not (a run's config.yaml).
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow sets its loggers' level from the environment when it is imported, after the CLI's
+    # logging is set up: at INFO a new store prints "Creating initial MLflow database tables...".
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
 }

@@ -10,8 +10,9 @@ removed (Algorithm 1, inference part), as one NIR graph:
 * each LIF layer of Eq. 1-2 a ``LIF`` node (an ``IF`` node for τ = 1) whose forward-Euler
   discretisation with the time step :data:`DT` is Eq. 1-2 exactly (:func:`lif_node`);
 * each residual addition two edges into the block's second LIF node: NIR sums a node's inputs;
-* the classifier as ``AvgPool2d`` (global, over the last stage's H x W), ``Flatten`` and
-  ``Affine`` nodes (the ResNet-19 head: ``Affine``, ``LIF``, ``Affine``);
+* the classifier's global average pooling as ``SumPool2d`` over the last stage's H x W (its
+  1/(H·W) in the next weights), then ``Flatten`` and ``Affine`` nodes (the ResNet-19 head:
+  ``Affine``, ``LIF``, ``Affine``);
 * what NIR has no node for, in the graph's metadata: the time step, T, the input's encoding
   (the analog image as input current at each of the T steps, or one event frame per step) and
   the readout (the mean of the output over the T steps, Eq. 6's average over time).
@@ -164,19 +165,29 @@ def _block(g: _Graph, name: str, block: nn.Module, source: str) -> str:
 
 
 def _head(g: _Graph, head: nn.Module, source: str) -> str:
-    """Global average pooling, flatten and the classifier (with the ResNet-19 head's hidden LIF)."""
+    """Global average pooling, flatten and the classifier (with the ResNet-19 head's hidden LIF).
+
+    The pooling is a ``SumPool2d`` over the whole H x W map, its 1/(H·W) in the weights of the
+    ``Affine`` node after it: toolchains read sum pooling (Lava, Norse, Sinabs, SpiNNaker2, Spyx),
+    average pooling hardly any (docs/nir.md).
+    """
     c, h, w = g.shapes[source]
-    y = g.add("head.pool", nir.AvgPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
+    y = g.add("head.pool", nir.SumPool2d(kernel_size=np.array([h, w]), stride=np.array([h, w]),
                                          padding=np.array([0, 0])), (c, 1, 1), source)
     y = g.add("head.flatten", nir.Flatten(input_type={"input": np.array([c, 1, 1])}, start_dim=0, end_dim=-1), (c,), y)
+    first = head.fc1 if head.fc1 is not None else head.fc
+    y = g.add(f"head.{'fc1' if head.fc1 is not None else 'fc'}", _affine(first, 1.0 / (h * w)),
+              (first.out_features,), y)
     if head.fc1 is not None:
-        y = g.add("head.fc1", _affine(head.fc1), (head.fc1.out_features,), y)
         y = g.lif("head.lif", head.lif, y)
-    return g.add("head.fc", _affine(head.fc), (head.fc.out_features,), y)
+        y = g.add("head.fc", _affine(head.fc), (head.fc.out_features,), y)
+    return y
 
 
-def _affine(fc: nn.Linear) -> nir.NIRNode:
-    weight = fc.weight.detach().float().cpu().numpy()
+def _affine(fc: nn.Linear, scale: float = 1.0) -> nir.NIRNode:
+    """``fc`` as an Affine node (Linear without a bias), its weight times ``scale`` (in float64,
+    rounded once to float32)."""
+    weight = (fc.weight.detach().double().cpu() * scale).float().numpy()
     if fc.bias is None:
         return nir.Linear(weight=weight)
     return nir.Affine(weight=weight, bias=fc.bias.detach().float().cpu().numpy())

@@ -94,7 +94,7 @@ def test_the_graph_reads_back_with_lif_nodes_residual_edges_and_no_batchnorm(tmp
     write_nir(models.strip_shortcuts(net), tmp_path / "m.nir", [1, 8, 8])
     g = nir.read(tmp_path / "m.nir")
     kinds = {name: type(node).__name__ for name, node in g.nodes.items()}
-    assert set(kinds.values()) == {"Input", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "Output"}
+    assert set(kinds.values()) == {"Input", "Conv2d", "LIF", "SumPool2d", "Flatten", "Affine", "Output"}
     assert not any("norm" in k.lower() for k in kinds.values())
     assert {n for n, k in kinds.items() if k == "LIF"} == _lif_names(net)  # no shortcut head left
     assert {n for n, k in kinds.items() if k == "Conv2d"} == {"conv1", "layer1.0.conv1", "layer1.0.conv2",
@@ -107,11 +107,15 @@ def test_the_graph_reads_back_with_lif_nodes_residual_edges_and_no_batchnorm(tmp
     assert inputs["layer2.0.downsample"] == ["layer1.0.lif2"]
     assert inputs["head.pool"] == ["layer3.0.lif2"] and inputs["output"] == ["head.fc"]
     assert inputs["head.fc"] == (["head.lif"] if head_hidden else ["head.flatten"])
+    assert inputs.get("head.fc1") == (["head.flatten"] if head_hidden else None)
     # BatchNorm is in the convolutions: the stem's folded weight and bias
     w, b = fold_batchnorm(net.conv1, net.bn1)
     assert np.array_equal(g.nodes["conv1"].weight, w) and np.array_equal(g.nodes["conv1"].bias, b)
-    assert np.array_equal(g.nodes["head.fc"].weight, net.head.fc.weight.detach().numpy())
-    assert list(g.nodes["head.pool"].kernel_size) == [2, 2]  # the last stage's 2 x 2 map of an 8 x 8 digit
+    # global average pooling: a sum over the last stage's 2 x 2 map of an 8 x 8 digit, its 1/4 in the weights
+    assert list(g.nodes["head.pool"].kernel_size) == [2, 2] and list(g.nodes["head.pool"].stride) == [2, 2]
+    first = net.head.fc1 if head_hidden else net.head.fc
+    assert np.array_equal(g.nodes["head.fc1" if head_hidden else "head.fc"].weight, first.weight.detach().numpy() / 4)
+    assert np.array_equal(g.nodes["head.fc"].bias, net.head.fc.bias.detach().numpy())
     assert list(g.nodes["output"].output_type["output"]) == [10]
     assert int(g.metadata["timesteps"]) == 3 and float(g.metadata["dt"]) == DT
     assert "analog image" in str(g.metadata["input_encoding"]) and "mean of the output" in str(g.metadata["readout"])

@@ -39,8 +39,8 @@ __all__ = ["DT", "INPUT_NODE", "OUTPUT_NODE", "fold_batchnorm", "lif_node", "to_
 
 DT = 1e-4
 """The time step (seconds) of the exported neurons: one step of Eq. 1-2 is DT of NIR's
-continuous-time LIF. snnTorch's importer discretises with this fixed step; others take it
-from the graph's ``dt`` metadata."""
+continuous-time LIF. snnTorch's importer discretises with this step, fixed; importers that take
+a time step as an argument (Norse's ``dt``) are given the graph's ``dt`` metadata."""
 
 INPUT_NODE, OUTPUT_NODE = "input", "output"
 

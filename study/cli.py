@@ -396,6 +396,28 @@ def dashboard(study: str, host: str, port: int) -> None:
 
 
 @cli.command()
+@click.argument("source")
+@click.option("--format", "fmt", default="nir", show_default=True,
+              help="nir: the Neuromorphic Intermediate Representation (Lava, Rockpool, Sinabs, snnTorch, ...).")
+@click.option("-o", "--out", default="model.nir", show_default=True, type=click.Path(dir_okay=False),
+              help="The file to write, e.g. -o best.nir.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default="sqlite:///mlflow.db", show_default=True,
+              help="The MLflow store of a RUN_ID or models:/ SOURCE (env MLFLOW_TRACKING_URI); a study names its own.")
+def export(source: str, fmt: str, out: str, tracking_uri: str) -> None:
+    """Export a trained network, shortcut branches stripped, for neuromorphic hardware (docs/nir.md).
+
+    SOURCE is a study (folder or name: its best model), a trial's MLflow run id, or a registered
+    model, models:/NAME@ALIAS. The file is also logged to the trial's MLflow run."""
+    from study.export import export_model
+    from study.folder import StudyError
+
+    try:
+        click.echo(export_model(source, out, fmt=fmt, tracking_uri=tracking_uri).summary())
+    except StudyError as e:
+        _fail(str(e), e.exit_code)
+
+
+@cli.command()
 @click.option("--arch", default="resnet34", show_default=True)
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--epochs", default=3, show_default=True, type=int)

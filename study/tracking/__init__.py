@@ -4,10 +4,10 @@ Each trial's folder is the study's durable record (:mod:`study.tracking._folders
 shows that record:
 
 * a parent run for the study (``_parent``), one nested run per trial (``_projection``), its
-  inference model as a logged model and the study's best one in the Model Registry
-  (``_models``), and the paper's Tables 1-4 as runs tagged ``kind=baseline`` with the same
-  ``test_acc`` metric (``_baselines``); a multi-objective study's Pareto front, tagged on its
-  trial runs and logged on the parent run (``_pareto``);
+  inference model as a logged model and the study's best one in the Model Registry, each read
+  back for export (``_models``), and the paper's Tables 1-4 as runs tagged ``kind=baseline``
+  with the same ``test_acc`` metric (``_baselines``); a multi-objective study's Pareto front,
+  tagged on its trial runs and logged on the parent run (``_pareto``);
 * written live by :class:`StudyTracker`, a Tune callback on the driver (``_tracker``), on a
   best-effort basis through MLflow's own client and its retries (``_environment``), after
   asking the server whether it answers (``_health``);
@@ -30,7 +30,8 @@ _HOMES = {  # private module -> the public names it holds
     "_environment": ("MLFLOW_ENVIRONMENT",),
     "_folders": ("TrialRecord", "read_trial", "trial_ended"),
     "_health": ("check_tracking_uri", "reachable"),
-    "_models": ("MODEL_NAME", "RegisteredModel", "inference_model", "log_inference_model", "register_best_model"),
+    "_models": ("BEST_ALIAS", "MODEL_NAME", "ModelNotFound", "RegisteredModel", "StoredModel", "inference_model",
+                "log_inference_model", "read_inference_model", "register_best_model"),
     "_parent": ("BEST_CONFIG_ARTIFACT", "finish_parent_run", "start_parent_run"),
     "_pareto": ("PARETO_ARTIFACT", "PARETO_SIZE_TAG", "PARETO_TAG", "log_pareto_set", "tag_pareto_front"),
     "_projection": ("OPTUNA_TRIAL_TAG",),
@@ -62,7 +63,8 @@ if TYPE_CHECKING:
     from study.tracking._environment import MLFLOW_ENVIRONMENT
     from study.tracking._folders import TrialRecord, read_trial, trial_ended
     from study.tracking._health import check_tracking_uri, reachable
-    from study.tracking._models import (MODEL_NAME, RegisteredModel, inference_model, log_inference_model,
+    from study.tracking._models import (BEST_ALIAS, MODEL_NAME, ModelNotFound, RegisteredModel, StoredModel,
+                                        inference_model, log_inference_model, read_inference_model,
                                         register_best_model)
     from study.tracking._parent import BEST_CONFIG_ARTIFACT, finish_parent_run, start_parent_run
     from study.tracking._pareto import (PARETO_ARTIFACT, PARETO_SIZE_TAG, PARETO_TAG, log_pareto_set,

@@ -1,4 +1,5 @@
-"""A finished trial's inference network as an MLflow model, and a study's best one in the Model Registry."""
+"""A finished trial's inference network as an MLflow model, a study's best one in the Model Registry,
+and either read back (:func:`read_inference_model`)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,33 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModel, LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 import snn
 from snn import models
+from snn.config import one_line
 from snn.metrics import TEST_ACC
 from study.folder import StudyFolder
 from study.tracking._folders import is_number
-from study.tracking._runs import trial_runs_filter
+from study.tracking._health import check_tracking_uri
+from study.tracking._runs import KIND, trial_runs_filter
 from trainables.layout import STRIPPED_MODEL_FILE, STRIPPED_SPEC_FILE
 
-__all__ = ["BEST_ALIAS", "MODEL_NAME", "RegisteredModel", "inference_model", "log_inference_model",
-           "register_best_model"]
+__all__ = ["BEST_ALIAS", "MODEL_NAME", "ModelNotFound", "RegisteredModel", "StoredModel", "inference_model",
+           "log_inference_model", "read_inference_model", "register_best_model"]
 
 MODEL_NAME = "model"  # the name of every trial's logged model
 BEST_ALIAS = "best"  # the registered version of a study's best model: models:/<study>@best
@@ -169,3 +175,90 @@ def register_best_model(folder: StudyFolder, trial_ids: Iterable[str], why: str)
     c.set_registered_model_alias(name, BEST_ALIAS, version.version)
     return RegisteredModel(name, str(version.version), run.info.run_id, run.data.tags.get("trial_id", ""),
                            float(run.data.metrics[TEST_ACC]))
+
+
+class ModelNotFound(LookupError):
+    """The store holds no such run, trial model or registered version, or cannot be read (one line)."""
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A trial's inference network read back from MLflow (:func:`read_inference_model`)."""
+
+    net: torch.nn.Module  # the stripped network (snn.models.strip_shortcuts), in eval mode
+    input_shape: tuple[int, ...]  # one sample: [C, H, W], or an event sample's [T, C, H, W]
+    kind: str  # "static" or "frames" (snn.data.DatasetInfo.kind)
+    run_id: str  # the trial's run, which logged the model
+    uri: str  # where it was read: the logged model's or the registered version's URI
+
+
+def read_inference_model(tracking_uri: str, *, run_id: str | None = None, model_uri: str | None = None) -> StoredModel:
+    """Read back the inference network that :func:`log_inference_model` logged: a trial run's
+    (``run_id``: its newest READY logged model) or a registered version's (``model_uri``,
+    ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``).
+
+    The model's files are downloaded and loaded by ``mlflow.pytorch``; the code folder that
+    loading puts first on ``sys.path`` is taken off again (the process's own ``snn`` is the one
+    the network's classes come from either way).
+
+    Raises:
+        ModelNotFound: No such run, trial model or version, or the store cannot be read.
+        ValueError: The run is not a trial's, or ``model_uri`` is not a ``models:/`` URI.
+    """
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise ModelNotFound(f"--tracking-uri: no MLflow store at {tracking_uri} (the file does not exist)")
+    try:
+        check_tracking_uri(tracking_uri)
+    except ConnectionError as e:
+        raise ModelNotFound(str(e)) from None
+    c = MlflowClient(tracking_uri)
+    try:
+        if model_uri is not None:
+            uri, source, run_id = _registered_version(c, model_uri)
+        else:
+            uri, source = _trial_model(c, run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+            path = list(sys.path)
+            try:
+                net = mlflow.pytorch.load_model(local, map_location="cpu")
+            finally:
+                sys.path[:] = path
+            signature = Model.load(local).signature
+    except MlflowException as e:
+        raise ModelNotFound(f"{model_uri or run_id}: cannot be read from the MLflow store at {tracking_uri} "
+                            f"({one_line(e.message)})") from None
+    shape = tuple(int(n) for n in signature.inputs.inputs[0].shape)  # [-1, C, H, W] or frames [T, -1, C, H, W]
+    if len(shape) == 5:
+        return StoredModel(net.eval(), (net.net.timesteps, *shape[2:]), "frames", run_id, uri)
+    return StoredModel(net.eval(), shape[1:], "static", run_id, uri)
+
+
+def _registered_version(c: MlflowClient, model_uri: str) -> tuple[str, str, str]:
+    """(the URI, where its files are, its run) of a registered version named by ``models:/NAME@ALIAS``
+    or ``models:/NAME/VERSION``."""
+    rest = model_uri.removeprefix("models:/")
+    name, at, alias = rest.partition("@")
+    if rest == model_uri or not name or (not at and not rest.rpartition("/")[2].isdigit()):
+        raise ValueError(f"{model_uri}: expected a registered model as models:/NAME@ALIAS or models:/NAME/VERSION")
+    try:
+        version = (c.get_model_version_by_alias(name, alias) if at else
+                   c.get_model_version(*rest.rsplit("/", 1)))
+    except MlflowException as e:
+        raise ModelNotFound(f"{model_uri}: no such registered model version ({one_line(e.message)})") from None
+    return model_uri, version.source, version.run_id
+
+
+def _trial_model(c: MlflowClient, run_id: str) -> tuple[str, str]:
+    """(the URI, where its files are) of a trial run's newest READY logged model."""
+    try:
+        run = c.get_run(run_id)
+    except MlflowException as e:
+        raise ModelNotFound(f"{run_id}: no such run ({one_line(e.message)})") from None
+    if run.data.tags.get(KIND) != "trial":
+        raise ValueError(f"{run_id}: run is not a trial's (its tag {KIND} is {run.data.tags.get(KIND)!r}); give a "
+                         f"trial's run, a study folder or a models:/ URI")
+    model = _ready_model(c, run.info.experiment_id, run_id)
+    if model is None:
+        raise ModelNotFound(f"{run_id}: the trial has no finished model (it logs one when it trains its last epoch)")
+    return model.model_uri, model.artifact_location

@@ -21,8 +21,8 @@ from study.spec import QUICKSTART
 
 SEEN = {"tried": 0, "ok": 0, "failed": 0}
 
-_COMMANDS = ["run", "resume", "sync", "stop", "train", "baselines", "report", "ui", "dashboard", "gradients"]
-_OPTIONS = ["--set", "--address", "--tracking-uri", "--config", "--threads", "--out", "--host", "--port", "--arch",
+_COMMANDS = ["run", "resume", "sync", "stop", "train", "baselines", "report", "ui", "dashboard", "gradients", "export"]
+_OPTIONS = ["--set", "--address", "--tracking-uri", "--config", "--threads", "--out", "-o", "--format", "--host", "--port", "--arch",
             "--epochs", "--timesteps", "--dataset", "--max-batches", "--experiment", "-v", "-vv", "--", "-x"]
 _SPEC_KEYS = sorted(QUICKSTART) + ["train.epochs", "train.batch_size", "search.preset", "search.fixed.lambda0",
                                    "search.fixed.branches", "lambda0", "schedule", "branches", "epochs", "bogus.key"]
@@ -91,7 +91,7 @@ def _arguments(world):
                              str(root), "", "-", "studies/s"])
     number = st.integers(-2, 70000).map(str)
     junk = st.text(max_size=10)
-    values = {"--set": _set, "--config": paths, "--out": paths, "--threads": number, "--port": number,
+    values = {"--set": _set, "--config": paths, "--out": paths, "-o": paths, "--format": st.sampled_from(["nir"]) | junk, "--threads": number, "--port": number,
               "--epochs": number, "--timesteps": number, "--max-batches": number,
               "--arch": st.sampled_from(ARCHS) | junk, "--dataset": st.sampled_from(DATASETS) | junk,
               "--tracking-uri": st.sampled_from(["sqlite:///fuzz.db", "http://127.0.0.1:1", "file:///nowhere"]) | junk,

@@ -161,7 +161,7 @@ def test_snntorch_runs_the_exported_graph_exactly_as_the_project_runs_the_networ
     """snnTorch's NIR importer, an independent simulator, gives the stripped network's logits and
     every layer's spikes of every sample. With BatchNorm that folds without rounding, nothing but
     the order of float sums differs: the spikes are the same, the logits equal to float32 rounding.
-    (A trained network's folded BatchNorm rounds differently: tests/study/test_export.py.)"""
+    (A trained network's folded BatchNorm rounds differently: tests/study/test_export_cli.py.)"""
     pytest.importorskip("snntorch")
     from nir_sim import import_snntorch, run_project, run_snntorch
 

@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from snn.config import one_line
 from snn.metrics import ENERGY, TEST_ACC
 from study import baselines as _baselines
-from study import figures, optuna_figures, rounding
+from study import figures, optuna_figures, rounding, warm_start
 from study.analysis import Analysis, analyse, record_analysis
 from study.folder import StudyFolder, open_study
 from study.markdown import table
@@ -230,7 +230,9 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     lines = [f"# Study `{spec.name}`", "",
              f"Dataset `{spec.dataset_name}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
              f"search preset `{spec.search.preset}`, {len(rows)} trial(s). MLflow experiment "
-             f"`{spec.experiment}` at `{folder.tracking_uri}`.", "", "## Trials", ""]
+             f"`{spec.experiment}` at `{folder.tracking_uri}`."]
+    lines += warm_start.report_lines(client, folder)  # the earlier studies' trials Optuna started from
+    lines += ["", "## Trials", ""]
     lines += _trial_lines(rows, shown) + _guard_lines(rows, spec.train.epochs)
     lines += _front_lines(front, spec, front_png)
     lines += ["", "## The paper's results on this dataset", ""] + _paper_lines(spec.dataset_name, paper)

@@ -9,6 +9,7 @@ trial (each as typed YAML), the comparison of the configurations and of the pape
 which dimension matters (:mod:`study.analysis`, which the report also records on the study's
 parent MLflow run), and the plots, with a line for each plot left out and why. The plots are
 :mod:`study.figures`' and :mod:`study.optuna_figures`'; the trials are :mod:`study.trial_rows`'.
+A warm-started study says under its header from where its search started (:mod:`study.warm_start`).
 A study with two objectives also gets its Pareto front (:mod:`study.pareto`): a section with
 the Pareto set as a table and the plot of accuracy against the cost; where the caller has not
 just recorded the front, the report records it in MLflow (the front's runs tagged, the set on

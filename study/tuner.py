@@ -12,6 +12,8 @@ after the search (:func:`build_confirm_tuner`). :func:`run_study` and :func:`res
 run the checks of :mod:`study.startup` before Ray starts, run the Tuners, and end with
 :mod:`study.finish`: an interrupted study raises
 :class:`~study.finish.StudyInterrupted`, a finished one records its answer.
+With ``search.warm_start``, earlier studies' finished trials join the searcher's Optuna study
+before its first suggestion (:mod:`study.warm_start`).
 """
 
 from __future__ import annotations

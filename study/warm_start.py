@@ -6,8 +6,8 @@ Each entry names an earlier study: its folder or an MLflow experiment, whose fin
 :mod:`study._earlier_studies` (which says from where, and why there). Those that fit the new
 space become COMPLETE trials of the new Optuna study, with their values (:func:`add_trials`;
 :func:`check` first says whether each entry can be read), so TPE models them instead of
-drawing at random (it models a study from its 10th complete trial on, Optuna's
-``n_startup_trials``).
+drawing at random (TPE draws at random until a study holds 10 complete or pruned trials,
+Optuna's ``n_startup_trials``).
 
 What fits: the new space is run on a stand-in trial that answers each suggestion with the
 earlier trial's value (its drawn value, else its study's constant: the default), so a

@@ -94,7 +94,7 @@ def test_the_earlier_finished_trials_are_complete_trials_of_the_new_study_with_t
 
 
 def test_tpe_draws_its_first_suggestion_from_the_earlier_trials(tmp_path):
-    """TPE models a study from its 10th complete trial on: with 12 earlier trials, its first draw
+    """TPE draws at random until a study holds 10 complete trials: with 12 earlier ones, its first draw
     after the paper's setting is the one a TPE sampler of the same seed makes from those trials
     alone (Optuna's own ask, the independent reference), not the one it makes from nothing."""
     old, folder = _earlier(tmp_path)

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from search_spaces import build_space, paper_setting
 from study import tuner
+from study._search import SeededRepeater
 from study.cli import main
 from study.folder import StudyError, StudyFolder, study_paths, write_state
 from study.spec import quickstart_spec
@@ -91,6 +92,13 @@ def test_the_earlier_finished_trials_are_complete_trials_of_the_new_study_with_t
     again = tuner._searcher(spec)
     assert add_trials(again, spec, spec.mlflow.tracking_uri).trials == 12
     assert len(_added(again)) == 12
+
+
+def test_a_replicated_study_adds_them_to_the_optuna_study_its_repeater_wraps(tmp_path):
+    _, folder = _earlier(tmp_path)
+    spec, repeater = _new(tmp_path, seeds=2, **{"search.warm_start": [str(folder)]})
+    assert isinstance(repeater, SeededRepeater)
+    assert add_trials(repeater, spec, spec.mlflow.tracking_uri).trials == len(_added(repeater.searcher)) == 12
 
 
 def test_tpe_draws_its_first_suggestion_from_the_earlier_trials(tmp_path):

@@ -224,7 +224,8 @@ def test_snn_study_check_shows_the_warm_start_or_its_one_line_error(tmp_path, mo
     code, out, err = _cli(["check", *over, "--set", "search.warm_start=[first]"], capsys)  # its name under ./studies
     assert code == 0, err
     assert (f"warm start (added to Optuna as COMPLETE trials before its first suggestion):\n  first: 12 of the 12 "
-            f"finished trial(s) of study folder {(tmp_path / 'studies' / 'first').resolve()} (its Optuna storage)") in out
+            f"finished trial(s) of study folder {(tmp_path / 'studies' / 'first').resolve()} (its Optuna "
+            f"storage)") in out
     code, out, err = _cli(["check", *over, "--set", "search.warm_start=[frist]"], capsys)
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("snn-study: error: search.warm_start: frist: neither a study folder")
@@ -257,7 +258,8 @@ def test_a_second_study_starts_from_the_first_ones_trials(ray_session, tmp_path)
     assert new.trials[0].state == TrialState.COMPLETE and new.trials[0].params == paper_setting(second.stages)
     parent = MlflowClient(second.mlflow.tracking_uri).get_run(result.parent_run_id)
     assert parent.data.params[TRIALS_PARAM] == "3"
-    assert parent.data.params[FROM_PARAM] == f"3 of the 3 finished trial(s) of study folder {folder} (its Optuna storage)"
+    assert parent.data.params[FROM_PARAM] == (f"3 of the 3 finished trial(s) of study folder {folder} (its Optuna "
+                                              f"storage)")
     report = (write_report(study_paths(second)["dir"]).path / "report.md").read_text()
     assert f"Optuna's search started from 3 trial(s) of earlier studies (`search.warm_start`): 3 of the 3 " \
            f"finished trial(s) of study folder {folder}" in report

@@ -122,7 +122,7 @@ class _Replay:
     values, records each one's distribution, and raises :class:`_Misfit` at the first value the
     space cannot take."""
 
-    number = 0
+    number = 0  # read only by the paper and ablation presets, which take no warm start (StudySpec)
 
     def __init__(self, trial: EarlierTrial, stages: int) -> None:
         self.trial, self.stages = trial, stages

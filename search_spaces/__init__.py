@@ -13,6 +13,7 @@ from search_spaces._dims import (
     perturbed,
     register,
     searched,
+    spelled,
 )
 from search_spaces._spaces import (
     METHODS,
@@ -29,5 +30,5 @@ from search_spaces._spaces import (
 __all__ = [
     "DIMENSIONS", "Dimension", "METHODS", "PRESETS", "SearchSpace", "all_branches",
     "branch_choices", "build_space", "describe", "dimension", "dims_of", "first_points", "fixable", "method_setting",
-    "optional", "paper_setting", "perturbed", "register", "searched",
+    "optional", "paper_setting", "perturbed", "register", "searched", "spelled",
 ]

@@ -141,11 +141,11 @@ def check(spec: str | None, sets: tuple[str, ...]) -> None:
     """
     s = _load(spec, sets)
     from study.folder import StudyError
-    from study.preflight import plan, prepare_data
+    from study.preflight import check_spec, plan
 
     prepared, missing, notes = None, None, []
     try:
-        prepared = prepare_data(s, say=notes.append, fetch=False)
+        prepared = check_spec(s, say=notes.append, fetch=False)
     except StudyError as e:
         if e.exit_code != 1 or s.trial_config().dataset_name != s.dataset:  # a user's data: its own check
             _fail(str(e), e.exit_code)

@@ -2,9 +2,11 @@
 
 :func:`prepare_data` opens the spec's dataset on the driver: a built-in one's files are
 looked for (or downloaded), a user's data is read, checked and prepared once for all
-trials (:func:`snn.data.prepare`). :func:`plan` says what a run of the spec would do:
-the trial's config, the search's dimensions and ranges, the data, the resources and the
-concurrency to expect. Neither starts Ray, writes a study folder or touches MLflow.
+trials (:func:`snn.data.prepare`). :func:`check_spec` adds the earlier studies a warm start
+names (:func:`study.warm_start.check`) for ``snn-study check``. :func:`plan` says what a run
+of the spec would do: the trial's config, the search's dimensions and ranges, the trials a
+warm start adds, the data, the resources and the concurrency to expect. None starts Ray,
+writes a study folder or writes to MLflow (a warm start's experiment is read).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from typing import Any
 from search_spaces import build_space, describe, perturbed
 from snn import data
 from snn.config import UserData
-from study import baselines
+from study import baselines, warm_start
 from study.folder import StudyError
 from study.spec import POPULATION, StudySpec, hide_password
 
-__all__ = ["PrepareProgress", "plan", "prepare_data"]
+__all__ = ["PrepareProgress", "check_spec", "plan", "prepare_data"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,19 @@ def prepare_data(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepa
     except OSError as e:  # unreadable
         raise StudyError(f"data_root: {root}: {e.strerror or e}") from None
     return None
+
+
+def check_spec(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepared | None:
+    """What ``snn-study check`` checks before it prints the plan: the earlier studies of
+    ``search.warm_start`` in the spec's tracking store (:func:`study.warm_start.check`), then the
+    data (:func:`prepare_data`, whose arguments and return value these are).
+
+    Raises:
+        StudyError: A warm start's study is missing, unreadable or shares no dimension (exit 2),
+            or as :func:`prepare_data`.
+    """
+    warm_start.check(spec, spec.mlflow.tracking_uri)
+    return prepare_data(spec, say=say, fetch=fetch)
 
 
 class PrepareProgress:
@@ -174,6 +189,7 @@ def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None
     elif spec.search.preset == "ablation":
         out.append("  evolutionary, shortcut and vanilla training (Table 1) in turn, a new seed each round")
     out += [f"  {k}: {v}" for k, v in dims.items()]
+    out += warm_start.plan_lines(spec, spec.mlflow.tracking_uri)
     out.append("trial config:" if spec.scheduler in POPULATION else
                "trial config (searched keys: the paper's value, which the first trial tries):")
     out += [f"  {k}: {_show(v)}" for k, v in cfg.to_dict().items() if k not in dims]

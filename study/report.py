@@ -9,6 +9,7 @@ trial (each as typed YAML), the comparison of the configurations and of the pape
 which dimension matters (:mod:`study.analysis`, which the report also records on the study's
 parent MLflow run), and the plots, with a line for each plot left out and why. The plots are
 :mod:`study.figures`' and :mod:`study.optuna_figures`'; the trials are :mod:`study.trial_rows`'.
+A warm-started study says under its header from where its search started (:mod:`study.warm_start`).
 A study with two objectives also gets its Pareto front (:mod:`study.pareto`): a section with
 the Pareto set as a table and the plot of accuracy against the cost; where the caller has not
 just recorded the front, the report records it in MLflow (the front's runs tagged, the set on
@@ -34,7 +35,7 @@ from mlflow.exceptions import MlflowException
 from snn.config import one_line
 from snn.metrics import ENERGY, TEST_ACC
 from study import baselines as _baselines
-from study import figures, optuna_figures, rounding
+from study import figures, optuna_figures, rounding, warm_start
 from study.analysis import Analysis, analyse, record_analysis
 from study.folder import StudyFolder, open_study
 from study.markdown import table
@@ -230,7 +231,9 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     lines = [f"# Study `{spec.name}`", "",
              f"Dataset `{spec.dataset_name}`, architecture `{spec.arch}`, T = {spec.timesteps}, "
              f"search preset `{spec.search.preset}`, {len(rows)} trial(s). MLflow experiment "
-             f"`{spec.experiment}` at `{folder.tracking_uri}`.", "", "## Trials", ""]
+             f"`{spec.experiment}` at `{folder.tracking_uri}`."]
+    lines += warm_start.report_lines(client, folder)  # the earlier studies' trials Optuna started from
+    lines += ["", "## Trials", ""]
     lines += _trial_lines(rows, shown) + _guard_lines(rows, spec.train.epochs)
     lines += _front_lines(front, spec, front_png)
     lines += ["", "## The paper's results on this dataset", ""] + _paper_lines(spec.dataset_name, paper)

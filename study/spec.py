@@ -100,6 +100,9 @@ class SearchSpec(_Strict):
         "database server; default: the SQLite file optuna.db in the study folder. A password is better left out "
         "of it: libpq reads PGPASSWORD or ~/.pgpass (the study folder keeps the URL as given; MLflow and the "
         "console show it with the password hidden)"))
+    warm_start: list[str] = Field(default_factory=list, description=(
+        "earlier studies whose finished trials the search starts from (study.warm_start): each a study folder "
+        "(studies/<name>, or its name) or an MLflow experiment in this study's tracking store"))
 
     @field_validator("preset")
     @classmethod
@@ -233,6 +236,11 @@ class _Study(_Strict):
         elif self.pbt is not None:
             raise _FieldError("pbt", f"only with scheduler: pbt or pb2 (this spec's scheduler is {self.scheduler}); "
                                      f"remove it, or set the scheduler")
+        if self.search.warm_start and (self.scheduler in POPULATION or self.search.preset in ("paper", "ablation")):
+            raise _FieldError("search.warm_start", (
+                f"scheduler {self.scheduler} draws its population without Optuna: no search to add earlier trials "
+                f"to; remove it") if self.scheduler in POPULATION else (f"preset {self.search.preset} counts its seeds "
+                f"by Optuna's trial number, which earlier trials would shift; use quick or full"))
         if self.seeds > 1 or self.confirm:
             self._replicates()
         if len(self.objectives()) > 1 and self.scheduler == "asha":

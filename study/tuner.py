@@ -12,6 +12,8 @@ after the search (:func:`build_confirm_tuner`). :func:`run_study` and :func:`res
 run the checks of :mod:`study.startup` before Ray starts, run the Tuners, and end with
 :mod:`study.finish`: an interrupted study raises
 :class:`~study.finish.StudyInterrupted`, a finished one records its answer.
+With ``search.warm_start``, earlier studies' finished trials join the searcher's Optuna study
+before its first suggestion (:mod:`study.warm_start`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from snn import data
 from snn.config import HEAD_ONLY
 from snn.metrics import EPOCH, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
-from study import local_ray
+from study import local_ray, warm_start
 from study._search import Points, SeededRepeater, StudyOptunaSearch
 from study.finish import StudyResult, check_finished, finish_study, full_budget
 from study.folder import (CONFIRM, SEARCH, StudyError, StudyFolder, open_study, optuna_url, stage_dir, study_paths,
@@ -204,8 +206,11 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepare
                                   reduction_factor=2)
     else:
         scheduler = FIFOScheduler()
+    search = _searcher(spec)
+    if spec.search.warm_start:  # earlier studies' finished trials, in Optuna before its first suggestion
+        warm_start.record(folder, warm_start.add_trials(search, spec, folder.tracking_uri))
     tune_config = tune.TuneConfig(
-        search_alg=_searcher(spec), scheduler=scheduler, num_samples=_samples(spec),
+        search_alg=search, scheduler=scheduler, num_samples=_samples(spec),
         max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname, reuse_actors=True,
         trial_name_creator=_trial_dirname, **({"metric": metric, "mode": mode} if single else {}))
     run_config = tune.RunConfig(
@@ -371,6 +376,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, tracking_uri: str 
                          f"'snn-study resume {paths['dir']}' or choose another name")
     check_server(uri)
     check_optuna(spec, new=True)
+    warm_start.check(spec, uri)  # the earlier studies of search.warm_start are there, and share a dimension
     prepared = prepare_data(spec)
     own_ray = start_ray(spec, address)
     check_resources(spec)  # before MLflow's store or the study folder exist: a refused study leaves nothing

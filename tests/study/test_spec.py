@@ -51,6 +51,10 @@ def spec(**kw):
     (spec(energy={"max_uj": 0}), "energy.max_uj: Input should be greater than 0, got 0"),
     (spec(objective="test_acc+energy", scheduler="asha"), "scheduler: asha stops trials by one metric, and would cut the test_acc+energy front's low-cost trials short; use fifo"),
     (spec(scheduler="pbt", trials=4, energy={"max_uj": 1.0}), "energy.max_uj: scheduler pbt has no search to constrain"),
+    (spec(search={"warm_start": "studies/first"}), "search.warm_start: Input should be a valid list, got 'studies/first'"),
+    (spec(search={"warm_start": [{"study": "first"}]}), "search.warm_start.0: Input should be a valid string"),
+    (spec(scheduler="pb2", trials=4, search={"warm_start": ["first"]}), "search.warm_start: scheduler pb2 draws its population without Optuna: no search to add earlier trials to; remove it"),
+    (spec(search={"preset": "ablation", "warm_start": ["first"]}), "search.warm_start: preset ablation counts its seeds by Optuna's trial number, which earlier trials would shift; use quick or full"),
 ])
 def test_bad_specs_name_the_field(data, expected):
     with pytest.raises(SpecError) as e:

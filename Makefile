@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 loguru
 	$(PY) -m benchmarks
 
-# The LIF, network and shortcut sections on a CUDA GPU. Writes benchmarks/RESULTS-cuda.md.
+# The LIF, network, shortcut and energy sections on a CUDA GPU. Writes benchmarks/RESULTS-cuda.md.
 bench-cuda: $(STAMP)
 	$(PY) -m pip install -q --no-deps spikingjelly==2.0.0 loguru
 	$(PY) -m benchmarks --device cuda

@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from benchmarks import ROOT, _guard, _lif, _malloc, _network, _pbt, _report, _shortcuts, _study_cost, _user_data
+from benchmarks import (ROOT, _energy, _guard, _lif, _malloc, _network, _pbt, _report, _shortcuts, _study_cost,
+                        _user_data)
 
 Section = tuple[str, str, Callable[[bool], list[dict]]]  # title, note, run(quick) -> rows
 
@@ -29,7 +30,9 @@ def _sections(cuda: bool, quick: bool) -> dict[str, Section]:
                 "network": ("1. Training step of the whole network (CUDA)", _network.NOTE_CUDA,
                             _network.bench_network_cuda),
                 "shortcuts": ("2. Shortcut overhead (CUDA)", _shortcuts.NOTE,
-                              lambda q: _shortcuts.bench_shortcuts(q, "cuda"))}
+                              lambda q: _shortcuts.bench_shortcuts(q, "cuda")),
+                "energy": ("8. Counting an inference's operations (energy) on CUDA: cost in an evaluation pass",
+                           _energy.NOTE, lambda q: _energy.bench_energy(q, ("cuda",)))}
     return {"lif": ("4. LIF layer alone: forward + backward", _lif.NOTE, _lif.bench_lif),
             "network": ("1. Training step of the whole network (CPU)", _network.NOTE, _network.bench_network),
             "shortcuts": ("2. Shortcut overhead", _shortcuts.NOTE, _shortcuts.bench_shortcuts),
@@ -37,17 +40,20 @@ def _sections(cuda: bool, quick: bool) -> dict[str, Section]:
             "user-data": ("5. A user's data: ready in a trial", _user_data.NOTE, _user_data.bench_user_data),
             "guard": ("6. Firing-rate guard: silent trials stopped, compute saved", _guard.NOTE, _guard.bench_guard),
             "pbt": ("7. Learned λ (PBT) against the paper's linear decay, at equal compute", _pbt.note(quick),
-                    _pbt.bench_pbt)}
+                    _pbt.bench_pbt),
+            "energy": ("8. Counting an inference's operations (energy): cost in an evaluation pass", _energy.NOTE,
+                       _energy.bench_energy)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes, resnet-tiny only (a few minutes)")
-    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study", "user-data", "guard", "pbt"],
+    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study", "user-data", "guard", "pbt", "energy"],
                    action="append",
                    help="run this section alone (repeat for several); default: all")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="cuda: the LIF, network and shortcut sections on the GPU (default --out RESULTS-cuda.md)")
+                   help="cuda: the LIF, network, shortcut and energy sections on the GPU "
+                        "(default --out RESULTS-cuda.md)")
     p.add_argument("--out", default=None, help="default benchmarks/RESULTS.md (RESULTS-cuda.md with --device cuda)")
     a = p.parse_args(argv)
     cuda = a.device == "cuda"

@@ -87,6 +87,9 @@ def test_examples_cover_every_table_and_format():
                if isinstance(yaml.safe_load(p.read_text())["dataset"], dict)}
     assert formats == {"npz", "imagefolder", "events"}
     assert any("laptop" in n for n in names)
+    # the accuracy-energy front on a laptop (README, Energy)
+    assert any(yaml.safe_load(p.read_text()).get("objective") == "test_acc+energy" and p.name.startswith("laptop")
+               for p in EXAMPLES)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)

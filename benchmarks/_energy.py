@@ -4,16 +4,14 @@ An evaluation pass as ``snn.training.Trainer.evaluate`` runs it, with
 :class:`snn.diagnostics.ActivityMonitor` attached (which every evaluation does, for
 ``energy_uj``, ``synops`` and the firing rates) against the same pass without hooks. To see
 where the cost comes from, the monitor is also built up part by part: its hooks doing nothing,
-then the firing rates, then the per-layer binary check, then the fan-out product (the whole
-monitor). Last, a cheaper design, measured here only (:class:`_CountedOnce`): the spikes a LIF
-fires summed once per position, and every layer that reads them takes its synaptic operations
-from those sums, with no binary check.
+then each LIF's spikes summed per position (what the firing rates need too), then the whole
+monitor (its conv and linear hooks: which source a layer reads, MACs bookkeeping; the SOPs
+are folded from the LIFs' sums when the counts are read).
 """
 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Callable
 
 import torch
@@ -29,20 +27,14 @@ NOTE = ("An evaluation pass as `snn.training.Trainer.evaluate` runs it (`torch.n
         "on the CPU, 10 on CUDA), T = 2, untrained weights (what is counted does not change the work of "
         "counting it). `no counting`: no hooks. `ActivityMonitor`: what every evaluation attaches, its "
         "accessors read at the end. Between them the monitor built up part by part, each row adding to the "
-        "one above: `hooks only` (its forward hooks on the same layers, doing nothing), `+ firing rates` "
-        "(each LIF's spikes summed), `+ binary check` (every conv and linear layer but the stem checks "
-        "`x == 0 or x == 1` over its input, and counts MACs), then the fan-out product (the input summed "
-        "per position and multiplied by the fan-out): the whole monitor. `adds` is each row's time less the "
-        "row above's, as a fraction of `no counting`. `proposed`: a design measured here only, not the "
-        "project's: each LIF's spikes summed once per position (in half precision over at most 256 channels "
-        "in their own dtype first, which is exact), kept per batch and added up when the counts are read; a "
-        "layer reading a LIF's output takes its SOPs from those sums, with no binary check (a LIF fires 0 or "
-        "1); any other input is counted as the monitor counts it. Its counts are checked against the "
-        "monitor's, and the last column says how many layers took their SOPs from a LIF's sums (the others "
-        "read no spikes: the stem, and the classifier on averaged spikes). Precision: `bf16 autocast` is "
-        "`amp: true` on a CPU with native bfloat16 (this one) and on CUDA; `float32` is `amp: false`, or any "
-        "CPU without bfloat16 (the LIF then runs its fused numba kernels). Candidates interleaved round by "
-        "round, medians. The issue's target: counting adds at most 2 %.")
+        "one above: `hooks only` (its forward hooks on the same layers, doing nothing), `+ spike sums` "
+        "(each LIF's spikes summed per position, what the firing rates need too), then the whole monitor "
+        "(its conv and linear hooks note which spikes a layer reads and count MACs; the SOPs are folded "
+        "from the LIFs' sums when read). `adds` is each row's time less the row above's, as a fraction of "
+        "`no counting`. Precision: `bf16 autocast` is `amp: true` on a CPU with native bfloat16 and on "
+        "CUDA; `float32` is `amp: false`, or any CPU without bfloat16 (the LIF then runs its fused numba "
+        "kernels). Candidates interleaved round by round, medians. The issue's target: counting adds at "
+        "most 2 %.")
 
 _NOTHING = lambda *args: None  # noqa: E731  (a hook that does nothing)
 
@@ -53,141 +45,23 @@ class _HooksOnly(ActivityMonitor):
     def _lif_hook(self, stage: str):
         return _NOTHING
 
-    def _synapse_hook(self, is_stem: bool):
-        return _NOTHING
-
-
-class _FiringRates(ActivityMonitor):
-    """The monitor's spike counts per stage; its conv and linear hooks do nothing."""
+    def _pool_hook(self, module, args, out) -> None:
+        return None
 
     def _synapse_hook(self, is_stem: bool):
         return _NOTHING
 
 
-class _BinaryCheck(ActivityMonitor):
-    """The monitor without its fan-out product: firing rates, MACs and the binary check, no SOPs."""
-
-    def _synops(self, module: nn.Module, x: Tensor) -> Tensor:
-        return torch.zeros((), dtype=torch.float64, device=x.device)
-
-
-def _root(x: Tensor) -> Tensor:
-    """The tensor whose memory ``x`` views (``x`` itself if it is no view)."""
-    return x if x._base is None else x._base
-
-
-class _CountedOnce(ActivityMonitor):
-    """The cheaper design this section proposes (not the project's): one pass per spike tensor.
-
-    A LIF's hook sums its spikes per position, [T, B, C, H, W] -> [H, W] (a LIF of a linear
-    layer: the total), kept until the evaluation's counts are read. In half precision
-    the channels are summed first in the spikes' own dtype, at most 256 at a time, which is
-    exact (bfloat16 holds every integer up to 256) and on a CPU several times faster than a
-    sum to float32, which takes the rest. A conv or linear layer whose input is a whole LIF
-    output (a view of it: the blocks fold T into B) only notes which LIF it reads: no binary
-    check (a LIF fires only 0 or 1), no operation on the device. Its SOPs
-    (the LIF's sums × the fan-out) and the stages' spike counts are worked out once, when an
-    accessor first reads them. Any other input (the stem's images, averaged spikes, a
-    max-pool's output) is counted as the monitor counts it.
-    """
-
-    def reset(self) -> None:
-        super().reset()
-        self._fired: dict[int, tuple[weakref.ref, nn.Module]] = {}  # id of a LIF's output -> (it, the LIF)
-        self._sums: dict[nn.Module, list[Tensor]] = {}  # LIF -> its spikes per position, one entry a batch
-        self._stage: dict[nn.Module, str] = {}
-        self._reads: dict[nn.Module, nn.Module] = {}  # conv or linear layer -> the LIF whose output it reads
-        self._sizes: dict[nn.Module, tuple[int, ...]] = {}
-        self._folded = True
-        self.checked: set[nn.Module] = set()  # the layers counted as the monitor counts them
-
-    def _count_images(self, module: nn.Module, args: tuple) -> None:
-        self._fired.clear()  # a new forward pass: the last one's LIF outputs are gone
-        super()._count_images(module, args)
-
-    def _lif_hook(self, stage: str):
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            o = out.detach() if out.requires_grad else out  # one dispatch fewer in an evaluation
-            dims = (0, 1, 2) if o.dim() == 5 else tuple(range(o.dim()))  # [T, B, C, H, W] -> [H, W], or the total
-            if o.dtype in (torch.float32, torch.float64):
-                sums = o.sum(dim=dims)
-            elif o.shape[2 if o.dim() == 5 else -1] <= 256:  # half precision: exact over <= 256 channels
-                sums = o.sum(dim=2 if o.dim() == 5 else -1).sum(dim=dims[:-1], dtype=torch.float32)
-            else:
-                sums = sum(part.sum(dim=2 if o.dim() == 5 else -1).sum(dim=dims[:-1], dtype=torch.float32)
-                           for part in o.split(256, dim=2 if o.dim() == 5 else -1))
-            self._sums.setdefault(module, []).append(sums)  # added up when first read: no dispatch here
-            self._stage[module] = stage
-            self._neurons[stage] += out.numel()
-            self._folded = False
-            root = _root(out)
-            if root.numel() == out.numel():
-                self._fired[id(root)] = (weakref.ref(root), module)
-        return hook
+class _SpikeSums(ActivityMonitor):
+    """The monitor's spike sums per LIF and position; its conv and linear hooks do nothing."""
 
     def _synapse_hook(self, is_stem: bool):
-        monitors = super()._synapse_hook(is_stem)
-
-        def hook(module: nn.Conv2d | nn.Linear, args: tuple, out: Tensor) -> None:
-            x = args[0]
-            root = _root(x)
-            fired = None if is_stem else self._fired.get(id(root))
-            if (fired is None or fired[0]() is not root or root.numel() != x.numel()
-                    or self._reads.get(module, fired[1]) is not fired[1]):
-                self.checked.add(module)
-                return monitors(module, args, out)
-            self._reads[module] = fired[1]
-            self._sizes[module] = tuple(x.shape[-2:])
-            if isinstance(module, nn.Conv2d):  # the monitor's MAC bookkeeping, for the ratio (host only)
-                kh, kw = module.kernel_size
-                macs = out.numel() * (module.in_channels // module.groups) * kh * kw
-                steps = out.shape[0] / self._batch
-            else:
-                macs = out.numel() * module.in_features
-                steps = out.numel() / (module.out_features * self._batch)
-            self._dense_macs += macs / steps
-        return hook
-
-    def _fold(self) -> None:
-        """The SOPs of the layers that read a LIF and the stages' spikes, from the LIFs' sums."""
-        if self._folded:
-            return
-        total = {lif: torch.stack(each).sum(0) for lif, each in self._sums.items()}
-        for layer, lif in self._reads.items():
-            sums = total[lif]
-            if isinstance(layer, nn.Conv2d):
-                fanout = self._fanout(layer, self._sizes[layer], sums.device)
-                sops = (sums * fanout).sum() * (layer.out_channels // layer.groups)
-            else:
-                sops = sums.sum() * layer.out_features
-            self._sops = self._sops + sops.double()
-        for lif, sums in total.items():
-            self._spikes[self._stage[lif]] = self._spikes[self._stage[lif]] + sums.sum().double()
-        self._sums.clear()
-        self._folded = True
-
-    def synops_per_image(self) -> float:
-        self._fold()
-        return super().synops_per_image()
-
-    def firing_rates(self) -> dict[str, float]:
-        self._fold()
-        return super().firing_rates()
-
-    def mean_firing_rate(self) -> float:
-        self._fold()
-        return super().mean_firing_rate()
-
-    @property
-    def from_lif(self) -> int:
-        """How many layers took their SOPs from a LIF's sums."""
-        return len(self._reads)
+        return _NOTHING
 
 
 # in the order of the rows: each part of the monitor adds to the row above
 _PARTS: dict[str, type[ActivityMonitor] | None] = {
-    "no counting": None, "hooks only": _HooksOnly, "+ firing rates": _FiringRates,
-    "+ binary check": _BinaryCheck, "ActivityMonitor": ActivityMonitor, "proposed": _CountedOnce}
+    "no counting": None, "hooks only": _HooksOnly, "+ spike sums": _SpikeSums, "ActivityMonitor": ActivityMonitor}
 
 
 def _counts(mon: ActivityMonitor) -> dict[str, float]:
@@ -267,24 +141,18 @@ def _rows(device: str, dataset: str, arch: str, batch: int, n: int, precision: s
         calls = {k: _evaluation(model, batches, amp, m) for k, m in _PARTS.items()}
         cheap = dataset == "digits" or device == "cuda"
         med = interleaved(calls, rounds=(10 if quick else 30) if cheap else 5, warmup=2)
-        reference, proposed = _counts(calls["ActivityMonitor"]()), calls["proposed"]()
     finally:
         torch.backends.cudnn.benchmark = saved
-    agree = max(abs(v - reference[k]) / max(abs(reference[k]), 1e-30) for k, v in _counts(proposed).items())
     where = f"cuda ({torch.cuda.get_device_name()})" if device == "cuda" else device
     base, rows, above = med["no counting"], [], None
     for k in _PARTS:
         row = {"device": where, "arch": arch, "input": "x".join(map(str, (info.in_channels, *info.input_size))),
                "batch": batch, "images a pass": sum(sizes), "precision": precision, "candidate": k,
                "ms a pass": med[k] * 1e3, "overhead (%)": (med[k] / base - 1) * 100}
-        if above is not None and k != "proposed":
+        if above is not None:
             row["adds (% of no counting)"] = (med[k] - med[above]) / base * 100
         if k == "ActivityMonitor":
             row["target <= 2 %"] = "met" if med[k] / base - 1 <= 0.02 else "not met"
-        if k == "proposed":
-            row["proposed vs monitor: counts, max relative difference"] = agree
-            row["layers counted from their LIF's sums"] = (f"{proposed.from_lif} of "
-                                                           f"{proposed.from_lif + len(proposed.checked)}")
         rows.append(row)
         above = k
     return rows

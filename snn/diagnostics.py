@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 
 import numpy as np
@@ -80,15 +81,43 @@ def grad_histogram(grads: Tensor | np.ndarray, bins: int = 50,
     return np.histogram(values, bins=bins, range=value_range)
 
 
+def _root(x: Tensor) -> Tensor:
+    """The tensor whose memory ``x`` views (``x`` itself if it is no view)."""
+    return x if x._base is None else x._base
+
+
+_EXACT_HALF = 256  # bfloat16 and float16 hold every integer up to 256: a sum of that many spikes is exact
+
+
+def _spikes_per_position(out: Tensor) -> Tensor:
+    """Spikes summed over all but the positions, in float32: [T, B, C, H, W] or [T·B, C, H, W] ->
+    [H, W]; a LIF of a linear layer, [T, B, N]: the total. In half precision the channels are
+    summed first in the spikes' own dtype, at most :data:`_EXACT_HALF` at a time (exact), which
+    on a CPU is several times faster than a sum to float32 of the whole tensor."""
+    spatial = out.dim() >= 4
+    channel = out.dim() - 3 if spatial else out.dim() - 1
+    rest = tuple(range(channel)) if spatial else None  # what is left to sum after the channels
+    if out.dtype in (torch.float32, torch.float64):
+        return out.sum(dim=(*range(channel), channel)) if spatial else out.sum()
+    return sum(p.sum(dim=channel).sum(dim=rest, dtype=torch.float32) for p in out.split(_EXACT_HALF, dim=channel))
+
+
 class ActivityMonitor:
     """Forward hooks that count spikes per stage and the operations of an inference per image.
 
-    Shortcut branches are left out: they do not exist at inference. The stem conv reads the
-    input (analog images, or event counts), so its operations are MACs. Every other conv and
-    linear layer is checked on each batch: binary input (spikes) gives SOPs, exact per input
-    position (a spike at a border or between strided outputs reaches fewer synapses), any
-    other input (an average of spikes, a membrane potential) gives MACs. The checks and sums
-    stay on the device and are read back by the accessors only.
+    Shortcut branches are left out: they do not exist at inference. What a layer reads decides
+    how it is counted:
+
+    * a LIF's output (or a view of it: the blocks fold T into B; or a max-pool of it, also
+      spikes): SOPs, one accumulate per spike and synapse, exact per input position (a spike
+      at a border or between strided outputs reaches fewer synapses);
+    * anything else (the stem's analog images or event counts, a classifier on averaged
+      spikes, a membrane potential): MACs, one per synapse.
+
+    Each LIF's spikes are summed once per position, on the device, and kept per batch; the
+    layers that read them take their SOPs from those sums when an accessor first reads the
+    counts, so counting adds one reduction per spike tensor to an evaluation (the firing
+    rates need it anyway) and no pass over any layer's input.
 
     Example:
         >>> with ActivityMonitor(model) as mon:
@@ -103,16 +132,19 @@ class ActivityMonitor:
         self.reset()
 
     def reset(self) -> None:
-        # Spike counts and operations are summed on the activations' device, as tensors, and
-        # read back only by the accessors: a GPU evaluation is not held up after every layer.
+        self._sums: dict[nn.Module, list[Tensor]] = defaultdict(list)  # a spike source -> its sums, one a batch
+        self._stage: dict[nn.Module, str] = {}  # a LIF -> its stage
+        self._fired: dict[int, tuple[weakref.ref, nn.Module]] = {}  # id of this forward's spike tensors -> source
+        self._reads: dict[nn.Module, tuple[nn.Module, tuple[int, ...]]] = {}  # layer -> (its source, input H, W)
         self._spikes: dict[str, Tensor | float] = defaultdict(float)
         self._neurons: dict[str, float] = defaultdict(float)
         self._sops: Tensor | float = 0.0
-        self._macs: Tensor | float = 0.0  # of the layers that read non-spike input
+        self._macs = 0.0  # of the layers that read non-spike input
         self._stem_macs = 0.0
         self._dense_macs = 0.0  # every layer as a non-spiking network's, one time step
         self._images = 0
         self._batch = 1
+        self._folded = True
 
     def __enter__(self) -> "ActivityMonitor":
         stem = first_conv(self.model)
@@ -123,6 +155,8 @@ class ActivityMonitor:
                 continue
             if isinstance(m, LIF):
                 self._handles.append(m.register_forward_hook(self._lif_hook(stage)))
+            elif isinstance(m, nn.MaxPool2d):
+                self._handles.append(m.register_forward_hook(self._pool_hook))
             elif isinstance(m, (nn.Conv2d, nn.Linear)):
                 self._handles.append(m.register_forward_hook(self._synapse_hook(m is stem)))
         return self
@@ -131,22 +165,44 @@ class ActivityMonitor:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._fired.clear()
 
     def _count_images(self, module: nn.Module, args: tuple) -> None:
         x = args[0]
+        self._fired.clear()  # a new forward pass: the last one's spike tensors are gone
         self._batch = int(x.shape[0] if x.dim() == 4 else x.shape[1])
         self._images += self._batch
 
+    def _fire(self, source: nn.Module, out: Tensor) -> None:
+        """Note ``out`` as spikes of ``source``, summed per position."""
+        self._sums[source].append(_spikes_per_position(out.detach()))
+        self._folded = False
+        root = _root(out)
+        if root.numel() == out.numel():
+            self._fired[id(root)] = (weakref.ref(root), source)
+
+    def _source(self, x: Tensor) -> nn.Module | None:
+        """The LIF (or pool of a LIF) whose whole output ``x`` is, if it is one."""
+        root = _root(x)
+        fired = self._fired.get(id(root))
+        if fired is None or fired[0]() is not root or root.numel() != x.numel():
+            return None
+        return fired[1]
+
     def _lif_hook(self, stage: str):
         def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            # summed in float32 whatever the dtype (a bfloat16 sum rounds), accumulated in float64
-            self._spikes[stage] = self._spikes[stage] + out.detach().sum(dtype=torch.float32).double()
+            self._stage[module] = stage
             self._neurons[stage] += out.numel()
+            self._fire(module, out)
         return hook
+
+    def _pool_hook(self, module: nn.MaxPool2d, args: tuple, out: Tensor) -> None:
+        if self._source(args[0]) is not None:  # the max of spikes is a spike
+            self._fire(module, out)
 
     def _synapse_hook(self, is_stem: bool):
         def hook(module: nn.Conv2d | nn.Linear, args: tuple, out: Tensor) -> None:
-            x = args[0].detach()
+            x = args[0]
             if isinstance(module, nn.Conv2d):
                 kh, kw = module.kernel_size
                 macs = out.numel() * (module.in_channels // module.groups) * kh * kw
@@ -155,23 +211,34 @@ class ActivityMonitor:
                 macs = out.numel() * module.in_features
                 steps = out.numel() / (module.out_features * self._batch)
             self._dense_macs += macs / steps
+            source = None if is_stem else self._source(x)
             if is_stem:
                 self._stem_macs += macs
-                self._macs = self._macs + macs
-                return
-            spikes = torch.logical_or(x == 0, x == 1).all()
-            sops = self._synops(module, x)
-            self._sops = self._sops + sops * spikes
-            self._macs = self._macs + (~spikes).double() * macs
+            if source is None:
+                self._macs += macs
+            elif self._reads.setdefault(module, (source, tuple(x.shape[-2:])))[0] is not source:
+                raise RuntimeError(f"{type(module).__name__} reads the spikes of two layers; the monitor counts "
+                                   f"a layer that reads one")
         return hook
 
-    def _synops(self, module: nn.Conv2d | nn.Linear, x: Tensor) -> Tensor:
-        """Σ over the input of its value × its fan-out (one accumulate per spike and synapse)."""
-        if isinstance(module, nn.Linear):
-            return x.sum(dtype=torch.float32).double() * module.out_features
-        per_position = x.sum(dim=(0, 1), dtype=torch.float32)  # [H, W]: spikes of every image and channel
-        fanout = self._fanout(module, tuple(x.shape[-2:]), x.device)
-        return (per_position * fanout).sum().double() * (module.out_channels // module.groups)
+    def _fold(self) -> None:
+        """The SOPs of the layers that read spikes, and the stages' spike counts, from the sums."""
+        if self._folded:
+            return
+        total = {source: torch.stack(each).sum(0) for source, each in self._sums.items()}
+        for layer, (source, size) in self._reads.items():
+            sums = total[source]
+            if isinstance(layer, nn.Conv2d):
+                sops = (sums * self._fanout(layer, size, sums.device)).sum() * (layer.out_channels // layer.groups)
+            else:
+                sops = sums.sum() * layer.out_features
+            self._sops = self._sops + sops.double()
+        for source, sums in total.items():
+            if source in self._stage:
+                self._spikes[self._stage[source]] = self._spikes[self._stage[source]] + sums.sum().double()
+        self._sums.clear()
+        self._reads.clear()
+        self._folded = True
 
     def _fanout(self, conv: nn.Conv2d, size: tuple[int, int], device: torch.device) -> Tensor:
         """How many of ``conv``'s output positions read each input position (per output channel):
@@ -188,21 +255,24 @@ class ActivityMonitor:
 
     def firing_rates(self) -> dict[str, float]:
         """Mean spikes per neuron and time step, for each stage (``stem``, ``stage1``, ...)."""
+        self._fold()
         return {k: float(self._spikes[k]) / self._neurons[k] for k in self._neurons if self._neurons[k]}
 
     def mean_firing_rate(self) -> float:
         """Mean spikes per neuron and time step over the whole network."""
+        self._fold()
         n = sum(self._neurons.values())
         return sum(float(v) for v in self._spikes.values()) / n if n else 0.0
 
     def synops_per_image(self) -> float:
         """Synaptic operations (accumulates) per image, summed over the T time steps."""
+        self._fold()
         return float(self._sops) / self._images if self._images else 0.0
 
     def macs_per_image(self) -> float:
         """Multiply-accumulates per image of the layers that read non-spike input (the stem,
         a classifier on averaged spikes), summed over the time steps they run."""
-        return float(self._macs) / self._images if self._images else 0.0
+        return self._macs / self._images if self._images else 0.0
 
     def stem_macs_per_image(self) -> float:
         """Multiply-accumulates of the stem conv per image (it reads the analog input)."""

@@ -116,3 +116,43 @@ def test_too_few_trials_at_the_target_give_no_verdict():
     a = analyse(curves, (1, 2, 4), 4)
     assert [r.n for r in a.rankings] == [2, 2] and all(r.rho is None and not r.misled for r in a.rankings)
     assert "2 trial(s) reached the target T with an accuracy at both: too few to tell" in "\n".join(markdown_lines(a))
+
+
+@pytest.mark.slow
+def test_a_fidelity_study_grows_t_stops_trials_on_cost_and_reports_it(ray_session, tmp_path):
+    """A study end to end: a trial that ran its budget shows both raises in MLflow's per-epoch
+    timesteps, with cost their running sum; a trial ASHA stopped is PRUNED in Optuna, its last
+    cost a rung and its last timesteps the T it was ranked at; the report has its Fidelity section."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from snn.fidelity import rungs
+    from study.folder import OPTUNA_FILE
+    from study.report import write_report
+    from study.tracking import metric_per_epoch
+    from study.tuner import run_study
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = quickstart_spec({**FIDELITY, "name": "fid", "trials": 6, "concurrency": 2, "train.epochs": 5,
+                            "train.batch_size": 64, "train.max_batches": 3, "storage": str(tmp_path / "studies"),
+                            "mlflow.tracking_uri": uri, "data_root": str(tmp_path / "data")})
+    result = run_study(spec, verbose=0)
+    assert result.errored == 0
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("fid").experiment_id], filter_string="tags.kind = 'trial'")
+    assert len(runs) == 6
+    full = [r for r in runs if r.data.tags.get("stopped_early") != "true"]
+    stopped = [r for r in runs if r.data.tags.get("stopped_early") == "true"]
+    assert full  # the first trial at each rung goes on: one ran its budget
+    for r in full:
+        assert [v for _, v in metric_per_epoch(c, r.info.run_id, TIMESTEPS)] == [1, 1, 2, 4, 4]
+        assert [v for _, v in metric_per_epoch(c, r.info.run_id, COST)] == [1, 2, 4, 8, 12]
+        assert r.data.params["timesteps"] == "4"
+    rung_costs = [*rungs((1, 2, 4)), 8]  # where T is raised, and the first rung at the target
+    for r in stopped:
+        cost, t = r.data.metrics[COST], r.data.metrics[TIMESTEPS]
+        assert cost in rung_costs and t == {2: 1, 4: 2, 8: 4}[int(cost)], (cost, t)
+    study = optuna.load_study(study_name="fid", storage=f"sqlite:///{result.path / OPTUNA_FILE}")
+    assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == len(stopped)
+    text = (write_report(result.path).path / "report.md").read_text()
+    assert "## Fidelity" in text and "would have cost" in text and "Spearman" in text

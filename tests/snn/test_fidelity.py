@@ -180,3 +180,29 @@ def test_a_users_frames_cannot_grow(tmp_path):
     with pytest.raises(ValueError, match=r"^fidelity: frames holds frames of T=4, prepared once for all trials, "
                                          r"so T cannot grow on it; remove fidelity$"):
         Trainer(cfg(dataset=user, data_root=str(tmp_path / "root")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_captured_step_is_captured_again_at_each_raise_and_makes_the_eager_steps_updates():
+    # float32 and deep supervision, as tests/snn/test_training.py's graph-against-eager test
+    runs = {}
+    for graphs in (False, True):
+        cudnn = torch.backends.cudnn
+        cudnn.benchmark, cudnn.deterministic = False, True
+        try:
+            t = Trainer(cfg(epochs=4, max_batches=6, device="cuda", amp=False, loss_mode="deep_supervision",
+                            cuda_graphs=graphs))
+            captured = []
+            for _ in range(4):
+                m = t.run_epoch()
+                captured.append((m[TIMESTEPS], t._graph))
+            runs[graphs] = (t, m)
+        finally:
+            cudnn.benchmark, cudnn.deterministic = True, False
+    (eager, m0), (graphed, m1) = runs[False], runs[True]
+    assert [t for t, _ in captured] == [1, 1, 2, 4]
+    assert len({id(g) for _, g in captured}) == 3 and graphed._graph.graph is not None  # one capture per T
+    for (k, a), b in zip(eager.model.state_dict().items(), graphed.model.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=k)
+    assert m1[TRAIN_LOSS] == pytest.approx(m0[TRAIN_LOSS], rel=1e-3)

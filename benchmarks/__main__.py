@@ -2,7 +2,8 @@
 
     python -m benchmarks [--quick] [--device cuda] [--out benchmarks/RESULTS.md]
 
-(``make bench`` installs spikingjelly and runs this; ``make bench-cuda`` the GPU sections.)
+(``make bench`` installs spikingjelly and runs this; ``make bench-cuda`` the GPU sections;
+``make bench-fidelity`` section 8 alone, into ``benchmarks/RESULTS-fidelity.md``.)
 Each comparison interleaves its candidates round by round and reports the ratio of medians.
 """
 
@@ -15,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from benchmarks import ROOT, _guard, _lif, _malloc, _network, _pbt, _report, _shortcuts, _study_cost, _user_data
+from benchmarks import (ROOT, _fidelity, _guard, _lif, _malloc, _network, _pbt, _report, _shortcuts, _study_cost,
+                        _user_data)
 
 Section = tuple[str, str, Callable[[bool], list[dict]]]  # title, note, run(quick) -> rows
 
@@ -37,13 +39,15 @@ def _sections(cuda: bool, quick: bool) -> dict[str, Section]:
             "user-data": ("5. A user's data: ready in a trial", _user_data.NOTE, _user_data.bench_user_data),
             "guard": ("6. Firing-rate guard: silent trials stopped, compute saved", _guard.NOTE, _guard.bench_guard),
             "pbt": ("7. Learned λ (PBT) against the paper's linear decay, at equal compute", _pbt.note(quick),
-                    _pbt.bench_pbt)}
+                    _pbt.bench_pbt),
+            "fidelity": ("8. Timesteps as a fidelity against a study at the target T", _fidelity.note(quick),
+                         _fidelity.bench_fidelity)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes, resnet-tiny only (a few minutes)")
-    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study", "user-data", "guard", "pbt"],
+    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study", "user-data", "guard", "pbt", "fidelity"],
                    action="append",
                    help="run this section alone (repeat for several); default: all")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",

@@ -56,7 +56,7 @@ bench-growth: $(STAMP)
 	$(PY) -m benchmarks.growth
 
 # Timesteps as a fidelity against a study at the target T (section 8 alone: real studies on
-# digits and digits-dvs, about 25 minutes on 2 cores). Writes benchmarks/RESULTS-fidelity.md.
+# digits and digits-dvs, about 20 minutes on 2 cores). Writes benchmarks/RESULTS-fidelity.md.
 bench-fidelity: $(STAMP)
 	$(PY) -m benchmarks --only fidelity --out benchmarks/RESULTS-fidelity.md
 

@@ -44,7 +44,7 @@ __all__ = ["MIN_TRIALS", "RESAMPLES", "WEAK", "FidelityAnalysis", "Ranking", "Tr
            "markdown_lines", "read_curves", "section"]
 
 WEAK = 0.5  # a rank correlation below this: the fidelity misled the study (see the module docstring)
-MIN_TRIALS = 4  # trials at the target T below which a rung's correlation gives no verdict
+MIN_TRIALS = 5  # trials at the target T below which a rung's correlation gives no verdict
 RESAMPLES = 2000  # bootstrap resamples of the trials
 
 
@@ -162,9 +162,11 @@ def _verdict(r: Ranking) -> str:
         return (f"At {where}, {r.n} trial(s) reached the target T with an accuracy at both: too few to tell "
                 f"whether it ranked them as the target did (at least {MIN_TRIALS}).")
     if r.misled:
+        uncertain = r.ci is not None and r.ci[1] >= WEAK
         return (f"**The fidelity misled this study** at {where}: its ranking agrees with the target T's by a rank "
                 f"correlation of {r.rho:.2f}, below {WEAK}, so its halving cut chose little better than chance, "
-                f"or worse.")
+                f"or worse" + (f" ({r.n} trials leave it uncertain: the interval reaches {r.ci[1]:.2f})." if uncertain
+                               else "."))
     unsettled = r.ci is not None and r.ci[0] < WEAK
     return (f"{where[0].upper()}{where[1:]} ranked the trials as the target T did (ρ = {r.rho:.2f})"
             + (f"; {r.n} trials do not settle it: the interval reaches {r.ci[0]:.2f}." if unsettled else "."))

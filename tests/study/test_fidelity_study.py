@@ -156,3 +156,18 @@ def test_a_fidelity_study_grows_t_stops_trials_on_cost_and_reports_it(ray_sessio
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == len(stopped)
     text = (write_report(result.path).path / "report.md").read_text()
     assert "## Fidelity" in text and "would have cost" in text and "Spearman" in text
+
+
+def test_a_users_frames_are_refused_before_anything_starts(tmp_path):
+    """npz frames hold one T, prepared once on the driver: 'snn-study check' (prepare_data) says so."""
+    from study.folder import StudyError
+    from study.preflight import prepare_data
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "frames.npz", x=rng.integers(0, 3, (40, 4, 2, 8, 8)).astype(np.uint8), y=np.arange(40) % 4)
+    spec = quickstart_spec({**FIDELITY, "data_root": str(tmp_path / "root"),
+                            "dataset": {"format": "npz", "train": str(tmp_path / "frames.npz"), "test_fraction": 0.25}})
+    with pytest.raises(StudyError, match=r"^fidelity: frames holds frames of T=4, prepared once, so T cannot grow on "
+                                         r"them; remove fidelity$") as e:
+        prepare_data(spec, say=lambda line: None)
+    assert e.value.exit_code == 2

@@ -171,3 +171,14 @@ def test_a_users_frames_are_refused_before_anything_starts(tmp_path):
                                          r"them; remove fidelity$") as e:
         prepare_data(spec, say=lambda line: None)
     assert e.value.exit_code == 2
+
+
+def test_a_trials_params_give_its_fidelity_back():
+    """MLflow's params of a search trial rebuild its config, growth included (``snn-study train
+    --run-id`` re-runs it as it trained); a confirm trial's read back without one."""
+    from snn.config import TrainConfig
+    from study.params import config_of_params, params_of
+
+    for fidelity in ({"timesteps": [1, 2, 4]}, None):
+        config = TrainConfig(timesteps=4, epochs=8, fidelity=fidelity)
+        assert TrainConfig.from_dict(config_of_params(params_of(config.to_dict()))) == config

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: study test test-fast bench bench-cuda bench-quick bench-growth bench-load test-tools venv clean
+.PHONY: study test test-fast bench bench-cuda bench-quick bench-growth bench-fidelity bench-load test-tools venv clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ bench-quick: $(STAMP)
 # training). Writes benchmarks/RESULTS-growth.md.
 bench-growth: $(STAMP)
 	$(PY) -m benchmarks.growth
+
+# Timesteps as a fidelity against a study at the target T (section 9 alone: real studies on
+# digits and digits-dvs, about 20 minutes on 2 cores). Writes benchmarks/RESULTS-fidelity.md.
+bench-fidelity: $(STAMP)
+	$(PY) -m benchmarks --only fidelity --out benchmarks/RESULTS-fidelity.md
 
 # Up to 32 trials at once (as many as free memory holds, about 0.5 GiB each) on a three-node Ray cluster, one MLflow server and one PostgreSQL (as the
 # load tests, without faults): the server's write rate and slowest write. Writes

@@ -2,7 +2,8 @@
 
     python -m benchmarks [--quick] [--device cuda] [--out benchmarks/RESULTS.md]
 
-(``make bench`` installs spikingjelly and runs this; ``make bench-cuda`` the GPU sections.)
+(``make bench`` installs spikingjelly and runs this; ``make bench-cuda`` the GPU sections;
+``make bench-fidelity`` section 9 alone, into ``benchmarks/RESULTS-fidelity.md``.)
 Each comparison interleaves its candidates round by round and reports the ratio of medians.
 """
 
@@ -15,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks import (ROOT, _energy, _guard, _lif, _malloc, _network, _pbt, _report, _shortcuts, _study_cost,
+from benchmarks import (ROOT, _energy, _fidelity, _guard, _lif, _malloc, _network, _pbt, _report, _shortcuts, _study_cost,
                         _user_data)
 
 Section = tuple[str, str, Callable[[bool], list[dict]]]  # title, note, run(quick) -> rows
@@ -42,15 +43,17 @@ def _sections(cuda: bool, quick: bool) -> dict[str, Section]:
             "pbt": ("7. Learned λ (PBT) against the paper's linear decay, at equal compute", _pbt.note(quick),
                     _pbt.bench_pbt),
             "energy": ("8. Counting an inference's operations (energy): cost in an evaluation pass", _energy.NOTE,
-                       _energy.bench_energy)}
+                       _energy.bench_energy),
+            "fidelity": ("9. Timesteps as a fidelity against a study at the target T", _fidelity.note(quick),
+                         _fidelity.bench_fidelity)}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small sizes, resnet-tiny only (a few minutes)")
-    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study", "user-data", "guard", "pbt", "energy"],
+    p.add_argument("--only", choices=["lif", "network", "shortcuts", "study", "user-data", "guard", "pbt", "energy", "fidelity"],
                    action="append",
-                   help="run this section alone (repeat for several); default: all")
+                   help="run this section alone (repeat for several); default: all but fidelity")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: the LIF, network, shortcut and energy sections on the GPU "
                         "(default --out RESULTS-cuda.md)")
@@ -66,18 +69,22 @@ def main(argv: list[str] | None = None) -> None:
     # candidate; the study section's trials run in Ray's processes, as a spec without them does.
     _malloc.retain_freed_memory()
     sections = _sections(cuda, a.quick)
-    chosen = [o for o in a.only or sections if o in sections]
+    # the fidelity's real studies (about 20 minutes) run only when asked: make bench-fidelity
+    chosen = [o for o in a.only or [k for k in sections if k != "fidelity"] if o in sections]
     cmd = "python -m benchmarks" + (" --quick" if a.quick else "") + (" --device cuda" if cuda else "") + "".join(
         f" --only {o}" for o in a.only or [])
-    out = [_report.header(cmd, a.device)]
+    # --only into a page that exists: its other sections are kept, these replace their own
+    existing = Path(a.out).read_text() if a.only and Path(a.out).exists() else None
+    out, done = [_report.header(cmd, a.device)], {}
     for key in chosen:
         title, note, fn = sections[key]
         print(f"== {title}", flush=True)
         t0 = time.perf_counter()
         rows = fn(a.quick)
         print(_report.table(rows), flush=True)
-        out.append(_report.section(title, note, rows, time.perf_counter() - t0))
-        Path(a.out).write_text("".join(out))  # after every section: a later failure keeps these
+        done[title] = _report.section(title, note, rows, time.perf_counter() - t0)
+        page = "".join([out[0], *done.values()]) if existing is None else _report.merged(existing, cmd, a.device, done)
+        Path(a.out).write_text(page)  # after every section: a later failure keeps these
     print(f"wrote {a.out}")
 
 

@@ -23,6 +23,26 @@ def header(cmd: str, device: str) -> str:
             f"round by round (medians).\n")
 
 
+def merged(existing: str, cmd: str, device: str, sections: dict[str, str]) -> str:
+    """A page that already holds other sections, with ``sections`` (title -> text as
+    :func:`section` writes it) put in: a section of the same title replaced, a new one added at
+    the end, the others kept; the page's Command line says which sections this run wrote, with
+    what and when, and on what machine."""
+    head, *blocks = existing.split("\n## ")
+    kept = {b.split("\n", 1)[0]: "\n## " + b.rstrip("\n") + "\n" for b in blocks}
+    for title, text in sections.items():
+        kept[title] = text
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    names = ", ".join(t.split(".", 1)[0] for t in sections)
+    lines = head.rstrip("\n").split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("Command: ")), None)
+    note = f"; section {names} run alone with `{cmd}`, {when}, on {machine(device)}"
+    if at is None:
+        return header(cmd, device) + "".join(kept.values())
+    lines[at] = lines[at].rstrip(".") + note + "."
+    return "\n".join(lines) + "\n" + "".join(kept.values())
+
+
 def section(title: str, note: str, rows: list[dict], seconds: float) -> str:
     """One section of the page: its title, what it measures, its table and how long it ran."""
     return f"\n## {title}\n\n{note}\n\n{table(rows)}\n_{seconds:.0f} s_\n"

@@ -25,6 +25,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from snn import registry
 from snn.energy import Energy
+from snn.fidelity import Fidelity, first_target_epoch
 
 __all__ = ["FORMATS", "FiringStop", "HEAD_ONLY", "METHODS", "PAPER_METHOD", "PAPER_NAMES", "PAPER_SURROGATE", "TrainConfig", "UserData",
            "clip_repr", "dataset_name", "default_lr", "first_error", "meaningful", "method_of", "one_line"]
@@ -199,6 +200,9 @@ class TrainConfig(BaseModel):
     arch_kwargs: dict[str, Any] = Field(default_factory=dict,
                                         description="options of the architecture, e.g. width/blocks of resnet-tiny")
     timesteps: int = Field(2, ge=1, description="T, simulation time steps")
+    fidelity: Fidelity | None = Field(None, description="T as a fidelity (snn.fidelity): the values T grows "
+                                                        "through at successive halving's rungs, timesteps last; "
+                                                        "None: every epoch at timesteps")
     tau: float = Field(0.5, gt=0, le=1, description="LIF membrane time constant factor (Eq. 1)")
     v_threshold: float = Field(1.0, gt=0, description="LIF firing threshold (Eq. 2)")
     surrogate: Surrogate = Field(PAPER_SURROGATE, description="surrogate gradient of the spike (Eq. 4)")
@@ -245,7 +249,18 @@ class TrainConfig(BaseModel):
             raise ValueError(str(e)) from None  # "branches: ..." names the field
         if self.lr is None:
             self.lr = default_lr(dataset_name(self.dataset))
+        if self.fidelity is not None:
+            self._fidelity(self.fidelity)
         return self
+
+    def _fidelity(self, fidelity: Fidelity) -> None:
+        if fidelity.target != self.timesteps:
+            raise ValueError(f"fidelity: its last T, {fidelity.target}, is the target and must equal timesteps "
+                             f"({self.timesteps}); leave timesteps out or set it to {fidelity.target}")
+        first = first_target_epoch(fidelity.timesteps)
+        if first > self.epochs:
+            raise ValueError(f"fidelity: T {list(fidelity.timesteps)} reaches the target {fidelity.target} at epoch "
+                             f"{first}, past the budget of {self.epochs} epoch(s); give at least {first} epochs")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "TrainConfig":

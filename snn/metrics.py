@@ -7,8 +7,8 @@ and the study records, ranks and plots them under the same names.
 
 from __future__ import annotations
 
-__all__ = ["ANN_MACS", "DIVERGED", "ENERGY", "ENERGY_RATIO", "EPOCH", "STOPPED", "STOPPED_STAGE", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "MACS", "SYNOPS",
-           "TEST_ACC", "TEST_LOSS", "TRAIN_ACC", "TRAIN_LOSS", "branch_acc_metric", "firing_rate_metric",
+__all__ = ["ANN_MACS", "COST", "DIVERGED", "ENERGY", "ENERGY_RATIO", "EPOCH", "STOPPED", "STOPPED_STAGE", "EPOCH_TIME", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "LAMBDA", "MACS", "SYNOPS",
+           "TEST_ACC", "TEST_LOSS", "TIMESTEPS", "TRAIN_ACC", "TRAIN_LOSS", "branch_acc_metric", "firing_rate_metric",
            "grad_norm_metric", "ran_full_budget"]
 
 EPOCH = "epoch"
@@ -24,6 +24,8 @@ MACS = "macs"  # multiply-accumulates per test image of the layers that read non
 ANN_MACS = "ann_macs"  # multiply-accumulates per image of the same network run as a non-spiking one
 ENERGY = "energy_uj"  # µJ per inference of the stripped network (snn.energy: arithmetic only)
 ENERGY_RATIO = "energy_ratio"  # ENERGY over the non-spiking network's (E_MAC × ANN_MACS)
+TIMESTEPS = "timesteps"  # T the epoch trained and evaluated at (snn.fidelity: it grows during a trial)
+COST = "cost"  # the running sum over the trial's epochs of each epoch's T: ASHA's axis with a fidelity
 EPOCH_TIME = "epoch_time"  # seconds for training + evaluation
 IMAGES_PER_S = "images_per_s"  # training throughput
 DIVERGED = "diverged"  # 1.0 in the last report of a trial whose loss became NaN/inf

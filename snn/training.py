@@ -5,12 +5,14 @@ Every iteration: forward to get b_n(x) and the shortcut logits b_l(x); update λ
 (:func:`snn.losses.shortcut_loss`); back-propagate (Eq. 9) and step AdamW. The
 learning rate decays from ``lr`` to 0 with a cosine over all iterations. After each
 epoch the main branch alone is evaluated on the test set (what inference sees), with
-each shortcut head's accuracy, firing rates and synaptic operations.
+each shortcut head's accuracy, firing rates and synaptic operations. Each epoch has a T
+(``cfg.timesteps``, or growing through ``cfg.fidelity``'s values: :mod:`snn.fidelity`) and
+reports it with the trial's cost so far, the sum of its epochs' T.
 
 The loop knows nothing about Ray, Optuna or MLflow: it reports each epoch through the
 ``report(metrics, trainer)`` callable it is given, and :meth:`Trainer.state_dict` holds
-everything an exact resume needs (model, optimizer, LR schedule, iteration counter and
-RNG states).
+everything an exact resume needs (model, optimizer, LR schedule, iteration counter, the last
+epoch's T and RNG states).
 
 Beside it: what the loop uses of the machine (device, optimizer form, autocast dtype, data
 workers) in :mod:`snn._devices`, the generators' states in :mod:`snn._rng`, and the step
@@ -30,17 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from snn import data as snn_data
-from snn import diagnostics, losses, models, schedules
+from snn import diagnostics, fidelity, losses, models, schedules
 from snn._cuda_graph import CapturedStep
 from snn._devices import MAX_AUTO_WORKERS, adamw, amp_dtype, data_workers, device
 from snn._rng import rng_state, seed_everything, set_rng_state
 from snn.config import TrainConfig, UserData
 from snn.guard import FiringGuard, Verdict
-from snn.metrics import (ANN_MACS, DIVERGED, ENERGY, ENERGY_RATIO, EPOCH, EPOCH_TIME, FIRING_RATE, GRAD_NORM_FIRST,
-                         IMAGES_PER_S, LAMBDA, MACS, SYNOPS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, branch_acc_metric, firing_rate_metric,
-                         grad_norm_metric)
+from snn.metrics import (ANN_MACS, COST, DIVERGED, ENERGY, ENERGY_RATIO, EPOCH, EPOCH_TIME, FIRING_RATE,
+                         GRAD_NORM_FIRST, IMAGES_PER_S, LAMBDA, MACS, SYNOPS, TEST_ACC, TEST_LOSS, TIMESTEPS, TRAIN_ACC,
+                         TRAIN_LOSS, branch_acc_metric, firing_rate_metric, grad_norm_metric)
 
 __all__ = [
     "DIVERGED", "EPOCH", "FIRING_RATE", "GRAD_NORM_FIRST", "IMAGES_PER_S", "EPOCH_TIME", "LAMBDA", "SYNOPS",
@@ -109,10 +112,12 @@ class Trainer:
             data = snn_data.prepare(cfg.dataset, cfg.data_root, cfg.timesteps)
         info = snn_data.info(cfg.dataset, data)
         self.info, self.data = info, data
-        self.train_loader, self.test_loader = snn_data.loaders(
-            cfg.dataset, cfg.data_root, cfg.batch_size, cfg.timesteps, data_workers(cfg.workers, self.device),
-            download=cfg.download, seed=cfg.seed, prepared=data)
-        self.model = models.build(**models.build_args(cfg, info)).to(self.device)
+        if cfg.fidelity is not None and data is not None and info.kind == "frames":
+            raise ValueError(f"fidelity: {info.name} holds frames of T={cfg.timesteps}, prepared once for all "
+                             f"trials, so T cannot grow on it; remove fidelity")
+        first = self.timesteps_of(1)
+        self.train_loader, self.test_loader = self._loaders(first)
+        self.model = models.build(**{**models.build_args(cfg, info), "timesteps": first}).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.loss_mode not in losses.MODES:
@@ -128,6 +133,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.step = 0  # iterations done, i of Eq. 10
         self.epoch = 0  # epochs done
+        self.cost = 0  # the sum of the T of the epochs done (snn.fidelity)
         self.first_grad: Tensor | None = None  # dL/dW1 at the last iteration of the last epoch (Fig. 2)
         self.layer_grad_norms: dict[str, float] = {}  # mean over the last epoch, per layer
         self._check_each_step = self.device.type == "cpu"  # see train_epoch
@@ -140,6 +146,41 @@ class Trainer:
                 raise ValueError("cuda_graphs: this GPU has no bfloat16, and float16 autocast scales its gradients, "
                                  "which a captured step cannot; set amp: false or cuda_graphs: false")
             self._graph = CapturedStep(self.model, self.optimizer, cfg.batch_size, self._forward_loss)
+
+    # -- T, and its growth as a fidelity (snn.fidelity) ----------------------------------------
+    def timesteps_of(self, epoch: int) -> int:
+        """T of epoch ``epoch`` (1-based): ``cfg.timesteps``, or its stage of ``cfg.fidelity``."""
+        if self.cfg.fidelity is None:
+            return self.cfg.timesteps
+        return fidelity.epoch_timesteps(self.cfg.fidelity.timesteps, epoch)[-1]
+
+    def _loaders(self, timesteps: int) -> tuple[DataLoader, DataLoader]:
+        cfg = self.cfg
+        return snn_data.loaders(cfg.dataset, cfg.data_root, cfg.batch_size, timesteps,
+                                data_workers(cfg.workers, self.device), download=cfg.download, seed=cfg.seed,
+                                prepared=self.data)
+
+    def _use_timesteps(self, timesteps: int) -> None:
+        """Train and evaluate at T = ``timesteps`` from now on, continuing from the weights as they are.
+
+        The model repeats a static image over the new T; event data are binned into that many
+        frames (new loaders, the shuffling generator's state carried over, so the batches are
+        those the old loader would have drawn); a captured step is captured again at the new
+        shapes. The LIF state starts at zero in every forward pass anyway. The optimizer's state
+        and the BatchNorm running statistics are kept: BN normalises each batch over T·B in
+        training, and its running statistics, which only evaluation reads, move by the BN
+        momentum (0.1) at every step of the first epoch at the new T, from the old T's values,
+        closer to the new ones than a reset's 0 and 1 (docs/decisions.md: the measurement).
+        """
+        if timesteps == self.model.timesteps:
+            return
+        self.model.timesteps = timesteps
+        if self.info.kind == "frames":
+            generator = self.train_loader.generator.get_state()
+            self.train_loader, self.test_loader = self._loaders(timesteps)
+            self.train_loader.generator.set_state(generator)
+        if self._graph is not None:
+            self._graph = CapturedStep(self.model, self.optimizer, self.cfg.batch_size, self._forward_loss)
 
     # -- one epoch ---------------------------------------------------------------------------
     def _lambda(self) -> float:
@@ -294,14 +335,24 @@ class Trainer:
         return metrics
 
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch, evaluate, and return all of the epoch's metrics."""
+        """Train one epoch, evaluate, and return all of the epoch's metrics.
+
+        With a fidelity the epoch first raises T where the last one reached its rung.
+        """
+        timesteps = self.timesteps_of(self.epoch + 1)
+        if timesteps != self.model.timesteps:
+            log.info("epoch %d: T raised from %d to %d (cost %d)", self.epoch + 1, self.model.timesteps, timesteps,
+                     self.cost)
+            self._use_timesteps(timesteps)
         t0 = time.perf_counter()
         train = self.train_epoch()
         t_train = time.perf_counter() - t0
         metrics = {**train, **self.evaluate()}
         images = metrics.pop("_images")
         self.epoch += 1
+        self.cost += timesteps
         metrics[EPOCH] = self.epoch
+        metrics[TIMESTEPS], metrics[COST] = timesteps, self.cost
         metrics[EPOCH_TIME] = time.perf_counter() - t0
         metrics[IMAGES_PER_S] = images / t_train if t_train > 0 else 0.0
         return metrics
@@ -317,6 +368,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
+            "timesteps": self.model.timesteps,  # the last epoch's T
             "rng": rng_state(self.train_loader.generator),
         }
 
@@ -327,7 +379,14 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        set_rng_state(state["rng"], self.train_loader.generator)
+        if self.epoch:
+            timesteps = self.timesteps_of(self.epoch)
+            if int(state.get("timesteps", timesteps)) != timesteps:
+                raise ValueError(f"state: epoch {self.epoch} trained at T={state['timesteps']}, where this "
+                                 f"config trains at T={timesteps}")
+            self._use_timesteps(timesteps)
+        self.cost = sum(self.timesteps_of(e) for e in range(1, self.epoch + 1))
+        set_rng_state(state["rng"], self.train_loader.generator)  # the loader _use_timesteps may have made
 
 
 def fit(cfg: TrainConfig, report: Callable[[dict[str, float], Trainer], None] | None = None, *,

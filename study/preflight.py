@@ -56,6 +56,9 @@ def prepare_data(spec: StudySpec, *, say=None, fetch: bool = True) -> data.Prepa
             if prepared.kind == "frames" and "timesteps" in spec.search.dims:
                 raise StudyError(f"search.dims: timesteps cannot be searched: {spec.dataset_name} holds frames of "
                                  f"T={spec.timesteps}, prepared once", exit_code=2)
+            if prepared.kind == "frames" and spec.fidelity is not None:  # T grows within each trial
+                raise StudyError(f"fidelity: {spec.dataset_name} holds frames of T={spec.timesteps}, prepared once, "
+                                 f"so T cannot grow on them; remove fidelity", exit_code=2)
             say(f"dataset {prepared.describe()}")
             return prepared
         if not data.info(spec.dataset).bundled:  # a bundled one has nothing to find

@@ -13,7 +13,8 @@ A warm-started study says under its header from where its search started (:mod:`
 A study with two objectives also gets its Pareto front (:mod:`study.pareto`): a section with
 the Pareto set as a table and the plot of accuracy against the cost; where the caller has not
 just recorded the front, the report records it in MLflow (the front's runs tagged, the set on
-the parent run).
+the parent run). A study whose T grows as a fidelity gets a section on what that saved and
+whether its cheap rungs ranked the trials as the target T did (:mod:`study.fidelity_report`).
 
 Then the written files go to the study's parent MLflow run as artifacts under ``report/``
 (a warning, not a failure, where the tracking store refuses them).
@@ -35,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from snn.config import one_line
 from snn.metrics import ENERGY, TEST_ACC
 from study import baselines as _baselines
-from study import figures, optuna_figures, rounding, warm_start
+from study import fidelity_report, figures, optuna_figures, rounding, warm_start
 from study.analysis import Analysis, analyse, record_analysis
 from study.folder import StudyFolder, open_study
 from study.markdown import table
@@ -235,6 +236,7 @@ def write_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     lines += warm_start.report_lines(client, folder)  # the earlier studies' trials Optuna started from
     lines += ["", "## Trials", ""]
     lines += _trial_lines(rows, shown) + _guard_lines(rows, spec.train.epochs)
+    lines += fidelity_report.section(client, exp.experiment_id if exp is not None else None, spec)
     lines += _front_lines(front, spec, front_png)
     lines += ["", "## The paper's results on this dataset", ""] + _paper_lines(spec.dataset_name, paper)
     lines += ["", "## Best trial", ""] + _best_lines(analysis, best, rows)

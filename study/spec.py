@@ -31,6 +31,7 @@ from search_spaces import DIMENSIONS, PRESETS, dimension, fixable, optional, per
 from snn import registry
 from snn.config import TrainConfig, UserData, dataset_name, first_error
 from snn.metrics import ENERGY, FIRING_RATE, TEST_ACC
+from study.fidelity import refusal as fidelity_refusal
 from study.storage_url import RDB_BACKENDS, hide_password, rdb_url, redacted
 
 __all__ = ["MAX_SPEC_BYTES", "POPULATION", "QUICKSTART", "RDB_BACKENDS", "SpecError", "StudySpec",
@@ -69,7 +70,7 @@ class _Strict(BaseModel):
 # The top level: the data, the network, the seed; `train:` every other parameter but those a
 # full search draws (set in search.fixed) and where the trial runs (the device: a study's
 # resources decide it).
-_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed", "stop", "energy")
+_TOP = ("dataset", "data_root", "download", "arch", "arch_kwargs", "timesteps", "seed", "stop", "energy", "fidelity")
 _RECIPE = tuple(f for f in TrainConfig.model_fields
                 if f not in _TOP and f not in searched() and f not in ("device", "channels_last"))
 
@@ -216,6 +217,10 @@ class _Study(_Strict):
 
     @model_validator(mode="after")
     def _trial_checks(self) -> "_Study":
+        if self.fidelity is not None and "timesteps" not in self.model_fields_set:
+            self.timesteps = self.fidelity.target  # a fidelity's last T is the target
+        if (refused := fidelity_refusal(self)) is not None:
+            raise _FieldError(*refused)
         try:
             self.trial_config()
         except ValidationError as err:  # a combination TrainConfig refuses: name the spec's own key

@@ -45,6 +45,7 @@ from snn.metrics import EPOCH, TEST_ACC, ran_full_budget
 from study import baselines as _baselines
 from study import local_ray, warm_start
 from study._search import Points, SeededRepeater, StudyOptunaSearch
+from study.fidelity import asha_settings
 from study.finish import StudyResult, check_finished, finish_study, full_budget
 from study.folder import (CONFIRM, SEARCH, StudyError, StudyFolder, open_study, optuna_url, stage_dir, study_paths,
                           write_state)
@@ -201,9 +202,9 @@ def build_tuner(folder: StudyFolder, *, verbose: int = 1, prepared: data.Prepare
     metric, mode = _objective(spec)
     single = isinstance(metric, str)
     if spec.scheduler == "asha":
-        # early stopping on test_acc (a multi-objective study runs fifo: StudySpec)
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs, grace_period=1,
-                                  reduction_factor=2)
+        # early stopping on test_acc (a multi-objective study runs fifo: StudySpec); with a fidelity,
+        # on the trials' cost, at the rungs where they raise T
+        scheduler = ASHAScheduler(**asha_settings(spec))
     else:
         scheduler = FIFOScheduler()
     search = _searcher(spec)
@@ -258,7 +259,8 @@ def confirm_points(spec: StudySpec, results) -> list[dict[str, Any]]:
         if full_budget(r, epochs):
             key = _key(dict(r.config))
             groups.setdefault(key, []).append(float(r.metrics[TEST_ACC]))
-            configs[key] = {k: v for k, v in r.config.items() if k != "seed"}
+            # at the target T throughout: a fidelity is the search's economy, not the configuration's
+            configs[key] = {k: None if k == "fidelity" else v for k, v in r.config.items() if k != "seed"}
     ranked = sorted(groups, key=lambda k: sum(groups[k]) / len(groups[k]), reverse=True)[:spec.confirm.top]
     chosen = [configs[k] for k in ranked]
     if chosen:  # the paper's setting, as the search would have given it

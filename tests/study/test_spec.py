@@ -55,6 +55,19 @@ def spec(**kw):
     (spec(search={"warm_start": [{"study": "first"}]}), "search.warm_start.0: Input should be a valid string"),
     (spec(scheduler="pb2", trials=4, search={"warm_start": ["first"]}), "search.warm_start: scheduler pb2 draws its population without Optuna: no search to add earlier trials to; remove it"),
     (spec(search={"preset": "ablation", "warm_start": ["first"]}), "search.warm_start: preset ablation counts its seeds by Optuna's trial number, which earlier trials would shift; use quick or full"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, timesteps=2), "fidelity: its last T, 4, is the target and must equal timesteps (2); leave timesteps out or set it to 4"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, search={"dims": ["timesteps"]}), "search.dims: timesteps cannot be searched beside fidelity, which grows T within each trial to its target 4; remove one of them"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, dataset={"format": "events", "train": "ev", "test_fraction": 0.2}), "fidelity: your event recordings are binned into frames once, for T=4, before the trials start, so T cannot grow on them"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, scheduler="pbt", trials=4), "fidelity: scheduler pbt copies a trial's weights into another that trains at another T, and perturbs on epochs, not on cost; use scheduler: asha"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, scheduler="pb2", trials=4), "fidelity: scheduler pb2 copies"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, scheduler="fifo"), "fidelity: T grows at ASHA's rungs, and scheduler fifo has none; use scheduler: asha"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, seeds=3), "fidelity: seeds > 1 runs every replicate its full budget (scheduler fifo), where no rung raises T"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, objective="test_acc+firing_rate"), "fidelity: objective test_acc+firing_rate runs every trial its full budget (scheduler fifo)"),
+    (spec(fidelity={"timesteps": [4, 2, 1]}), "fidelity.timesteps: must rise from the first T to the target, got [4, 2, 1]"),
+    (spec(fidelity={"timesteps": [1, 3]}), "fidelity.timesteps: 3 is more than twice 1 in [1, 3]: ASHA's rungs double a trial's cost"),
+    (spec(fidelity={"timesteps": [4]}), "fidelity.timesteps: needs two values or more"),
+    (spec(fidelity={"timesteps": [1, 2, 4]}, train={"epochs": 3}), "fidelity: T [1, 2, 4] reaches the target 4 at epoch 4, past the budget of 3 epoch(s); give at least 4 epochs"),
+    (spec(fidelity={"timesteps": [1, 2], "grace": 1}), "fidelity.grace: unknown key (a typo?)"),
 ])
 def test_bad_specs_name_the_field(data, expected):
     with pytest.raises(SpecError) as e:
@@ -68,6 +81,14 @@ def test_a_multi_objective_study_runs_every_trial_its_budget_unless_told_otherwi
     assert parse_spec(spec(objective="test_acc+energy")).scheduler == "fifo"
     assert parse_spec(spec(objective="test_acc+energy")).objectives() == [("test_acc", "max"), ("energy_uj", "min")]
     assert parse_spec(spec()).scheduler == "asha" and parse_spec(spec()).objectives() == [("test_acc", "max")]
+
+
+def test_a_fidelitys_target_is_the_spec_s_timesteps_and_every_trial_s_schedule():
+    s = parse_spec(spec(fidelity={"timesteps": [1, 2, 4]}, train={"epochs": 6}))
+    assert s.timesteps == 4 and s.scheduler == "asha"  # left out: the target
+    assert s.train_constants()["fidelity"] == {"timesteps": [1, 2, 4]} and s.train_constants()["timesteps"] == 4
+    assert parse_spec(spec(fidelity={"timesteps": [2, 4]}, timesteps=4, confirm={"top": 1})).timesteps == 4
+    assert parse_spec(spec(dataset="digits-dvs", fidelity={"timesteps": [1, 2]})).timesteps == 2  # binned per T
 
 
 def test_a_storage_url_error_never_shows_its_password():

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from snn.config import one_line
 from snn.export import write_nir
 from study.folder import SPEC_FILE, StudyError, open_study
-from study.tracking import BEST_ALIAS, ModelNotFound, read_inference_model
+from study.tracking import BEST_ALIAS, BEST_RUN_TAG, ModelNotFound, read_inference_model
 
 __all__ = ["FORMATS", "NIR_ARTIFACT", "Exported", "export_model"]
 
@@ -129,7 +129,7 @@ def _best_of_study(study: str) -> tuple[str, str | None, str | None]:
     except MlflowException:
         pass  # none registered: the parent run's record, where the study finished
     try:
-        best = c.get_run(folder.parent_run_id).data.tags.get("best_run_id")
+        best = c.get_run(folder.parent_run_id).data.tags.get(BEST_RUN_TAG)
     except MlflowException as e:
         raise StudyError(f"{study}: the study's MLflow store at {folder.tracking_uri} cannot be read "
                          f"({one_line(e.message)})") from None

@@ -19,6 +19,7 @@ from typing import Any
 from search_spaces import build_space, describe, perturbed
 from snn import data
 from snn.config import UserData
+from snn.fidelity import budget_cost, epoch_timesteps
 from study import baselines, warm_start
 from study.folder import StudyError
 from study.spec import POPULATION, StudySpec, hide_password
@@ -153,6 +154,12 @@ def plan(spec: StudySpec, prepared: data.Prepared | None, data_error: str | None
     if spec.confirm:
         out.append(f"  then a confirm stage: the {spec.confirm.top} best configuration(s) and the paper's setting, "
                    f"{spec.confirm.seeds} new seeds each (up to {(spec.confirm.top + 1) * spec.confirm.seeds} trials)")
+    if spec.fidelity is not None:
+        ts, epochs = spec.fidelity.timesteps, spec.train.epochs
+        seq = epoch_timesteps(ts, epochs)
+        out.append(f"  timesteps as a fidelity: every trial starts at T={ts[0]}, and T grows at ASHA's rungs on cost "
+                   f"(Σ epochs × T) to {ts[-1]} (a full budget: T = {', '.join(map(str, seq))}; cost "
+                   f"{budget_cost(ts, epochs)} against {epochs * ts[-1]} at T={ts[-1]} throughout)")
     stop = cfg.stop
     if stop.silent_rate is not None or stop.saturated_rate is not None:
         out.append(f"  firing-rate guard: a stage firing below {stop.silent_rate} or above {stop.saturated_rate} "

@@ -32,7 +32,7 @@ _HOMES = {  # private module -> the public names it holds
     "_health": ("check_tracking_uri", "reachable"),
     "_models": ("BEST_ALIAS", "MODEL_NAME", "ModelNotFound", "RegisteredModel", "StoredModel", "inference_model",
                 "log_inference_model", "read_inference_model", "register_best_model"),
-    "_parent": ("BEST_CONFIG_ARTIFACT", "SPEC_ARTIFACT", "finish_parent_run", "start_parent_run"),
+    "_parent": ("BEST_CONFIG_ARTIFACT", "BEST_RUN_TAG", "SPEC_ARTIFACT", "finish_parent_run", "start_parent_run"),
     "_pareto": ("PARETO_ARTIFACT", "PARETO_SIZE_TAG", "PARETO_TAG", "log_pareto_set", "tag_pareto_front"),
     "_projection": ("OPTUNA_TRIAL_TAG",),
     "_runs": ("KIND", "RunNotFound", "TrialRun", "metric_per_epoch", "newest_per_epoch", "read_trial_run",
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from study.tracking._models import (BEST_ALIAS, MODEL_NAME, ModelNotFound, RegisteredModel, StoredModel,
                                         inference_model, log_inference_model, read_inference_model,
                                         register_best_model)
-    from study.tracking._parent import BEST_CONFIG_ARTIFACT, SPEC_ARTIFACT, finish_parent_run, start_parent_run
+    from study.tracking._parent import BEST_CONFIG_ARTIFACT, BEST_RUN_TAG, SPEC_ARTIFACT, finish_parent_run, start_parent_run
     from study.tracking._pareto import (PARETO_ARTIFACT, PARETO_SIZE_TAG, PARETO_TAG, log_pareto_set,
                                         tag_pareto_front)
     from study.tracking._projection import OPTUNA_TRIAL_TAG

@@ -17,10 +17,11 @@ from study.tracking._folders import is_number
 from study.tracking._runs import KIND
 from study.views import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
-__all__ = ["BEST_CONFIG_ARTIFACT", "SPEC_ARTIFACT", "experiment_id", "finish_parent_run", "start_parent_run"]
+__all__ = ["BEST_CONFIG_ARTIFACT", "BEST_RUN_TAG", "SPEC_ARTIFACT", "experiment_id", "finish_parent_run", "start_parent_run"]
 
 SPEC_ARTIFACT = "spec.yaml"  # on the parent run: the study's resolved spec
 BEST_CONFIG_ARTIFACT = "best_trial_config.yaml"  # on the parent run: the best full-budget trial's config
+BEST_RUN_TAG = "best_run_id"  # on the parent run: the best full-budget trial's run
 
 
 def experiment_id(c: MlflowClient, name: str) -> str:
@@ -72,7 +73,7 @@ def finish_parent_run(tracking_uri: str, run_id: str, best: dict[str, Any] | Non
         found = c.search_runs([run.info.experiment_id], max_results=1, filter_string=(
             f"tags.{MLFLOW_PARENT_RUN_ID} = '{run_id}' and tags.trial_id = '{best['trial_id']}'"))
         if found:
-            tags.append(RunTag("best_run_id", found[0].info.run_id))
+            tags.append(RunTag(BEST_RUN_TAG, found[0].info.run_id))
         acc = best["metrics"].get(TEST_ACC)
         metrics = [Metric("best_test_acc", float(acc), int(time.time() * 1000), 0)] if is_number(acc) else []
         c.log_batch(run_id, metrics=metrics, tags=tags)

@@ -14,7 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from snn.fidelity import epoch_timesteps
 from snn.metrics import COST, EPOCH, TEST_ACC, TIMESTEPS
 from study.fidelity import asha_settings
-from study.spec import quickstart_spec
+from study.spec import parse_spec, quickstart_spec
 
 FIDELITY = {"fidelity": {"timesteps": [1, 2, 4]}, "timesteps": 4, "train.epochs": 8}
 
@@ -183,3 +183,15 @@ def test_a_trials_params_give_its_fidelity_back():
         config = TrainConfig(timesteps=4, epochs=8, fidelity=fidelity)
         back = TrainConfig.from_dict(config_of_params(params_of(config.to_dict())))
         assert (back.fidelity, back.timesteps) == (config.fidelity, 4)
+
+
+def test_check_says_how_t_grows_and_what_a_full_budget_costs():
+    """`snn-study check` names the fidelity: T per epoch of a full budget and its cost against the
+    target T throughout (from snn.fidelity's own arithmetic: 1+1+2+4×5 = 24 against 8×4)."""
+    from study.preflight import plan
+
+    lines = plan(parse_spec({"name": "f", "fidelity": {"timesteps": [1, 2, 4]}, "train": {"epochs": 8}}), None)
+    (line,) = [x for x in lines if "as a fidelity" in x]
+    assert "starts at T=1" in line and "to 4" in line and "T = 1, 1, 2, 4, 4, 4, 4, 4;" in line
+    assert "cost 24 against 32 at T=4 throughout" in line
+    assert not any("as a fidelity" in x for x in plan(parse_spec({"name": "f"}), None))
